@@ -1,0 +1,56 @@
+"""Backend choice, in one place: 'torch' (pure PyTorch, every device) or 'triton' (fused
+kernels in fastdm.ops, CUDA; CPU only under TRITON_INTERPRET=1 for tests).
+
+FASTDM_BACKEND=auto|torch|triton overrides the automatic choice (Triton on CUDA, torch on
+CPU). A choice of Triton that cannot be honoured is logged as a warning, never hidden.
+"""
+from __future__ import annotations
+
+import logging
+import os
+
+log = logging.getLogger("fastdm")
+
+# Fused operations available on the Triton backend, by name; fastdm.ops registers them.
+FUSED_OPS: dict[str, object] = {}
+_warned: set = set()
+
+
+def requested() -> str:
+    value = os.environ.get("FASTDM_BACKEND", "auto").strip().lower() or "auto"
+    if value not in ("auto", "torch", "triton"):
+        from .errors import FastDMError
+        raise FastDMError(f"FASTDM_BACKEND={value!r} is not one of auto, torch, triton")
+    return value
+
+
+def triton_importable() -> str | None:
+    """Triton's version if it imports, else None."""
+    try:
+        import triton
+    except Exception:
+        return None
+    return getattr(triton, "__version__", "unknown")
+
+
+def backend_for(op: str, device) -> str:
+    """'triton' or 'torch' for fused operation ``op`` on ``device``, with a warning whenever
+    Triton was wanted (explicitly, or by default on CUDA) but cannot be used."""
+    want = requested()
+    dev_type = getattr(device, "type", str(device))
+    if want == "torch" or (want == "auto" and dev_type != "cuda"):
+        return "torch"
+    reason = None
+    if op not in FUSED_OPS:
+        reason = f"no Triton kernel for '{op}' exists in this version of fastdm"
+    elif triton_importable() is None:
+        reason = "triton does not import"
+    elif dev_type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
+        reason = "Triton needs a CUDA device (or TRITON_INTERPRET=1 on the CPU)"
+    if reason is None:
+        return "triton"
+    if (op, reason) not in _warned:
+        _warned.add((op, reason))
+        log.warning("Triton backend %s for '%s' but %s: using the torch path",
+                    "requested" if want == "triton" else "selected on CUDA", op, reason)
+    return "torch"

@@ -1,0 +1,159 @@
+"""The `fastdm` command: condense, evaluate, info.
+
+Bad input ends in one line on stderr ("fastdm: error: ...", naming the problem and the fix)
+and exit status 2, never a traceback. `evaluate` prints one JSON object as its last line.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+
+from .errors import FastDMError
+
+log = logging.getLogger("fastdm")
+
+
+def _add_data_args(p: argparse.ArgumentParser, required: bool = False) -> None:
+    p.add_argument("--dataset", required=required,
+                   help="digits (embedded default), mnist, fashionmnist, svhn, cifar10, cifar100, "
+                        "tinyimagenet, imagefolder")
+    p.add_argument("--data-root", help="folder holding the dataset (not needed for digits)")
+    p.add_argument("--download", action="store_true", default=None,
+                   help="let torchvision download the dataset into --data-root")
+    p.add_argument("--image-size", type=int, help="resize folder datasets to this size (default 64)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
+    parser = argparse.ArgumentParser(prog="fastdm", description="Dataset condensation by Distribution Matching.")
+    parser.add_argument("--version", action="version", version=f"fastdm {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{condense,evaluate,info}")
+
+    c = sub.add_parser("condense", help="learn a synthetic set (writes OUT/synset.pt, grid.png, "
+                                        "loss.png, metrics.json)")
+    _add_data_args(c)
+    c.add_argument("--ipc", type=int, help="images per class (default 10; digits: 1)")
+    c.add_argument("--iterations", type=int, help="DM iterations (default 20000; digits: 400)")
+    c.add_argument("--batch-real", type=int, help="real images per class per iteration (default 256; digits: 64)")
+    c.add_argument("--model", help="embedder (default ConvNet; ConvNetD4 at 64 px)")
+    c.add_argument("--init", choices=["real", "noise"], help="initial synthetic images (default real)")
+    c.add_argument("--lr-img", type=float, help="SGD learning rate of the images (default 1)")
+    c.add_argument("--strategy", help="DSA ops joined by _ (default color_crop_cutout_flip_scale_rotate; "
+                                      "no flip for digit datasets), or none")
+    c.add_argument("--aug-mode", choices=["S", "M"], help="DSA mode: S one op, M all ops (default S)")
+    c.add_argument("--seed", type=int, help="run seed: every random draw derives from it (default 0)")
+    c.add_argument("--device", help="auto, cpu or cuda (default auto)")
+    c.add_argument("--out", help="output folder (default runs/DATASET_ipcN)")
+    c.add_argument("--checkpoint-every", type=int, help="iterations between checkpoints (default 500, 0: "
+                                                        "only at the end)")
+    c.add_argument("--class-chunk", type=int, help="classes per chunk (default: by memory budget)")
+    c.add_argument("--resume", action="store_true", help="continue the run in OUT from its checkpoint")
+    c.add_argument("--overwrite", action="store_true", help="start afresh even if OUT holds a run")
+    c.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    e = sub.add_parser("evaluate", help="train models on a synthetic set (or a random real subset) "
+                                        "and report test accuracy")
+    e.add_argument("synset", nargs="?", help="a synset.pt from condense, or a reference res_DM_*.pt")
+    e.add_argument("--baseline", choices=["random"], help="evaluate random real subsets instead")
+    _add_data_args(e)
+    e.add_argument("--ipc", type=int, help="images per class for --baseline random")
+    e.add_argument("--model", help="model to train (default: the synset's, i.e. cross-architecture "
+                                   "evaluation when given)")
+    e.add_argument("--models", type=int, help="models to train (default 5)")
+    e.add_argument("--epochs", type=int, help="training epochs (default 1000; digits: 300)")
+    e.add_argument("--batch-train", type=int, help="training batch size (default 256)")
+    e.add_argument("--strategy", help="DSA strategy for training (default: the dataset's)")
+    e.add_argument("--seed", type=int, help="evaluation seed (default 0)")
+    e.add_argument("--device", help="auto, cpu or cuda (default auto)")
+    e.add_argument("--exp", type=int, help="which experiment of a reference file (default: last)")
+    e.add_argument("--compare-random", action="store_true",
+                   help="also evaluate random real subsets of the same size, the same way")
+    e.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    sub.add_parser("info", help="versions, devices and usable backends")
+    return parser
+
+
+def main(argv=None) -> int:
+    logging.basicConfig(level=logging.INFO, format="fastdm: %(message)s", stream=sys.stderr)
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "condense":
+            return cmd_condense(args)
+        if args.command == "evaluate":
+            return cmd_evaluate(args)
+        return cmd_info()
+    except FastDMError as err:
+        print(f"fastdm: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("fastdm: interrupted", file=sys.stderr)
+        return 130
+
+
+def cmd_info() -> int:
+    from .info import info
+    print(json.dumps(info(), indent=2))
+    return 0
+
+
+# -- condense ----------------------------------------------------------------------------------
+_CONDENSE_KEYS = ("dataset", "data_root", "download", "ipc", "iterations", "batch_real", "image_size",
+                  "model", "init", "lr_img", "strategy", "aug_mode", "seed", "device", "class_chunk",
+                  "checkpoint_every")
+
+
+def cmd_condense(args) -> int:
+    from .checkpoint import checkpoint_path, saved_config
+    from .condense import Interrupted, condense_dataset
+    from .config import CondenseConfig
+
+    given = {k: getattr(args, k) for k in _CONDENSE_KEYS if getattr(args, k) is not None}
+    if args.resume:
+        if not args.out:
+            raise FastDMError("--resume needs --out DIR, the folder of the run to continue")
+        # unspecified options take the checkpoint's values; given ones must agree with it
+        given = {**{k: v for k, v in saved_config(args.out).items() if k in _CONDENSE_KEYS}, **given}
+    if "dataset" not in given:
+        raise FastDMError("condense needs --dataset NAME (digits is the embedded default dataset)")
+    try:
+        res = condense_dataset(CondenseConfig(**given), args.out, args.resume, args.overwrite,
+                               progress=not args.no_progress)
+    except Interrupted as stop:
+        print(f"fastdm: interrupted after iteration {stop.iteration}; checkpoint in "
+              f"{checkpoint_path(stop.out)}; continue with: fastdm condense --out {stop.out} --resume",
+              file=sys.stderr)
+        return 130
+    m, out = res["metrics"], res["out"]
+    per_it = m["timings"]["per_iteration_s"]
+    print(f"wrote {out}/synset.pt, grid.png, loss.png, metrics.json ({m['iterations']} iterations"
+          + (f", {per_it:.3f} s/iteration)" if per_it else ")"))
+    cfg = m["config"]
+    print(json.dumps({"out": out, "synset": os.path.join(out, "synset.pt"), "dataset": cfg["dataset"],
+                      "ipc": cfg["ipc"], "model": cfg["model"], "iterations": m["iterations"],
+                      "per_iteration_s": per_it, "final_loss": m["final_loss"]}))
+    return 0
+
+
+# -- evaluate ----------------------------------------------------------------------------------
+def cmd_evaluate(args) -> int:
+    from .evaluate import evaluate_synset
+
+    summary = evaluate_synset(args.synset, baseline=args.baseline, dataset=args.dataset, data_root=args.data_root,
+                       download=bool(args.download), image_size=args.image_size, ipc=args.ipc,
+                       model=args.model, models=args.models, epochs=args.epochs,
+                       batch_train=args.batch_train, strategy=args.strategy, seed=args.seed,
+                       device=args.device, exp=args.exp, compare_random=args.compare_random,
+                       progress=not args.no_progress)
+    for kind, res in (("synset", summary if summary["kind"] == "synset" else None),
+                      ("random", summary.get("random") or (summary if summary["kind"] == "random" else None))):
+        if res is not None:
+            what = f"synthetic set {args.synset}" if kind == "synset" else f"random real subset, ipc {summary['ipc']}"
+            print(f"{what}: {summary['model']} test accuracy {100 * res['acc_mean']:.2f} "
+                  f"+- {100 * res['acc_std']:.2f} % over {summary['models']} models")
+    print(json.dumps(summary))
+    return 0

@@ -1,0 +1,311 @@
+"""The DM engine: all classes per iteration, processed in class chunks.
+
+Per iteration: a freshly initialised embedder (weights drawn from (seed, iteration)), one DSA
+row per class (from (seed, iteration, class)), a real batch per class (from (seed, iteration,
+class)); classes go through the network chunk by chunk, each chunk's synthetic-image
+gradients are written into one gradient buffer, then one SGD-with-momentum step. Classes are
+independent, so peak memory follows the chunk size, not the number of classes; models with
+BatchNorm see all classes in one batch (their statistics mix classes, spec section 2).
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+import platform
+import signal
+import time
+
+import torch
+
+from . import __version__, rng
+from .augment import DSAParams, apply_dsa, parse_strategy, sample_siamese
+from .backend import backend_for
+from .checkpoint import RunState, checkpoint_path, load_checkpoint, save_checkpoint
+from .config import CondenseConfig
+from .data import Dataset, load_dataset
+from .devices import resolve_device, synchronize
+from .errors import FastDMError
+from .io import SYNSET_FORMAT, SYNSET_VERSION, atomic_json_dump, atomic_torch_save
+from .losses import class_means, class_sums
+from .models import build_model, init_parameters_, uses_batchnorm
+from .viz import save_run_pictures
+
+log = logging.getLogger("fastdm")
+
+# Images (at 32x32) per class chunk when --class-chunk is not given: large enough to keep
+# the device busy, small enough to bound activation memory.
+CHUNK_BUDGET = {"cpu": 4096, "cuda": 16384}
+
+
+class DMEngine:
+    def __init__(self, config: CondenseConfig, data: Dataset, device: torch.device | str = "cpu"):
+        self.cfg = config
+        self.data = data
+        self.device = torch.device(device)
+        self.ops = parse_strategy(config.strategy)
+        # Fused kernels arrive in fastdm.ops; until then this logs when Triton was wanted.
+        self.backends = {op: backend_for(op, self.device) for op in ("dsa", "mmd")}
+        self.dsa = DSAParams(aug_mode=config.aug_mode)
+        self.C = data.num_classes
+        self.ipc = config.ipc
+        self.hw = data.image_size
+        self.net = build_model(config.model, data.channels, self.C, self.hw, config.seed, rng.NET,
+                               device=self.device)
+        self.net.requires_grad_(False)
+        self.net.train()
+        self.batchnorm = uses_batchnorm(config.model)
+        self.chunk = self._chunk_size()
+        self.real = self._place_real()
+        self.counts = data.train.counts.to(self.device)
+        self.offsets = data.train.offsets.to(self.device)
+
+    # -- set-up -----------------------------------------------------------------------------
+    def _chunk_size(self) -> int:
+        if self.batchnorm:
+            if self.cfg.class_chunk not in (None, self.C):
+                log.warning("model %s has BatchNorm: all %d classes go through it in one batch "
+                            "(--class-chunk ignored)", self.cfg.model, self.C)
+            return self.C
+        if self.cfg.class_chunk:
+            return min(self.cfg.class_chunk, self.C)
+        per_class = (min(self.cfg.batch_real, int(self.data.train.counts.max())) + self.ipc)
+        pixels = per_class * self.hw[0] * self.hw[1] / 1024.0
+        budget = CHUNK_BUDGET["cuda" if self.device.type == "cuda" else "cpu"]
+        return max(1, min(self.C, int(budget // max(pixels, 1e-9))))
+
+    def _place_real(self) -> torch.Tensor:
+        images = self.data.train.images
+        if self.device.type == "cuda":
+            free, _ = torch.cuda.mem_get_info(self.device)
+            if images.numel() < 0.25 * free:
+                return images.to(self.device)
+            log.info("real images (%.1f GB) stay in host memory; batches are copied per chunk",
+                     images.numel() / 1e9)
+        return images
+
+    def initial_state(self) -> RunState:
+        cfg, dev = self.cfg, self.device
+        shape = (self.C * self.ipc, self.data.channels, *self.hw)
+        if cfg.init == "noise":
+            idx = torch.arange(math.prod(shape), device=dev)
+            images = rng.normal(cfg.seed, rng.NOISE, idx, device=dev).view(shape)
+        else:
+            classes = torch.arange(self.C, device=dev)
+            pos, valid = rng.sample_without_replacement(self.counts, self.ipc, cfg.seed, rng.INIT,
+                                                        classes=classes)
+            assert bool(valid.all())  # config validation guarantees ipc <= smallest class
+            idx = (self.offsets[:, None] + pos).reshape(-1)
+            images = self.data.normalize(self.real[idx.to(self.real.device)], dev)
+        return RunState(images=images.contiguous(), momentum=None)
+
+    # -- one iteration ----------------------------------------------------------------------
+    def chunks(self) -> list[tuple[int, int]]:
+        return [(c0, min(self.C, c0 + self.chunk)) for c0 in range(0, self.C, self.chunk)]
+
+    def loss_and_grad(self, images: torch.Tensor, it: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Summed loss of iteration ``it``'s draws at ``images`` and its gradient (no update)."""
+        cfg, dev = self.cfg, self.device
+        init_parameters_(self.net, cfg.seed, rng.NET, it)
+        classes = torch.arange(self.C, device=dev)
+        table = sample_siamese(self.ops, self.dsa, self.hw, cfg.seed, rng.AUG, it, keys=classes)
+        grad = torch.empty_like(images)
+        total = torch.zeros((), device=dev)
+        for c0, c1 in self.chunks():
+            rows = slice(c0 * self.ipc, c1 * self.ipc)
+            loss, grad[rows] = self.chunk_loss(images[rows], table, it, c0, c1)
+            total += loss
+        return total, grad
+
+    def step(self, state: RunState) -> torch.Tensor:
+        """Run iteration ``state.iteration`` in place; returns the summed loss (a 0-dim tensor)."""
+        loss, grad = self.loss_and_grad(state.images, state.iteration)
+        # SGD with momentum on the images, as torch.optim.SGD (no dampening, no weight decay).
+        if state.momentum is None:
+            state.momentum = grad.clone()
+        else:
+            state.momentum.mul_(self.cfg.momentum).add_(grad)
+        state.images.add_(state.momentum, alpha=-self.cfg.lr_img)
+        state.iteration += 1
+        return loss
+
+    def real_batch(self, it: int, c0: int, c1: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Normalised real images of classes [c0, c1) for iteration ``it`` and their counts."""
+        classes = torch.arange(c0, c1, device=self.device)
+        pos, valid = rng.sample_without_replacement(self.counts[c0:c1], self.cfg.batch_real,
+                                                    self.cfg.seed, rng.REAL, it, classes=classes)
+        idx = (self.offsets[c0:c1, None] + pos)[valid]
+        images = self.data.normalize(self.real[idx.to(self.real.device)], self.device)
+        return images, valid.sum(1)
+
+    def chunk_loss(self, syn: torch.Tensor, table, it: int, c0: int, c1: int):
+        """Loss of classes [c0, c1) (summed) and d loss / d syn for their synthetic images."""
+        k = c1 - c0
+        rows = table.rows(torch.arange(c0, c1, device=self.device))
+        real, n_real = self.real_batch(it, c0, c1)
+        g_real = torch.repeat_interleave(torch.arange(k, device=self.device), n_real)
+        g_syn = torch.arange(k, device=self.device).repeat_interleave(self.ipc)
+        with torch.no_grad():
+            f_real = self.net.embed(apply_dsa(real, rows, g_real))
+            real_mean = class_sums(f_real, n_real) / n_real.to(f_real.dtype)[:, None]
+        del real, f_real
+        syn = syn.detach().requires_grad_(True)
+        with torch.enable_grad():
+            f_syn = self.net.embed(apply_dsa(syn, rows, g_syn))
+            counts = torch.full((k,), self.ipc, device=self.device)
+            loss = ((real_mean - class_means(f_syn, counts)) ** 2).sum()
+            (g,) = torch.autograd.grad(loss, syn)
+        return loss.detach(), g
+
+
+# -- the iteration loop -------------------------------------------------------------------------
+def run(engine: DMEngine, state: RunState, out: str | None = None, progress: bool = True,
+        on_iteration=None) -> RunState:
+    """Iterate up to cfg.iterations, checkpointing every cfg.checkpoint_every iterations and at
+    the end. Ctrl-C (or SIGTERM) finishes the current iteration, saves a checkpoint and raises
+    KeyboardInterrupt; a second Ctrl-C stops at once, keeping the last checkpoint."""
+    from tqdm import tqdm
+
+    cfg = engine.cfg
+    total = cfg.iterations
+    bar = tqdm(total=total, initial=state.iteration, desc=f"DM {cfg.dataset} ipc{cfg.ipc}",
+               unit="it", disable=not progress or None, dynamic_ncols=True)
+    pending = []  # loss tensors not yet copied to the host (one sync per log interval)
+    stop = []
+    in_step = False
+
+    def flush():
+        if pending:
+            state.losses.extend((torch.stack(pending) / engine.C).tolist())
+            pending.clear()
+
+    def on_signal(signum, frame):
+        if stop or not in_step:
+            raise KeyboardInterrupt
+        stop.append(signum)
+        log.warning("interrupted: finishing iteration %d, then saving a checkpoint "
+                    "(Ctrl-C again to stop at once)", state.iteration + 1)
+
+    handlers = {}
+    if _main_thread():
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            handlers[sig] = signal.signal(sig, on_signal)
+    try:
+        while state.iteration < total:
+            t0 = time.perf_counter()
+            in_step = True
+            pending.append(engine.step(state))
+            in_step = False
+            if state.iteration % cfg.log_every == 0 or state.iteration == total:
+                flush()
+                bar.set_postfix(loss=f"{state.losses[-1]:.4f}")
+            synchronize(engine.device)
+            state.elapsed += time.perf_counter() - t0
+            bar.update(1)
+            if out and cfg.checkpoint_every and state.iteration % cfg.checkpoint_every == 0:
+                flush()
+                save_checkpoint(out, cfg, state)
+            if on_iteration is not None:
+                on_iteration(state)
+            if stop:
+                raise KeyboardInterrupt
+    except KeyboardInterrupt:
+        if in_step:  # stopped inside an update: the state may be half-written, keep the last save
+            log.warning("stopped inside iteration %d without saving", state.iteration + 1)
+        else:
+            flush()
+            if out:
+                save_checkpoint(out, cfg, state)
+        raise
+    finally:
+        bar.close()
+        for sig, h in handlers.items():
+            signal.signal(sig, h)
+    flush()
+    if out:
+        save_checkpoint(out, cfg, state)
+    return state
+
+
+def _main_thread() -> bool:
+    import threading
+    return threading.current_thread() is threading.main_thread()
+
+
+def synset_dict(cfg: CondenseConfig, data: Dataset, state: RunState) -> dict:
+    images = state.images.detach().cpu().contiguous()
+    labels = torch.arange(data.num_classes).repeat_interleave(cfg.ipc)
+    return {
+        "format": SYNSET_FORMAT, "version": SYNSET_VERSION, "fastdm": __version__,
+        "images": images, "labels": labels, "config": cfg.to_dict(),
+        "classes": list(data.classes), "mean": list(data.mean), "std": list(data.std),
+        "iterations": state.iteration,
+        "data": [[images, labels]],  # what the reference's evaluation code reads
+    }
+
+
+# -- the whole job: data, engine, resume, outputs --------------------------------------------
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C during condense: a checkpoint was saved at ``iteration`` in ``out``."""
+
+    def __init__(self, out: str, iteration: int):
+        super().__init__(out, iteration)
+        self.out, self.iteration = out, iteration
+
+
+def condense_dataset(config: CondenseConfig, out: str | None = None, resume: bool = False,
+             overwrite: bool = False, progress: bool = True) -> dict:
+    """Run DM for ``config`` and write OUT/synset.pt, grid.png, loss.png, metrics.json.
+
+    Returns ``{"out", "synset", "metrics"}``. Raises FastDMError for bad input and
+    Interrupted (after saving a checkpoint) on Ctrl-C.
+    """
+    if resume and overwrite:
+        raise FastDMError("--resume and --overwrite contradict each other; pass one")
+    t_start = time.perf_counter()
+    data = load_dataset(config.dataset, config.data_root, bool(config.download), config.image_size,
+                        progress=progress)
+    t_data = time.perf_counter() - t_start
+    cfg = config.resolved(data)
+    device = resolve_device(cfg.device)
+    out = out or os.path.join("runs", f"{cfg.dataset}_ipc{cfg.ipc}")
+    if os.path.exists(checkpoint_path(out)) and not (resume or overwrite):
+        raise FastDMError(f"{out} already holds a run (checkpoint.pt); pass --resume to continue it, "
+                          f"--overwrite to start afresh, or another --out")
+    engine = DMEngine(cfg, data, device)
+    state = load_checkpoint(out, cfg, device) if resume else engine.initial_state()
+    if state.iteration > cfg.iterations:
+        raise FastDMError(f"the checkpoint in {out} is at iteration {state.iteration}, past "
+                          f"--iterations {cfg.iterations}; pass --iterations {state.iteration} or more")
+    os.makedirs(out, exist_ok=True)
+    log.info("condensing %s: %d classes x ipc %d, %s on %s, iterations %d..%d, class chunk %d, out %s",
+             cfg.dataset, data.num_classes, cfg.ipc, cfg.model, device, state.iteration, cfg.iterations,
+             engine.chunk, out)
+    t_run = time.perf_counter()
+    try:
+        run(engine, state, out, progress=progress)
+    except KeyboardInterrupt:
+        raise Interrupted(out, state.iteration) from None
+    synset = synset_dict(cfg, data, state)
+    atomic_torch_save(synset, os.path.join(out, "synset.pt"))
+    save_run_pictures(out, state.images, data.denormalize, data.num_classes, cfg.ipc, state.losses)
+    done = state.iteration
+    metrics = {
+        "config": cfg.to_dict(), "fastdm": __version__, "torch": torch.__version__,
+        "device": str(device), "device_name": device_name(device), "cpu_threads": torch.get_num_threads(),
+        "class_chunk": engine.chunk, "backends": engine.backends, "iterations": done,
+        "timings": {"load_data_s": round(t_data, 3), "this_session_s": round(time.perf_counter() - t_run, 3),
+                    "iterations_s": round(state.elapsed, 3),
+                    "per_iteration_s": round(state.elapsed / done, 5) if done else None,
+                    "total_s": round(time.perf_counter() - t_start, 3)},
+        "final_loss": state.losses[-1] if state.losses else None,
+        "loss_history": state.losses,
+    }
+    atomic_json_dump(metrics, os.path.join(out, "metrics.json"))
+    return {"out": out, "synset": synset, "metrics": metrics}
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return platform.processor() or platform.machine()

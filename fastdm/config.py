@@ -1,0 +1,85 @@
+"""Condensation settings, their defaults (spec section 2) and their validation."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+
+from .errors import FastDMError
+
+DEFAULT_ITERATIONS = 20000
+DEFAULT_BATCH_REAL = 256
+
+# The embedded default dataset runs a short schedule so that `make run` finishes in about a
+# minute on 2 CPU cores; pass --iterations to run longer.
+QUICK_SCHEDULES = {"digits": {"iterations": 400, "batch_real": 64, "ipc": 1}}
+# ... and its evaluation trains fewer epochs (the set is tiny; 300 epochs converge).
+QUICK_EVAL = {"digits": {"models": 5, "epochs": 300}}
+
+
+@dataclass
+class CondenseConfig:
+    dataset: str = "digits"
+    data_root: str | None = None
+    download: bool = False
+    ipc: int | None = None
+    iterations: int | None = None
+    batch_real: int | None = None
+    image_size: int | None = None
+    model: str | None = None
+    init: str = "real"
+    lr_img: float | None = None
+    momentum: float = 0.5
+    strategy: str | None = None
+    aug_mode: str = "S"
+    seed: int = 0
+    device: str = "auto"
+    class_chunk: int | None = None
+    checkpoint_every: int = 500
+    log_every: int = 10
+
+    # Settings that change the synthetic set; a resumed run must agree on all of them.
+    RESULT_KEYS = ("dataset", "ipc", "batch_real", "image_size", "model", "init", "lr_img",
+                   "momentum", "strategy", "aug_mode", "seed")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "CondenseConfig":
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+    def resolved(self, dataset) -> "CondenseConfig":
+        """Fill the defaults that depend on the dataset and check every value."""
+        quick = QUICK_SCHEDULES.get(dataset.name, {})
+        c = CondenseConfig(**self.to_dict())
+        c.dataset = dataset.name
+        c.ipc = c.ipc if c.ipc is not None else quick.get("ipc", 10)
+        c.iterations = c.iterations if c.iterations is not None else quick.get("iterations", DEFAULT_ITERATIONS)
+        c.batch_real = c.batch_real if c.batch_real is not None else quick.get("batch_real", DEFAULT_BATCH_REAL)
+        c.image_size = dataset.image_size[0]
+        c.model = c.model or dataset.default_model
+        c.strategy = c.strategy if c.strategy is not None else dataset.default_strategy
+        if c.lr_img is None:  # spec: CIFAR10 at ipc >= 100 uses 10
+            c.lr_img = 10.0 if dataset.name == "cifar10" and c.ipc >= 100 else 1.0
+        for name, low in (("ipc", 1), ("iterations", 0), ("batch_real", 1), ("seed", 0),
+                          ("checkpoint_every", 0), ("log_every", 1)):
+            v = getattr(c, name)
+            if not isinstance(v, int) or v < low:
+                raise FastDMError(f"--{name.replace('_', '-')} must be an integer >= {low}, got {v}")
+        if c.class_chunk is not None and c.class_chunk < 1:
+            raise FastDMError(f"--class-chunk must be >= 1, got {c.class_chunk}")
+        if not c.lr_img > 0:
+            raise FastDMError(f"--lr-img must be positive, got {c.lr_img}")
+        if not 0 <= c.momentum < 1:
+            raise FastDMError(f"--momentum must be in [0, 1), got {c.momentum}")
+        if c.init not in ("real", "noise"):
+            raise FastDMError(f"--init must be 'real' or 'noise', got '{c.init}'")
+        if c.aug_mode not in ("S", "M"):
+            raise FastDMError(f"--aug-mode must be S or M, got '{c.aug_mode}'")
+        smallest = int(dataset.train.counts.min())
+        if c.init == "real" and c.ipc > smallest:
+            worst = int(dataset.train.counts.argmin())
+            raise FastDMError(f"--ipc {c.ipc} is larger than the smallest class of {dataset.name} "
+                              f"(class {dataset.classes[worst]} has {smallest} training images); use "
+                              f"--ipc {smallest} or less, or --init noise")
+        return c

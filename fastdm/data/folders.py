@@ -1,0 +1,153 @@
+"""Image folders: the official tiny-imagenet-200 layout and any ImageFolder tree.
+
+Decoding: PIL, converted to RGB; an image whose size differs from the target is resized so
+its shorter side equals the target (PIL bicubic, which filters over the whole footprint when
+shrinking, i.e. antialiased) and centre-cropped to a square. Unreadable or corrupt files are
+skipped and counted; more than MAX_BAD_FRACTION of a split is an error.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import torch
+
+from ..errors import FastDMError
+from .images import ClassImages
+
+log = logging.getLogger("fastdm")
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp", ".gif")
+MAX_BAD_FRACTION = 0.02
+
+
+def decode_image(path: str, size: int) -> torch.Tensor | None:
+    """One file -> uint8 [3, size, size], or None when it cannot be decoded."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            im = im.convert("RGB")
+            w, h = im.size
+            if (w, h) != (size, size):
+                scale = size / min(w, h)
+                nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
+                im = im.resize((nw, nh), Image.BICUBIC)
+                left, top = (nw - size) // 2, (nh - size) // 2
+                im = im.crop((left, top, left + size, top + size))
+            arr = np.asarray(im, dtype=np.uint8)
+    except Exception:  # PIL raises many types for damaged files; all mean "skip it"
+        return None
+    return torch.from_numpy(arr.copy()).permute(2, 0, 1)
+
+
+def decode_files(files: list[tuple[str, int]], size: int, num_classes: int, what: str,
+                 progress: bool = True) -> ClassImages:
+    if not files:
+        raise FastDMError(f"no image files found for {what}")
+    from tqdm import tqdm
+
+    workers = min(32, (os.cpu_count() or 1) + 2)  # PIL decodes with the GIL released
+    with ThreadPoolExecutor(workers) as pool:
+        decoded = list(tqdm(pool.map(lambda f: decode_image(f[0], size), files), total=len(files),
+                            desc=f"decoding {what}", unit="img", disable=not progress or None,
+                            leave=False))
+    bad = [f for (f, _), d in zip(files, decoded) if d is None]
+    if bad:
+        shown = ", ".join(bad[:3]) + (" ..." if len(bad) > 3 else "")
+        if len(bad) > MAX_BAD_FRACTION * len(files):
+            raise FastDMError(f"{len(bad)} of {len(files)} images in {what} could not be decoded "
+                              f"(more than {MAX_BAD_FRACTION:.0%}): {shown}; fix or remove them")
+        log.warning("skipped %d corrupt or unreadable image(s) in %s: %s", len(bad), what, shown)
+    keep = [i for i, d in enumerate(decoded) if d is not None]
+    images = torch.stack([decoded[i] for i in keep])
+    labels = torch.tensor([files[i][1] for i in keep], dtype=torch.int64)
+    return ClassImages.sorted(images, labels, num_classes)
+
+
+def _images_in(folder: str) -> list[str]:
+    return sorted(os.path.join(folder, f) for f in os.listdir(folder)
+                  if f.lower().endswith(IMAGE_EXTENSIONS))
+
+
+def _require_dir(path: str, hint: str) -> None:
+    if not os.path.isdir(path):
+        raise FastDMError(f"{path} not found; {hint}")
+
+
+def tinyimagenet_splits(root: str | None, size: int, progress: bool = True):
+    if root is None:
+        raise FastDMError("dataset tinyimagenet needs --data-root DIR (the tiny-imagenet-200 folder "
+                          "or its parent)")
+    if os.path.isdir(os.path.join(root, "tiny-imagenet-200")):
+        root = os.path.join(root, "tiny-imagenet-200")
+    hint = ("--data-root must be the official tiny-imagenet-200 folder (train/<wnid>/images/*.JPEG, "
+            "val/images/*.JPEG, val/val_annotations.txt) or its parent")
+    _require_dir(os.path.join(root, "train"), hint)
+    wnids = sorted(d for d in os.listdir(os.path.join(root, "train"))
+                   if os.path.isdir(os.path.join(root, "train", d)))
+    if not wnids:
+        raise FastDMError(f"{root}/train holds no class folders; {hint}")
+    index = {w: i for i, w in enumerate(wnids)}
+    train_files = []
+    for w in wnids:
+        folder = os.path.join(root, "train", w, "images")
+        _require_dir(folder, hint)
+        train_files += [(f, index[w]) for f in _images_in(folder)]
+    ann = os.path.join(root, "val", "val_annotations.txt")
+    if not os.path.isfile(ann):
+        raise FastDMError(f"{ann} not found; {hint}")
+    val_files = []
+    with open(ann) as fh:
+        for n, line in enumerate(fh, 1):
+            parts = line.strip().split("\t")
+            if not parts or not parts[0]:
+                continue
+            if len(parts) < 2 or parts[1] not in index:
+                raise FastDMError(f"{ann} line {n}: expected 'file<TAB>wnid' with a wnid from train/")
+            val_files.append((os.path.join(root, "val", "images", parts[0]), index[parts[1]]))
+    names = _tinyimagenet_names(root, wnids)
+    train = decode_files(train_files, size, len(wnids), "tinyimagenet train", progress)
+    test = decode_files(val_files, size, len(wnids), "tinyimagenet val", progress)
+    return train, test, names
+
+
+def _tinyimagenet_names(root: str, wnids: list[str]) -> list[str]:
+    words = os.path.join(root, "words.txt")
+    if not os.path.isfile(words):
+        return wnids
+    table = {}
+    with open(words) as fh:
+        for line in fh:
+            parts = line.rstrip("\n").split("\t", 1)
+            if len(parts) == 2:
+                table[parts[0]] = parts[1].split(",")[0]
+    return [table.get(w, w) for w in wnids]
+
+
+def imagefolder_splits(root: str | None, size: int, progress: bool = True):
+    if root is None:
+        raise FastDMError("dataset imagefolder needs --data-root DIR with train/<class>/* and "
+                          "val/<class>/*")
+    hint = "an imagefolder --data-root needs train/<class>/<images> and val/<class>/<images>"
+    for sub in ("train", "val"):
+        _require_dir(os.path.join(root, sub), hint)
+    classes = sorted(d for d in os.listdir(os.path.join(root, "train"))
+                     if os.path.isdir(os.path.join(root, "train", d)))
+    if not classes:
+        raise FastDMError(f"{root}/train holds no class folders; {hint}")
+    splits = []
+    for sub in ("train", "val"):
+        files = []
+        for i, c in enumerate(classes):
+            folder = os.path.join(root, sub, c)
+            if os.path.isdir(folder):
+                files += [(f, i) for f in _images_in(folder)]
+        extra = sorted(set(d for d in os.listdir(os.path.join(root, sub))
+                           if os.path.isdir(os.path.join(root, sub, d))) - set(classes))
+        if extra:
+            raise FastDMError(f"{root}/{sub} has class folders missing from train/: {extra[:5]}")
+        splits.append(decode_files(files, size, len(classes), f"imagefolder {sub}", progress))
+    return splits[0], splits[1], classes

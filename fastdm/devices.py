@@ -1,0 +1,28 @@
+"""Device selection for --device auto|cpu|cuda[:N]."""
+from __future__ import annotations
+
+import torch
+
+from .errors import FastDMError
+
+
+def resolve_device(name: str | None) -> torch.device:
+    name = (name or "auto").lower()
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cpu":
+        return torch.device("cpu")
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise FastDMError("--device cuda was asked for but torch sees no CUDA device; "
+                              "use --device cpu (or auto)")
+        dev = torch.device(name)
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise FastDMError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) exist")
+        return dev
+    raise FastDMError(f"unknown --device '{name}'; choose auto, cpu or cuda")
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)

@@ -1,0 +1,222 @@
+"""The paper's evaluation protocol (spec section 5), and the random-real-subset baseline.
+
+Train a freshly initialised model on the (small) training set only: SGD lr 0.01, momentum
+0.9, weight decay 5e-4, batch 256, cross-entropy, DSA on every batch without a seed (one op
+per batch, per-sample parameters, as the reference's mode S). As in the reference's
+evaluate_synset, ``epochs`` means epochs + 1 passes (range(epochs + 1)) and after pass
+epochs // 2 + 1 the learning rate drops x0.1 with a new optimiser (momentum restarts).
+Then accuracy on the whole test split, no augmentation. Every random draw (weights, order,
+augmentation, subsets) comes from fastdm.rng words, so evaluation is reproducible.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from . import rng
+from .augment import DSAParams, apply_dsa, parse_strategy, sample_per_sample
+from .config import QUICK_EVAL
+from .data import Dataset, load_dataset
+from .devices import resolve_device
+from .io import load_synset
+from .errors import FastDMError
+from .models import build_model, check_model_name
+
+log = logging.getLogger("fastdm")
+
+
+@dataclass
+class EvalConfig:
+    model: str | None = None          # default: the dataset's (or the synset's) model
+    models: int = 5                   # models trained, each from its own initialisation
+    epochs: int = 1000
+    batch_train: int = 256
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    strategy: str | None = None       # default: the dataset's DM strategy
+    aug_mode: str = "S"
+    seed: int = 0
+    test_batch: int = 1024
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def check(self) -> None:
+        if not isinstance(self.models, int) or self.models < 1:
+            raise FastDMError(f"--models must be an integer >= 1, got {self.models}")
+        if not isinstance(self.epochs, int) or self.epochs < 0:
+            raise FastDMError(f"--epochs must be an integer >= 0, got {self.epochs}")
+        if self.batch_train < 1:
+            raise FastDMError(f"--batch-train must be >= 1, got {self.batch_train}")
+        if self.seed < 0:
+            raise FastDMError(f"--seed must be >= 0, got {self.seed}")
+        parse_strategy(self.strategy)
+        check_model_name(self.model)
+
+
+@torch.no_grad()
+def accuracy(net: torch.nn.Module, data: Dataset, device, batch: int = 1024) -> float:
+    net.eval()
+    correct = 0
+    test = data.test
+    for i in range(0, len(test), batch):
+        x = data.normalize(test.images[i:i + batch], device)
+        pred = net(x).argmax(1)
+        correct += int((pred == test.labels[i:i + batch].to(device)).sum())
+    return correct / max(1, len(test))
+
+
+def train_model(images: torch.Tensor, labels: torch.Tensor, data: Dataset, cfg: EvalConfig, k: int,
+                device, on_epoch=None) -> torch.nn.Module:
+    """Train model ``k`` (its own weights, order and augmentation words) on images/labels."""
+    ops = parse_strategy(cfg.strategy)
+    p = DSAParams(aug_mode=cfg.aug_mode)
+    hw = tuple(images.shape[2:])
+    net = build_model(cfg.model, images.shape[1], data.num_classes, hw, cfg.seed, rng.EVAL_INIT, k,
+                      device=device)
+    net.train()
+    images, labels = images.to(device), labels.to(device)
+    n = images.shape[0]
+
+    def optimizer(lr):
+        return torch.optim.SGD(net.parameters(), lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+
+    lr = cfg.lr
+    opt = optimizer(lr)
+    step = 0
+    for ep in range(cfg.epochs + 1):
+        order = rng.permutation(n, cfg.seed, rng.EVAL_ORDER, k, ep, device=device)
+        for i in range(0, n, cfg.batch_train):
+            b = order[i:i + cfg.batch_train]
+            x = images[b]
+            if ops:
+                table = sample_per_sample(ops, p, hw, x.shape[0], cfg.seed, rng.EVAL_AUG, k, step,
+                                          device=device)
+                x = apply_dsa(x, table)
+            loss = F.cross_entropy(net(x), labels[b])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            step += 1
+        if ep == cfg.epochs // 2 + 1:
+            lr *= 0.1
+            opt = optimizer(lr)
+        if on_epoch is not None:
+            on_epoch()
+    return net
+
+
+def evaluate_images(images: torch.Tensor, labels: torch.Tensor, data: Dataset, cfg: EvalConfig,
+                    device, progress: bool = True, desc: str = "evaluate", subset_ipc: int | None = None
+                    ) -> dict:
+    """Train cfg.models models on the given set (or, with ``subset_ipc``, each on its own random
+    real subset of that many images per class) and test each. Returns accuracies in [0, 1]."""
+    from tqdm import tqdm
+
+    cfg.check()
+    accs, t0 = [], time.perf_counter()
+    bar = tqdm(total=cfg.models * (cfg.epochs + 1), desc=desc, unit="epoch",
+               disable=not progress or None, dynamic_ncols=True)
+    try:
+        for k in range(cfg.models):
+            if subset_ipc is not None:
+                images, labels = random_subset(data, subset_ipc, cfg.seed, k)
+            net = train_model(images, labels, data, cfg, k, device, on_epoch=lambda: bar.update(1))
+            accs.append(accuracy(net, data, device, cfg.test_batch))
+            bar.set_postfix(acc=f"{np.mean(accs):.4f}")
+    finally:
+        bar.close()
+    return {"acc_mean": float(np.mean(accs)), "acc_std": float(np.std(accs)), "accs": accs,
+            "seconds": round(time.perf_counter() - t0, 3)}
+
+
+def random_subset(data: Dataset, ipc: int, seed: int, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """ipc random real training images per class (normalised), drawn for model ``k``."""
+    train = data.train
+    if ipc > int(train.counts.min()):
+        raise FastDMError(f"--ipc {ipc} is larger than the smallest class of {data.name} "
+                          f"({int(train.counts.min())} training images)")
+    classes = torch.arange(data.num_classes)
+    pos, _ = rng.sample_without_replacement(train.counts, ipc, seed, rng.SUBSET, k, classes=classes)
+    idx = (train.offsets[:, None] + pos).reshape(-1)
+    return data.normalize(train.images[idx]), classes.repeat_interleave(ipc)
+
+
+def check_synset_shape(images: torch.Tensor, labels: torch.Tensor, data: Dataset, path: str) -> int:
+    """Check a synthetic set fits the dataset; returns its images per class."""
+    if tuple(images.shape[1:]) != (data.channels, *data.image_size):
+        raise FastDMError(f"{path}: images are {tuple(images.shape[1:])} but {data.name} images are "
+                          f"{(data.channels, *data.image_size)}; pass the --dataset (and --image-size) "
+                          f"the synset was made from")
+    if int(labels.min()) < 0 or int(labels.max()) >= data.num_classes:
+        raise FastDMError(f"{path}: labels outside 0..{data.num_classes - 1} for {data.name}")
+    per_class = torch.bincount(labels, minlength=data.num_classes)
+    return int(per_class.max())
+
+
+def evaluate_synset(synset: str | None = None, *, baseline: str | None = None, dataset: str | None = None,
+             data_root: str | None = None, download: bool = False, image_size: int | None = None,
+             ipc: int | None = None, model: str | None = None, models: int | None = None,
+             epochs: int | None = None, batch_train: int | None = None, strategy: str | None = None,
+             seed: int | None = None, device: str | None = None, exp: int | None = None,
+             compare_random: bool = False, progress: bool = True) -> dict:
+    """Evaluate a synset file (or, with baseline='random', random real subsets) by the paper's
+    protocol. Returns the summary the CLI prints as JSON."""
+    if synset and baseline:
+        raise FastDMError("pass either a SYNSET.pt or --baseline random, not both")
+    if not synset and not baseline:
+        raise FastDMError("evaluate needs a SYNSET.pt (from fastdm condense) or --baseline random "
+                          "--dataset NAME --ipc N")
+    syn, saved = None, {}
+    if synset:
+        syn = load_synset(synset, exp)
+        saved = syn["config"]
+        if syn["kind"] == "reference" and not dataset:
+            raise FastDMError(f"{synset} is a reference synset, which does not record its dataset; "
+                              f"pass --dataset NAME (and --data-root DIR)")
+    dataset = dataset or saved.get("dataset")
+    if not dataset:
+        raise FastDMError("--baseline random needs --dataset NAME")
+    if not syn:
+        if ipc is None:
+            raise FastDMError("--baseline random needs --ipc N (images per class)")
+        if ipc < 1:
+            raise FastDMError(f"--ipc must be >= 1, got {ipc}")
+    data = load_dataset(dataset, data_root if data_root is not None else saved.get("data_root"),
+                        download, image_size or saved.get("image_size"), progress=progress)
+    quick = QUICK_EVAL.get(data.name, {})
+    cfg = EvalConfig(
+        model=model or saved.get("model") or data.default_model,
+        models=models if models is not None else quick.get("models", 5),
+        epochs=epochs if epochs is not None else quick.get("epochs", 1000),
+        batch_train=batch_train or 256,
+        strategy=strategy if strategy is not None else saved.get("strategy", data.default_strategy),
+        seed=seed if seed is not None else 0,
+    )
+    cfg.check()
+    dev = resolve_device(device)
+    results = {}
+    if syn is not None:
+        ipc = check_synset_shape(syn["images"], syn["labels"], data, synset)
+        results["synset"] = evaluate_images(syn["images"], syn["labels"], data, cfg, dev, progress,
+                                            desc=f"evaluate synset ({cfg.model})")
+    if baseline or compare_random:
+        results["random"] = evaluate_images(None, None, data, cfg, dev, progress, subset_ipc=ipc,
+                                            desc=f"evaluate random subsets ({cfg.model})")
+    main = results.get("synset", results.get("random"))
+    summary = {"dataset": data.name, "ipc": ipc, "model": cfg.model,
+               "kind": "synset" if syn is not None else "random",
+               "acc_mean": main["acc_mean"], "acc_std": main["acc_std"], "accs": main["accs"],
+               "models": cfg.models, "epochs": cfg.epochs, "seed": cfg.seed, "device": str(dev),
+               "seconds": main["seconds"]}
+    if syn is not None:
+        summary["synset"] = synset
+        if "random" in results:
+            summary["random"] = results["random"]
+    return summary

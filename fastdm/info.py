@@ -1,0 +1,39 @@
+"""`fastdm info`: versions, devices and usable backends."""
+from __future__ import annotations
+
+import os
+import platform
+
+
+def info() -> dict:
+    import numpy
+    import torch
+    import torchvision
+
+    from . import __version__
+    from .backend import FUSED_OPS, requested, triton_importable
+
+    try:
+        import sklearn
+        sk = sklearn.__version__
+    except ImportError:
+        sk = None
+    cuda = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] \
+        if torch.cuda.is_available() else []
+    triton = triton_importable()
+    return {
+        "fastdm": __version__, "python": platform.python_version(), "torch": torch.__version__,
+        "torchvision": torchvision.__version__, "triton": triton, "numpy": numpy.__version__,
+        "scikit-learn": sk, "platform": platform.platform(),
+        "cpu_threads": torch.get_num_threads(), "cuda_devices": cuda,
+        "backends": {
+            "torch": "usable on cpu" + (" and cuda" if cuda else ""),
+            "triton": ("not importable" if triton is None else
+                       "usable" if (cuda or os.environ.get("TRITON_INTERPRET") == "1") and FUSED_OPS
+                       else f"importable (v{triton}) but " +
+                       ("no fused kernels in this version" if not FUSED_OPS else
+                        "no CUDA device (set TRITON_INTERPRET=1 to interpret on the CPU)")),
+            "fused_ops": sorted(FUSED_OPS),
+            "FASTDM_BACKEND": requested(),
+        },
+    }

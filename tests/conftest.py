@@ -1,0 +1,49 @@
+import os
+import shutil
+
+import pytest
+import torch
+
+from fastdm.data import ClassImages, Dataset
+
+SHARED = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data")
+
+
+@pytest.fixture(scope="session")
+def mnist_root(tmp_path_factory):
+    """A private copy of the official MNIST files (torchvision extracts them offline)."""
+    src = os.path.join(SHARED, "MNIST")
+    if not os.path.isdir(src):
+        pytest.skip("shared/data/MNIST is not present")
+    root = tmp_path_factory.mktemp("mnist_root")
+    shutil.copytree(src, root / "MNIST")
+    return str(root)
+
+
+def make_dataset(num_classes=4, per_class=(12, 9, 15, 10), channels=3, size=(16, 16), seed=0,
+                 name="toy", test_per_class=5) -> Dataset:
+    """A small random uint8 dataset; each class has a bright band at its own rows (a spatial
+    pattern, which instance-normalised ConvNets can see, unlike a brightness offset)."""
+    g = torch.Generator().manual_seed(seed)
+    per_class = list(per_class)[:num_classes]
+
+    def split(counts):
+        images, labels = [], []
+        for c, n in enumerate(counts):
+            base = torch.randint(0, 256, (n, channels, *size), generator=g)
+            base = base * 0.5
+            band = slice(c * size[0] // num_classes, (c + 1) * size[0] // num_classes)
+            base[:, :, band, :] += 120
+            base = base.clamp(0, 255)
+            images.append(base.to(torch.uint8))
+            labels += [c] * n
+        return ClassImages.sorted(torch.cat(images), torch.tensor(labels), num_classes)
+
+    return Dataset(name, split(per_class), split([test_per_class] * num_classes),
+                   [f"c{c}" for c in range(num_classes)], (0.5,) * channels, (0.25,) * channels,
+                   "ConvNet", "color_crop_cutout_flip_scale_rotate")
+
+
+@pytest.fixture
+def toy_dataset():
+    return make_dataset()
