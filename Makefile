@@ -10,9 +10,9 @@ OUT ?= runs/digits
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet $(TORCH_PINS)
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install -qq --upgrade pip
+	$(PY) -m pip install -qq $(TORCH_PINS)
+	$(PY) -m pip install -qq -e '.[dev]'
 	touch $@
 
 venv: $(VENV)/.installed

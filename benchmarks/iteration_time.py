@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import time
 
 import torch
 
-from fastdm.condense import DMEngine
+from fastdm.condense import DMEngine, device_name
 from fastdm.config import CondenseConfig
 from fastdm.data import ClassImages, Dataset
 from fastdm.devices import resolve_device, synchronize
@@ -63,8 +62,7 @@ def main(argv=None):
         if i >= args.warmup:
             times.append(time.perf_counter() - t0)
     print(json.dumps({"setting": args.setting, "device": str(device),
-                      "device_name": torch.cuda.get_device_name(device) if device.type == "cuda"
-                      else platform.processor() or platform.machine(),
+                      "device_name": device_name(device),
                       "threads": torch.get_num_threads(), "torch": torch.__version__,
                       "batch_real": args.batch_real, "class_chunk": engine.chunk,
                       "median_s": round(statistics.median(times), 4), "times_s": [round(t, 4) for t in times]}))

@@ -122,7 +122,7 @@ class DMEngine:
         loss, grad = self.loss_and_grad(state.images, state.iteration)
         # SGD with momentum on the images, as torch.optim.SGD (no dampening, no weight decay).
         if state.momentum is None:
-            state.momentum = grad.clone()
+            state.momentum = grad  # a fresh tensor each iteration: no copy needed
         else:
             state.momentum.mul_(self.cfg.momentum).add_(grad)
         state.images.add_(state.momentum, alpha=-self.cfg.lr_img)
@@ -245,6 +245,9 @@ def synset_dict(cfg: CondenseConfig, data: Dataset, state: RunState) -> dict:
 
 
 # -- the whole job: data, engine, resume, outputs --------------------------------------------
+OUTPUT_FILES = ("synset.pt", "grid.png", "loss.png", "metrics.json")
+
+
 class Interrupted(KeyboardInterrupt):
     """Ctrl-C during condense: a checkpoint was saved at ``iteration`` in ``out``."""
 
@@ -254,7 +257,7 @@ class Interrupted(KeyboardInterrupt):
 
 
 def condense_dataset(config: CondenseConfig, out: str | None = None, resume: bool = False,
-             overwrite: bool = False, progress: bool = True) -> dict:
+                     overwrite: bool = False, progress: bool = True) -> dict:
     """Run DM for ``config`` and write OUT/synset.pt, grid.png, loss.png, metrics.json.
 
     Returns ``{"out", "synset", "metrics"}``. Raises FastDMError for bad input and
@@ -277,6 +280,10 @@ def condense_dataset(config: CondenseConfig, out: str | None = None, resume: boo
     if state.iteration > cfg.iterations:
         raise FastDMError(f"the checkpoint in {out} is at iteration {state.iteration}, past "
                           f"--iterations {cfg.iterations}; pass --iterations {state.iteration} or more")
+    if overwrite:  # no file of the old run may survive next to the new one
+        for name in OUTPUT_FILES + ("checkpoint.pt",):
+            if os.path.exists(os.path.join(out, name)):
+                os.remove(os.path.join(out, name))
     os.makedirs(out, exist_ok=True)
     log.info("condensing %s: %d classes x ipc %d, %s on %s, iterations %d..%d, class chunk %d, out %s",
              cfg.dataset, data.num_classes, cfg.ipc, cfg.model, device, state.iteration, cfg.iterations,

@@ -56,7 +56,7 @@ def loss_plot(losses: list, width: int = 640, height: int = 360, title: str = "D
 
     # Thin raw curve plus a moving average, so the trend shows through per-iteration noise.
     d.line([xy(i, v) for i, v in enumerate(losses)], fill=(170, 190, 230), width=1)
-    win = max(1, n // 50)
+    win = max(1, n // 20)
     csum = [0.0]
     for v in losses:
         csum.append(csum[-1] + v)
