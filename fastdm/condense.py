@@ -313,6 +313,14 @@ def condense_dataset(config: CondenseConfig, out: str | None = None, resume: boo
 
 
 def device_name(device: torch.device) -> str:
+    """The GPU's name, or the CPU model (from /proc/cpuinfo on Linux)."""
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
     return platform.processor() or platform.machine()

@@ -1,6 +1,7 @@
 """Condensation settings, their defaults (spec section 2) and their validation."""
 from __future__ import annotations
 
+import os
 from dataclasses import asdict, dataclass, fields
 
 from .errors import FastDMError
@@ -53,6 +54,8 @@ class CondenseConfig:
         quick = QUICK_SCHEDULES.get(dataset.name, {})
         c = CondenseConfig(**self.to_dict())
         c.dataset = dataset.name
+        if c.data_root is not None:  # so evaluate finds the data from any working directory
+            c.data_root = os.path.abspath(c.data_root)
         c.ipc = c.ipc if c.ipc is not None else quick.get("ipc", 10)
         c.iterations = c.iterations if c.iterations is not None else quick.get("iterations", DEFAULT_ITERATIONS)
         c.batch_real = c.batch_real if c.batch_real is not None else quick.get("batch_real", DEFAULT_BATCH_REAL)
