@@ -4,6 +4,8 @@ from __future__ import annotations
 import os
 from dataclasses import asdict, dataclass, fields
 
+import torch
+
 from .errors import FastDMError
 
 DEFAULT_ITERATIONS = 20000
@@ -80,6 +82,10 @@ class CondenseConfig:
         if c.aug_mode not in ("S", "M"):
             raise FastDMError(f"--aug-mode must be S or M, got '{c.aug_mode}'")
         smallest = int(dataset.train.counts.min())
+        if smallest == 0:
+            empty = [dataset.classes[i] for i in torch.nonzero(dataset.train.counts == 0).flatten().tolist()]
+            raise FastDMError(f"class(es) {empty[:5]} of {dataset.name} have no training images; DM "
+                              f"needs real images of every class")
         if c.init == "real" and c.ipc > smallest:
             worst = int(dataset.train.counts.argmin())
             raise FastDMError(f"--ipc {c.ipc} is larger than the smallest class of {dataset.name} "

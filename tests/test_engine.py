@@ -206,3 +206,13 @@ def test_every_draw_is_a_function_of_seed_iteration_class(toy_dataset):
     part, n_part = e.real_batch(2, 2, 3)
     start = int(n_full[:2].sum())
     assert torch.equal(full[start:start + int(n_part[0])], part)
+
+
+def test_a_class_without_training_images_is_refused():
+    from fastdm.data import ClassImages, Dataset
+    base = __import__("conftest").make_dataset()
+    keep = base.train.labels != 2
+    train = ClassImages(base.train.images[keep], base.train.labels[keep], 4)
+    data = Dataset("toy", train, base.test, base.classes, base.mean, base.std, "ConvNet", "crop")
+    with pytest.raises(FastDMError, match=r"\['c2'\] of toy have no training images"):
+        engine_for(data, init="noise")
