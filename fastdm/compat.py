@@ -78,10 +78,11 @@ def draw_reference_table(x: torch.Tensor, strategy: str, seed: int = -1, param=N
     else:
         chosen, applied = 0, list(ops)
 
-    zf = {"cpu": torch.zeros(n), "dev": torch.zeros(n, device=dev, dtype=x.dtype)}
+    # Placeholders for the ops not drawn (mode S); each on the device its real draw would use.
+    z_cpu, z_dev = torch.zeros(n), torch.zeros(n, device=dev, dtype=x.dtype)
     zi = torch.zeros(n, dtype=torch.int64, device=dev)
-    raw = dict(b=zf["dev"], s=zf["dev"], c=zf["dev"], tx=zi, ty=zi, oh=zi, ow=zi,
-               f=zf["dev"].float(), sx_u=zf["cpu"], sy_u=zf["cpu"], rot_u=zf["cpu"])
+    raw = dict(b=z_dev, s=z_dev, c=z_dev, tx=zi, ty=zi, oh=zi, ow=zi, f=z_dev.float(),
+               sx_u=z_cpu, sy_u=z_cpu, rot_u=z_cpu)
     sh, sw = crop_shift(h, w, p)
     ch, cw = cutout_size(h, w, p)
     for op in applied:
