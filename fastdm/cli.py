@@ -26,12 +26,20 @@ def _add_data_args(p: argparse.ArgumentParser, required: bool = False) -> None:
     p.add_argument("--image-size", type=int, help="resize folder datasets to this size (default 64)")
 
 
+class _Parser(argparse.ArgumentParser):
+    """Argument errors in the same one-line form as every other error."""
+
+    def error(self, message):
+        self.exit(2, f"fastdm: error: {message} (see '{self.prog} --help')\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
-    parser = argparse.ArgumentParser(prog="fastdm", description="Dataset condensation by Distribution Matching.")
+    parser = _Parser(prog="fastdm", description="Dataset condensation by Distribution Matching.")
     parser.add_argument("--version", action="version", version=f"fastdm {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{condense,evaluate,info}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{condense,evaluate,info}",
+                                parser_class=_Parser)
 
     c = sub.add_parser("condense", help="learn a synthetic set (writes OUT/synset.pt, grid.png, "
                                         "loss.png, metrics.json)")
@@ -124,9 +132,13 @@ def cmd_condense(args) -> int:
         res = condense_dataset(CondenseConfig(**given), args.out, args.resume, args.overwrite,
                                progress=not args.no_progress)
     except Interrupted as stop:
-        print(f"fastdm: interrupted after iteration {stop.iteration}; checkpoint in "
-              f"{checkpoint_path(stop.out)}; continue with: fastdm condense --out {stop.out} --resume",
-              file=sys.stderr)
+        if stop.saved is None:
+            print(f"fastdm: interrupted during iteration {stop.iteration + 1}, before any checkpoint "
+                  f"was written; nothing to resume: rerun without --resume", file=sys.stderr)
+        else:
+            print(f"fastdm: interrupted; checkpoint at iteration {stop.saved} in "
+                  f"{checkpoint_path(stop.out)}; continue with: fastdm condense --out {stop.out} --resume",
+                  file=sys.stderr)
         return 130
     m, out = res["metrics"], res["out"]
     per_it = m["timings"]["per_iteration_s"]

@@ -159,11 +159,20 @@ class DMEngine:
 
 
 # -- the iteration loop -------------------------------------------------------------------------
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C or SIGTERM during a run: stopped after ``iteration`` completed iterations; the
+    checkpoint in ``out`` is at iteration ``saved`` (None: no checkpoint was written)."""
+
+    def __init__(self, out: str | None, iteration: int, saved: int | None):
+        super().__init__(out, iteration, saved)
+        self.out, self.iteration, self.saved = out, iteration, saved
+
+
 def run(engine: DMEngine, state: RunState, out: str | None = None, progress: bool = True,
         on_iteration=None) -> RunState:
     """Iterate up to cfg.iterations, checkpointing every cfg.checkpoint_every iterations and at
     the end. Ctrl-C (or SIGTERM) finishes the current iteration, saves a checkpoint and raises
-    KeyboardInterrupt; a second Ctrl-C stops at once, keeping the last checkpoint."""
+    Interrupted; a second Ctrl-C stops at once, keeping the last checkpoint (if any)."""
     from tqdm import tqdm
 
     cfg = engine.cfg
@@ -173,6 +182,13 @@ def run(engine: DMEngine, state: RunState, out: str | None = None, progress: boo
     pending = []  # loss tensors not yet copied to the host (one sync per log interval)
     stop = []
     in_step = False
+    # the iteration of the checkpoint on disk (a resumed run starts from it)
+    saved = [state.iteration if out and os.path.exists(checkpoint_path(out)) else None]
+
+    def save():
+        flush()
+        save_checkpoint(out, cfg, state)
+        saved[0] = state.iteration
 
     def flush():
         if pending:
@@ -203,8 +219,7 @@ def run(engine: DMEngine, state: RunState, out: str | None = None, progress: boo
             state.elapsed += time.perf_counter() - t0
             bar.update(1)
             if out and cfg.checkpoint_every and state.iteration % cfg.checkpoint_every == 0:
-                flush()
-                save_checkpoint(out, cfg, state)
+                save()
             if on_iteration is not None:
                 on_iteration(state)
             if stop:
@@ -215,15 +230,15 @@ def run(engine: DMEngine, state: RunState, out: str | None = None, progress: boo
         else:
             flush()
             if out:
-                save_checkpoint(out, cfg, state)
-        raise
+                save()
+        raise Interrupted(out, state.iteration, saved[0]) from None
     finally:
         bar.close()
         for sig, h in handlers.items():
             signal.signal(sig, h)
     flush()
     if out:
-        save_checkpoint(out, cfg, state)
+        save()
     return state
 
 
@@ -248,23 +263,17 @@ def synset_dict(cfg: CondenseConfig, data: Dataset, state: RunState) -> dict:
 OUTPUT_FILES = ("synset.pt", "grid.png", "loss.png", "metrics.json")
 
 
-class Interrupted(KeyboardInterrupt):
-    """Ctrl-C during condense: a checkpoint was saved at ``iteration`` in ``out``."""
-
-    def __init__(self, out: str, iteration: int):
-        super().__init__(out, iteration)
-        self.out, self.iteration = out, iteration
-
-
 def condense_dataset(config: CondenseConfig, out: str | None = None, resume: bool = False,
                      overwrite: bool = False, progress: bool = True) -> dict:
     """Run DM for ``config`` and write OUT/synset.pt, grid.png, loss.png, metrics.json.
 
     Returns ``{"out", "synset", "metrics"}``. Raises FastDMError for bad input and
-    Interrupted (after saving a checkpoint) on Ctrl-C.
+    Interrupted (see run) on Ctrl-C.
     """
     if resume and overwrite:
         raise FastDMError("--resume and --overwrite contradict each other; pass one")
+    if out is not None and os.path.exists(out) and not os.path.isdir(out):
+        raise FastDMError(f"--out {out} is a file, not a folder; choose another --out")
     t_start = time.perf_counter()
     data = load_dataset(config.dataset, config.data_root, bool(config.download), config.image_size,
                         progress=progress)
@@ -284,15 +293,15 @@ def condense_dataset(config: CondenseConfig, out: str | None = None, resume: boo
         for name in OUTPUT_FILES + ("checkpoint.pt",):
             if os.path.exists(os.path.join(out, name)):
                 os.remove(os.path.join(out, name))
-    os.makedirs(out, exist_ok=True)
+    try:
+        os.makedirs(out, exist_ok=True)
+    except OSError as e:
+        raise FastDMError(f"cannot create --out {out}: {e.strerror or e}") from None
     log.info("condensing %s: %d classes x ipc %d, %s on %s, iterations %d..%d, class chunk %d, out %s",
              cfg.dataset, data.num_classes, cfg.ipc, cfg.model, device, state.iteration, cfg.iterations,
              engine.chunk, out)
     t_run = time.perf_counter()
-    try:
-        run(engine, state, out, progress=progress)
-    except KeyboardInterrupt:
-        raise Interrupted(out, state.iteration) from None
+    run(engine, state, out, progress=progress)
     synset = synset_dict(cfg, data, state)
     atomic_torch_save(synset, os.path.join(out, "synset.pt"))
     save_run_pictures(out, state.images, data.denormalize, data.num_classes, cfg.ipc, state.losses)

@@ -1,6 +1,8 @@
 """Device selection for --device auto|cpu|cuda[:N]."""
 from __future__ import annotations
 
+import re
+
 import torch
 
 from .errors import FastDMError
@@ -12,7 +14,7 @@ def resolve_device(name: str | None) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cpu":
         return torch.device("cpu")
-    if name.startswith("cuda"):
+    if re.fullmatch(r"cuda(:\d+)?", name):  # checked before CUDA, so a typo is named as such
         if not torch.cuda.is_available():
             raise FastDMError("--device cuda was asked for but torch sees no CUDA device; "
                               "use --device cpu (or auto)")
@@ -20,7 +22,7 @@ def resolve_device(name: str | None) -> torch.device:
         if dev.index is not None and dev.index >= torch.cuda.device_count():
             raise FastDMError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) exist")
         return dev
-    raise FastDMError(f"unknown --device '{name}'; choose auto, cpu or cuda")
+    raise FastDMError(f"unknown --device '{name}'; choose auto, cpu, cuda or cuda:N")
 
 
 def synchronize(device: torch.device) -> None:

@@ -154,6 +154,8 @@ def check_synset_shape(images: torch.Tensor, labels: torch.Tensor, data: Dataset
         raise FastDMError(f"{path}: images are {tuple(images.shape[1:])} but {data.name} images are "
                           f"{(data.channels, *data.image_size)}; pass the --dataset (and --image-size) "
                           f"the synset was made from")
+    if labels.numel() == 0:
+        raise FastDMError(f"{path} holds no images")
     if int(labels.min()) < 0 or int(labels.max()) >= data.num_classes:
         raise FastDMError(f"{path}: labels outside 0..{data.num_classes - 1} for {data.name}")
     per_class = torch.bincount(labels, minlength=data.num_classes)
@@ -195,8 +197,9 @@ def evaluate_synset(synset: str | None = None, *, baseline: str | None = None, d
         model=model or saved.get("model") or data.default_model,
         models=models if models is not None else quick.get("models", 5),
         epochs=epochs if epochs is not None else quick.get("epochs", 1000),
-        batch_train=batch_train or 256,
+        batch_train=batch_train if batch_train is not None else 256,
         strategy=strategy if strategy is not None else saved.get("strategy", data.default_strategy),
+        aug_mode=saved.get("aug_mode", "S"),  # one DSA setting for condensing and evaluating
         seed=seed if seed is not None else 0,
     )
     cfg.check()

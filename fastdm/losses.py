@@ -9,10 +9,17 @@ def class_sums(features: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
 
     Sums (with counts) rather than means, so the real side can be accumulated across chunks.
     """
-    k = counts.numel()
-    seg = torch.repeat_interleave(torch.arange(k, device=features.device), counts.to(features.device))
-    out = features.new_zeros(k, features.shape[1])
-    return out.index_add_(0, seg, features)
+    counts = counts.to(features.device)
+    k, d = counts.numel(), features.shape[1]
+    if k and bool((counts == counts[0]).all()):  # the usual case: a plain reshape
+        return features.view(k, -1, d).sum(1)
+    # Unequal counts: place rows in a zero-padded [k, max, D] block and sum. Unlike index_add_
+    # (float atomics on CUDA) this is deterministic on every device.
+    seg = torch.repeat_interleave(torch.arange(k, device=features.device), counts)
+    pos = torch.arange(features.shape[0], device=features.device) - (torch.cumsum(counts, 0) - counts)[seg]
+    block = features.new_zeros(k, int(counts.max()) if k else 0, d)
+    block[seg, pos] = features
+    return block.sum(1)
 
 
 def class_means(features: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:

@@ -6,6 +6,8 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 import torch
 
 from fastdm.cli import main
@@ -178,3 +180,35 @@ def test_ctrl_c_saves_a_checkpoint_and_resume_finishes(tmp_path):
     _, err = p.communicate(timeout=120)
     assert p.returncode == 0, err
     assert torch.load(os.path.join(out, "synset.pt"), weights_only=True)["iterations"] == done + 2
+
+
+def test_argument_errors_are_one_line_too(capsys):
+    with pytest.raises(SystemExit) as stop:
+        main(["condense", "--dataset", "digits", "--ipc", "x"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert stop.value.code == 2 and len(err) == 1
+    assert err[0].startswith("fastdm: error: argument --ipc: invalid int value: 'x'")
+    with pytest.raises(SystemExit):
+        main(["condense", "--init", "zeros"])
+    assert capsys.readouterr().err.startswith("fastdm: error: argument --init")
+
+
+def test_more_bad_inputs_are_named(tmp_path, capsys):
+    a_file = tmp_path / "file"
+    a_file.write_text("x")
+    empty = tmp_path / "empty.pt"
+    torch.save({"data": [[torch.zeros(0, 1, 8, 8), torch.zeros(0, dtype=torch.long)]]}, empty)
+    cases = [
+        (["condense", "--dataset", "digits", "--out", str(a_file)], "is a file, not a folder"),
+        (["condense", "--dataset", "digits", "--out", str(a_file / "sub")], "cannot create --out"),
+        (["condense", "--dataset", "digits", "--device", "cudafoo"], "unknown --device 'cudafoo'"),
+        (["condense", "--dataset", "digits", "--device", "cuda:x"], "unknown --device 'cuda:x'"),
+        (["condense", "--dataset", "imagefolder", "--data-root", str(tmp_path), "--image-size", "0"],
+         "--image-size must be positive"),
+        (["evaluate", str(empty), "--dataset", "digits"], "holds no images"),
+        (["evaluate", "--baseline", "random", "--dataset", "digits", "--ipc", "1", "--batch-train", "0"],
+         "--batch-train must be >= 1"),
+    ]
+    for argv, msg in cases:
+        line = error_of(capsys, *argv, *FAST)
+        assert msg in line, (argv, line)

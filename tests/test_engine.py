@@ -216,3 +216,30 @@ def test_a_class_without_training_images_is_refused():
     data = Dataset("toy", train, base.test, base.classes, base.mean, base.std, "ConvNet", "crop")
     with pytest.raises(FastDMError, match=r"\['c2'\] of toy have no training images"):
         engine_for(data, init="noise")
+
+
+def test_stop_inside_an_update_saves_nothing_and_says_so(toy_dataset, tmp_path):
+    from fastdm.condense import Interrupted
+
+    class StopsInStep(DMEngine):
+        def step(self, state):
+            if state.iteration == 2:
+                raise KeyboardInterrupt  # as a second Ctrl-C inside the update would
+            return super().step(state)
+    e = engine_for(toy_dataset)
+    e2 = StopsInStep(e.cfg, toy_dataset, "cpu")
+    with pytest.raises(Interrupted) as stop:
+        run(e2, e2.initial_state(), out=str(tmp_path), progress=False)  # checkpoint_every 500
+    assert stop.value.saved is None and stop.value.iteration == 2
+    assert not (tmp_path / "checkpoint.pt").exists()
+    e3 = StopsInStep(engine_for(toy_dataset, checkpoint_every=1).cfg, toy_dataset, "cpu")
+    with pytest.raises(Interrupted) as stop:
+        run(e3, e3.initial_state(), out=str(tmp_path), progress=False)
+    assert stop.value.saved == 2
+
+
+def test_class_sums_with_unequal_counts_is_deterministic_padding():
+    f = torch.randn(10, 3, dtype=torch.float64)
+    counts = torch.tensor([4, 1, 5])
+    want = torch.stack([f[:4].sum(0), f[4:5].sum(0), f[5:].sum(0)])
+    assert torch.allclose(class_sums(f, counts), want)

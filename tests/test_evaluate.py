@@ -103,3 +103,20 @@ def test_cross_architecture_and_bad_configs(data):
         evaluate_images(images, labels, data, _cfg(models=0), "cpu", progress=False)
     with pytest.raises(FastDMError, match="unknown model"):
         evaluate_images(images, labels, data, _cfg(model="VGG99"), "cpu", progress=False)
+
+
+def test_evaluation_uses_the_synsets_dsa_mode(tmp_path, monkeypatch):
+    """One DSA setting for condensing and evaluating, as the reference's single dsa_param."""
+    from fastdm.condense import condense_dataset
+    from fastdm.config import CondenseConfig
+    modes = []
+    real = ev.DSAParams
+
+    def spy(**kw):
+        modes.append(kw.get("aug_mode"))
+        return real(**kw)
+    monkeypatch.setattr(ev, "DSAParams", spy)
+    condense_dataset(CondenseConfig(dataset="digits", ipc=1, iterations=1, aug_mode="M"),
+                     out=str(tmp_path), progress=False)
+    ev.evaluate_synset(str(tmp_path / "synset.pt"), models=1, epochs=0, progress=False)
+    assert modes == ["M"]

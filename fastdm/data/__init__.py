@@ -65,7 +65,7 @@ def load_dataset(name: str, data_root: str | None = None, download: bool = False
         raise FastDMError(f"dataset {info.name} has {info.native_size}x{info.native_size} images; "
                           f"--image-size {image_size} applies only to tinyimagenet and imagefolder "
                           f"(omit it)")
-    size = image_size or info.default_size
+    size = image_size if image_size is not None else info.default_size
     if size < 1:
         raise FastDMError(f"--image-size must be positive, got {size}")
     mean, std = info.mean, info.std
