@@ -34,8 +34,10 @@ from .viz import save_run_pictures
 log = logging.getLogger("fastdm")
 
 # Images (at 32x32) per class chunk when --class-chunk is not given: large enough to keep
-# the device busy, small enough to bound activation memory.
-CHUNK_BUDGET = {"cpu": 4096, "cuda": 16384}
+# the device busy, small enough to bound activation memory. On the CPU smaller is faster:
+# cifar10-ipc10 (266 images per class) ran 1.5x faster per iteration with one class per chunk
+# than with five (benchmarks/RESULTS.md): large activations cost page faults and cache misses.
+CHUNK_BUDGET = {"cpu": 512, "cuda": 16384}
 
 
 class DMEngine:

@@ -1,0 +1,230 @@
+"""fastdm's engine against the reference-style baseline, per DM iteration, in one process.
+
+    python -m benchmarks.compare --settings cifar10-ipc10,cifar100-ipc10 --device cuda --iters 5
+
+For each setting: both sides are built on random data of the setting's shape, warmed up, then
+timed alternately (which side goes first alternates too), and the median is reported. Per side:
+ms per iteration, peak memory (the side's own data plus the peak working memory of its
+iterations: CUDA max_memory_allocated, CPU sampled resident set size), the embedder FLOPs per
+iteration (benchmarks/flops.py), achieved TFLOP/s and how far it is from the floor time at the
+device's peak (measured by a large matmul in this run unless --peak-tflops is given).
+The JSON report (--json) is rewritten after every setting, so an interrupted run keeps what it
+measured.
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import statistics
+import sys
+import time
+
+import torch
+
+from fastdm.devices import resolve_device, synchronize
+from fastdm.errors import FastDMError
+from fastdm.io import atomic_json_dump
+
+from .measure import MemoryMeter, conv_precision, measured_peaks, run_facts
+from .reference_loop import fastdm_impl, upstream_impl
+from .settings import (SETTINGS, Setting, baseline_fits, baseline_side, fastdm_side,
+                       parse_settings, _host_available)
+
+SCHEMA = "fastdm.compare/1"
+SIDES = ("baseline", "fastdm")
+
+
+def _say(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+class Side:
+    """One side of a comparison: its step function and its measurements."""
+
+    def __init__(self, name, build, meter: MemoryMeter):
+        before = meter.current()
+        self.obj = build()
+        self.data_bytes = max(0, meter.current() - before)
+        self.name, self.meter = name, meter
+        self.times, self.working = [], 0
+        if name == "fastdm":
+            self.state = self.obj.initial_state()
+
+    def step(self, timed: bool) -> None:
+        dev = self.meter.device
+        synchronize(dev)
+        base = self.meter.current()
+        self.meter.start()
+        t0 = time.perf_counter()
+        if self.name == "fastdm":
+            self.obj.step(self.state)
+        else:
+            self.obj.step()
+        synchronize(dev)
+        elapsed = time.perf_counter() - t0
+        self.working = max(self.working, self.meter.stop() - base)
+        if timed:
+            self.times.append(elapsed)
+
+    def report(self, flops: int, floor_ms: float, extra: dict) -> dict:
+        ms = statistics.median(self.times) * 1e3
+        return {"ms_per_iter": round(ms, 3), "times_ms": [round(t * 1e3, 3) for t in self.times],
+                "peak_mem_mb": round((self.data_bytes + self.working) / 2 ** 20, 1),
+                "data_mb": round(self.data_bytes / 2 ** 20, 1),
+                "working_mb": round(self.working / 2 ** 20, 1),
+                "mem_kind": self.meter.kind, "tflops": round(flops / (ms * 1e-3) / 1e12, 4),
+                "x_floor": round(ms / floor_ms, 2), **extra}
+
+
+def run_setting(name: str, s: Setting, device, args, impl) -> dict:
+    per_class = args.real_per_class or s.per_class
+    if per_class < s.ipc:
+        raise FastDMError(f"--real-per-class {per_class} is below ipc {s.ipc} of {name}")
+    flops = s.flops()
+    out = {"setting": s.to_dict(), "real_per_class": per_class, "flops": flops, "sides": {}}
+    meter = MemoryMeter(device)
+    builders = {
+        "baseline": lambda: baseline_side(s, per_class, device, impl),
+        "fastdm": lambda: fastdm_side(s, per_class, device, args.class_chunk),
+    }
+    skip = {}
+    if "baseline" in args.sides:
+        reason = baseline_fits(s, per_class, device)
+        if reason:
+            skip["baseline"] = reason
+    host = _host_available()
+    if "fastdm" in args.sides and host is not None and s.images(per_class) * s.channels * s.size ** 2 > 0.6 * host:
+        skip["fastdm"] = "the uint8 training set does not fit in 60 % of available host memory"
+    for side in SIDES:
+        if side not in args.sides:
+            skip.setdefault(side, "not selected (--sides)")
+    sides = {}
+    for side in SIDES:
+        if side in skip:
+            _say(f"[{name}] {side}: skipped: {skip[side]}")
+            continue
+        _say(f"[{name}] building {side} ...")
+        sides[side] = Side(side, builders[side], meter)
+    for side in sides.values():
+        for _ in range(args.warmup):
+            side.step(timed=False)
+    order = list(sides.values())
+    for i in range(args.iters):
+        for side in (order if i % 2 == 0 else order[::-1]):
+            side.step(timed=True)
+            _say(f"[{name}] {side.name} iteration {i + 1}/{args.iters}: {side.times[-1] * 1e3:.1f} ms")
+    floor_ms = flops["per_iteration"] / (args.peak_used * 1e12) * 1e3
+    out["floor_ms"] = round(floor_ms, 3)
+    if "bf16" in args.peaks:
+        out["floor_ms_bf16"] = round(flops["per_iteration"] / (args.peaks["bf16"] * 1e12) * 1e3, 3)
+    for side_name, side in sides.items():
+        extra = {"impl": impl.source if impl else "fastdm.compat"} if side_name == "baseline" else {
+            "class_chunk": side.obj.chunk, "backends": side.obj.backends}
+        out["sides"][side_name] = side.report(flops["per_iteration"], floor_ms, extra)
+    for side_name, reason in skip.items():
+        out["sides"][side_name] = {"skipped": reason}
+    b, f = out["sides"].get("baseline", {}), out["sides"].get("fastdm", {})
+    out["speedup"] = (round(b["ms_per_iter"] / f["ms_per_iter"], 3)
+                      if "ms_per_iter" in b and "ms_per_iter" in f else None)
+    del sides, order
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return out
+
+
+def table(report: dict) -> str:
+    head = ("setting", "side", "ms/iter", "speedup", "peak MB", "GFLOP/iter", "TFLOP/s", "floor ms",
+            "x floor")
+    rows = [head]
+    for name, r in report["settings"].items():
+        gflop = r["flops"]["per_iteration"] / 1e9
+        for side in SIDES:
+            d = r["sides"].get(side)
+            if d is None:
+                continue
+            if "skipped" in d:
+                rows.append((name, side, "skipped", "", "", f"{gflop:.1f}", "", f"{r['floor_ms']:.1f}", ""))
+                continue
+            speed = f"{r['speedup']:.2f}x" if side == "fastdm" and r["speedup"] else ""
+            rows.append((name, side, f"{d['ms_per_iter']:.1f}", speed, f"{d['peak_mem_mb']:.0f}",
+                         f"{gflop:.1f}", f"{d['tflops']:.3f}", f"{r['floor_ms']:.1f}", f"{d['x_floor']:.1f}"))
+    widths = [max(len(str(row[i])) for row in rows) for i in range(len(head))]
+    lines = ["| " + " | ".join(str(c).ljust(w) for c, w in zip(row, widths)) + " |" for row in rows]
+    lines.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    return "\n".join(lines)
+
+
+def parse_args(argv=None):
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.compare", description=__doc__.split("\n")[0])
+    ap.add_argument("--settings", default="cifar10-ipc10",
+                    help=f"comma-separated, from: {', '.join(SETTINGS)}")
+    ap.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    ap.add_argument("--iters", type=int, default=5, help="timed iterations per side (median)")
+    ap.add_argument("--warmup", type=int, default=1, help="untimed iterations per side first")
+    ap.add_argument("--sides", default="baseline,fastdm", help="which sides to run")
+    ap.add_argument("--json", metavar="PATH", help="write the report here")
+    ap.add_argument("--peak-tflops", type=float, help="the device peak for the floor time "
+                    "(default: a large matmul measured in this run)")
+    ap.add_argument("--real-per-class", type=int, help="real images stored per class (default: "
+                    "the dataset's; only memory depends on it, not the work per iteration)")
+    ap.add_argument("--class-chunk", type=int, help="fastdm's class chunk (default: automatic)")
+    ap.add_argument("--reference-repo", metavar="PATH", help="time the upstream code of a "
+                    "VICO-UoE/DatasetCondensation checkout instead of fastdm.compat's")
+    args = ap.parse_args(argv)
+    try:
+        args.settings = parse_settings(args.settings)
+        args.sides = [s.strip() for s in args.sides.split(",") if s.strip()]
+        if not args.sides or any(s not in SIDES for s in args.sides):
+            raise FastDMError(f"--sides takes a comma-separated subset of {', '.join(SIDES)}")
+        for opt in ("iters", "real_per_class", "class_chunk"):
+            v = getattr(args, opt)
+            if v is not None and v < 1:
+                raise FastDMError(f"--{opt.replace('_', '-')} must be >= 1")
+        if args.warmup < 0:
+            raise FastDMError("--warmup must be >= 0")
+        if args.peak_tflops is not None and not args.peak_tflops > 0:
+            raise FastDMError("--peak-tflops must be positive")
+        if args.json and not os.path.isdir(os.path.dirname(os.path.abspath(args.json))):
+            raise FastDMError(f"--json {args.json}: its folder does not exist")
+    except FastDMError as e:
+        ap.error(str(e))
+    return args
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    try:
+        device = resolve_device(args.device)
+        impl = upstream_impl(args.reference_repo) if args.reference_repo else fastdm_impl()
+    except FastDMError as e:
+        raise SystemExit(f"error: {e}")
+    torch.manual_seed(0)
+    _say("measuring the matmul peak ...")
+    args.peaks = measured_peaks(device)
+    precision = conv_precision(device)
+    args.peak_used = args.peak_tflops or args.peaks[precision]
+    report = {"schema": SCHEMA, **run_facts(device), "iters": args.iters, "warmup": args.warmup,
+              "peaks_tflops": args.peaks, "peak_tflops_used": args.peak_used,
+              "peak_source": "--peak-tflops" if args.peak_tflops else f"measured matmul {precision}",
+              "baseline_impl": impl.source, "settings": {}}
+    try:
+        for name in args.settings:
+            report["settings"][name] = run_setting(name, SETTINGS[name], device, args, impl)
+            if args.json:
+                atomic_json_dump(report, args.json)
+    except KeyboardInterrupt:
+        _say("interrupted: the report holds the settings finished so far")
+    except FastDMError as e:
+        raise SystemExit(f"error: {e}")
+    print(table(report))
+    if args.json:
+        atomic_json_dump(report, args.json)
+        _say(f"report: {args.json}")
+    return report
+
+
+if __name__ == "__main__":
+    main()

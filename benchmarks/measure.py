@@ -1,0 +1,138 @@
+"""Measuring helpers shared by the benchmark scripts: memory meters, matmul peak, run facts."""
+from __future__ import annotations
+
+import datetime
+import os
+import platform
+import resource
+import subprocess
+import threading
+import time
+
+import torch
+
+from fastdm.devices import synchronize
+
+
+def _rss_bytes() -> int:
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except OSError:  # not Linux: the high-water mark is the best there is
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+class MemoryMeter:
+    """Current and peak memory of one device: CUDA ``memory_allocated``/``max_memory_allocated``;
+    CPU resident set size, its peak sampled every ``interval`` seconds by a thread (ru_maxrss
+    cannot be reset, and both sides of a comparison share the process)."""
+
+    def __init__(self, device: torch.device, interval: float = 0.002):
+        self.device = device
+        self.interval = interval
+        self._peak = 0
+        self._stop = None
+
+    @property
+    def kind(self) -> str:
+        return "cuda_max_memory_allocated" if self.device.type == "cuda" else "cpu_rss_sampled"
+
+    def current(self) -> int:
+        if self.device.type == "cuda":
+            synchronize(self.device)
+            return torch.cuda.memory_allocated(self.device)
+        return _rss_bytes()
+
+    def start(self) -> None:
+        if self.device.type == "cuda":
+            synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            return
+        self._peak = _rss_bytes()
+        self._stop = threading.Event()
+
+        def sample():
+            while not self._stop.wait(self.interval):
+                self._peak = max(self._peak, _rss_bytes())
+
+        self._thread = threading.Thread(target=sample, daemon=True)
+        self._thread.start()
+
+    def stop(self) -> int:
+        """The peak since ``start()``."""
+        if self.device.type == "cuda":
+            synchronize(self.device)
+            return torch.cuda.max_memory_allocated(self.device)
+        self._stop.set()
+        self._thread.join()
+        return max(self._peak, _rss_bytes())
+
+
+def matmul_tflops(device: torch.device, dtype=torch.float32, tf32: bool = False,
+                  seconds: float = 0.5) -> float:
+    """Achieved TFLOP/s of a large square matmul: the device's practical peak for ``dtype``."""
+    n = 8192 if device.type == "cuda" else 1536
+    g = torch.Generator(device=device).manual_seed(0)
+    a = torch.randn(n, n, device=device, dtype=dtype, generator=g)
+    b = torch.randn(n, n, device=device, dtype=dtype, generator=g)
+    old = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = tf32
+    try:
+        for _ in range(2):
+            a @ b
+        synchronize(device)
+        reps, t0 = 0, time.perf_counter()
+        while True:
+            for _ in range(4 if device.type == "cuda" else 1):
+                a @ b
+                reps += 1
+            synchronize(device)
+            elapsed = time.perf_counter() - t0
+            if elapsed >= seconds:
+                return 2.0 * n ** 3 * reps / elapsed / 1e12
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = old
+
+
+def measured_peaks(device: torch.device) -> dict[str, float]:
+    """fp32 peak everywhere; tf32 and bf16 peaks on CUDA."""
+    peaks = {"fp32": matmul_tflops(device)}
+    if device.type == "cuda":
+        peaks["tf32"] = matmul_tflops(device, tf32=True)
+        peaks["bf16"] = matmul_tflops(device, torch.bfloat16)
+    return {k: round(v, 3) for k, v in peaks.items()}
+
+
+def conv_precision(device: torch.device) -> str:
+    """The precision fp32 convolutions actually run in (cuDNN uses TF32 when allowed)."""
+    if device.type == "cuda" and torch.backends.cudnn.allow_tf32:
+        major, _ = torch.cuda.get_device_capability(device)
+        return "tf32" if major >= 8 else "fp32"
+    return "fp32"
+
+
+def commit() -> str:
+    here = os.path.dirname(os.path.abspath(__file__))
+    try:
+        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=here, capture_output=True,
+                             text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return (rev + ("-dirty" if dirty else "")) if rev else "unknown"
+
+
+def run_facts(device: torch.device) -> dict:
+    from fastdm.backend import triton_importable
+    from fastdm.condense import device_name
+    return {
+        "date": datetime.date.today().isoformat(),
+        "commit": commit(),
+        "device": str(device),
+        "device_name": device_name(device),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "triton": triton_importable(),
+        "python": platform.python_version(),
+    }

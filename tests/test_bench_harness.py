@@ -1,0 +1,192 @@
+"""The benchmark harness itself: FLOP counts, baseline == engine, the compare report."""
+import copy
+import json
+import math
+from dataclasses import fields, replace
+
+import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from benchmarks import compare, profile
+from benchmarks.flops import embed_flops_per_image, iteration_flops
+from benchmarks.reference_loop import ReferenceLoop, upstream_impl
+from benchmarks.settings import SETTINGS
+from conftest import make_dataset
+from fastdm import condense, rng
+from fastdm.compat import draw_reference_table
+from fastdm.condense import DMEngine
+from fastdm.config import CondenseConfig
+from fastdm.errors import FastDMError
+from fastdm.models import create_model, init_parameters_
+from spec_oracle import spec_diffaugment
+
+
+# -- FLOP counter ---------------------------------------------------------------------------------
+def conv_flops(h, w, cin, cout, k=3):
+    return 2 * h * w * cout * cin * k * k
+
+
+def test_convnet_32px_hand_count():
+    f = embed_flops_per_image("ConvNet", 3, 32)
+    want = conv_flops(32, 32, 3, 128) + conv_flops(16, 16, 128, 128) + conv_flops(8, 8, 128, 128)
+    assert f.matmul == want == 101_449_728  # "about 101.5 MFLOP" per 32 px image
+    # per conv output element: bias 1, GroupNorm 5, ReLU 1; AvgPool 4 per pooled element
+    outs = 128 * (32 * 32 + 16 * 16 + 8 * 8)
+    pooled = 128 * (16 * 16 + 8 * 8 + 4 * 4)
+    assert f.elementwise == outs * (1 + 5 + 1) + 4 * pooled
+
+
+def test_mnist_and_d4_hand_counts():
+    # 1x28x28: the first conv pads by 3, so it outputs 32x32 maps from 1 channel
+    f = embed_flops_per_image("ConvNet", 1, 28)
+    assert f.matmul == conv_flops(32, 32, 1, 128) + conv_flops(16, 16, 128, 128) + conv_flops(8, 8, 128, 128)
+    f = embed_flops_per_image("ConvNetD4", 3, 64)
+    assert f.matmul == (conv_flops(64, 64, 3, 128) + conv_flops(32, 32, 128, 128)
+                        + conv_flops(16, 16, 128, 128) + conv_flops(8, 8, 128, 128))
+
+
+@pytest.mark.parametrize("model,ch,size", [("ConvNet", 3, 32), ("ConvNetD2", 1, 12), ("ConvNetW32", 3, 20),
+                                           ("AlexNet", 3, 32), ("VGG11", 1, 28)])
+def test_matmul_flops_agree_with_torch_flop_counter(model, ch, size):
+    torch.manual_seed(0)
+    net = create_model(model, ch, 10, (size, size))
+    mode = FlopCounterMode(display=False)
+    with mode:
+        net.embed(torch.randn(2, ch, size, size))
+    assert embed_flops_per_image(model, ch, size).matmul * 2 == mode.get_total_flops()
+
+
+def test_iteration_flops_agree_with_a_measured_iteration():
+    """fwd(real) + fwd(syn) + input-gradient bwd(syn), counted by torch on a real run."""
+    torch.manual_seed(0)
+    net = create_model("ConvNetD2", 3, 4, (12, 12)).requires_grad_(False)
+    real, syn = torch.randn(6, 3, 12, 12), torch.randn(2, 3, 12, 12, requires_grad=True)
+    mode = FlopCounterMode(display=False)
+    with mode:
+        with torch.no_grad():
+            fr = net.embed(real).mean(0)
+        loss = ((fr - net.embed(syn).mean(0)) ** 2).sum()
+        loss.backward()
+    per_image = embed_flops_per_image("ConvNetD2", 3, 12).matmul
+    assert iteration_flops(per_image, 6, 2) == mode.get_total_flops()
+
+
+# -- baseline loop == engine ----------------------------------------------------------------------
+def _stack_tables(tables):
+    t0 = tables[0]
+    return replace(t0, **{f.name: torch.cat([getattr(t, f.name) for t in tables])
+                          for f in fields(t0) if isinstance(getattr(t0, f.name), torch.Tensor)})
+
+
+@pytest.mark.parametrize("model", ["ConvNet", "ConvNetBN"])
+def test_baseline_loop_and_engine_agree(model, monkeypatch):
+    """Same weights, real images and augmentation draws: same loss, gradient and SGD step.
+
+    The engine draws its DSA rows from the per-class reference seeds (through fastdm.compat);
+    the baseline augments with the spec oracle (an implementation written from the spec alone)
+    and runs the per-class reference loop with torch.optim.SGD."""
+    data = make_dataset()
+    strategy = "color_crop_cutout_flip_scale_rotate"
+    cfg = CondenseConfig(dataset="toy", ipc=2, batch_real=8, model=model, strategy=strategy,
+                         iterations=10).resolved(data)
+    engine = DMEngine(cfg, data, "cpu")
+    state = engine.initial_state()
+    it = 3
+    state.iteration = it
+    seeds = [1000 + 37 * c for c in range(data.num_classes)]
+    probe = torch.zeros(cfg.ipc, data.channels, *data.image_size)
+    table = _stack_tables([draw_reference_table(probe, strategy, s)[0] for s in seeds])
+    monkeypatch.setattr(condense, "sample_siamese", lambda *a, **k: table)
+
+    base = ReferenceLoop(data.normalize(data.train.images), data.train.labels, data.num_classes,
+                         cfg.ipc, cfg.batch_real, model, strategy)
+    base.image_syn = state.images.clone().requires_grad_(True)
+    base.optimizer = torch.optim.SGD([base.image_syn], lr=cfg.lr_img, momentum=cfg.momentum)
+    cur = [it]  # the baseline's iteration, for its weights and real batches
+    base.new_network = lambda: init_parameters_(copy.deepcopy(engine.net), cfg.seed, rng.NET, cur[0])
+    base.get_images = lambda c, n: engine.real_batch(cur[0], c, c + 1)[0]
+    base.seed = lambda c: seeds[c]
+    base.augment = lambda x, seed, c: spec_diffaugment(x, strategy, seed)[0]
+
+    loss_b = base.loss(base.new_network())
+    loss_b.backward()
+    loss_e, grad_e = engine.loss_and_grad(state.images, it)
+    assert loss_e.item() > 0
+    assert torch.allclose(loss_e, loss_b, rtol=1e-5)
+    assert torch.allclose(grad_e, base.image_syn.grad, rtol=1e-4, atol=1e-7)
+    # two full iterations on both sides (the second exercises the momentum buffer)
+    base.image_syn.grad = None
+    for _ in range(2):
+        base.step()
+        engine.step(state)
+        cur[0] += 1
+    assert torch.allclose(state.images, base.image_syn.detach(), rtol=1e-4, atol=1e-6)
+
+
+def test_baseline_draws_like_the_reference():
+    """Default hooks: a new network per step, np.random batches of the class, loss finite."""
+    data = make_dataset()
+    base = ReferenceLoop(data.normalize(data.train.images), data.train.labels, data.num_classes, 2, 5,
+                         "ConvNetD2", "color_crop_cutout_flip_scale_rotate")
+    before = base.image_syn.detach().clone()
+    net1, net2 = base.new_network(), base.new_network()
+    assert not torch.equal(net1.features[0].weight, net2.features[0].weight)
+    batch = base.get_images(1, 5)
+    members = data.normalize(data.train.class_slice(1))
+    assert batch.shape[0] == 5 and all(any(torch.equal(b, m) for m in members) for b in batch)
+    assert math.isfinite(base.step())
+    assert not torch.equal(before, base.image_syn.detach())
+
+
+def test_upstream_impl_needs_a_checkout(tmp_path):
+    with pytest.raises(FastDMError, match="no utils.py"):
+        upstream_impl(str(tmp_path))
+
+
+# -- compare report -------------------------------------------------------------------------------
+def test_compare_report_schema(tmp_path, capsys):
+    path = tmp_path / "r.json"
+    compare.main(["--settings", "toy-ipc2", "--device", "cpu", "--iters", "3", "--warmup", "0",
+                  "--json", str(path), "--peak-tflops", "0.5"])
+    r = json.loads(path.read_text())
+    assert r["schema"] == compare.SCHEMA
+    for key in ("date", "commit", "device", "device_name", "threads", "torch", "triton", "python"):
+        assert key in r
+    assert r["device"] == "cpu" and r["peak_tflops_used"] == 0.5 and r["peak_source"] == "--peak-tflops"
+    assert r["peaks_tflops"]["fp32"] > 0
+    s = r["settings"]["toy-ipc2"]
+    want_flops = SETTINGS["toy-ipc2"].flops()
+    assert s["flops"] == want_flops
+    assert s["floor_ms"] == pytest.approx(want_flops["per_iteration"] / 0.5e12 * 1e3, rel=1e-3)
+    for side in ("baseline", "fastdm"):
+        d = s["sides"][side]
+        assert len(d["times_ms"]) == 3 and d["ms_per_iter"] == sorted(d["times_ms"])[1]
+        assert d["tflops"] == pytest.approx(want_flops["per_iteration"] / d["ms_per_iter"] / 1e9, rel=1e-2)
+        assert d["x_floor"] == pytest.approx(d["ms_per_iter"] / s["floor_ms"], rel=1e-2)
+        assert d["peak_mem_mb"] >= d["data_mb"] >= 0 and d["mem_kind"] == "cpu_rss_sampled"
+    assert s["speedup"] == pytest.approx(s["sides"]["baseline"]["ms_per_iter"]
+                                         / s["sides"]["fastdm"]["ms_per_iter"], rel=1e-2)
+    assert s["sides"]["fastdm"]["backends"] == {"dsa": "torch", "mmd": "torch"}
+    assert "| toy-ipc2 | fastdm" in capsys.readouterr().out
+
+
+def test_compare_one_side_and_bad_arguments(tmp_path, capsys):
+    r = compare.main(["--settings", "toy-ipc2", "--device", "cpu", "--iters", "1", "--warmup", "0",
+                      "--sides", "fastdm", "--peak-tflops", "1"])
+    s = r["settings"]["toy-ipc2"]
+    assert s["sides"]["baseline"] == {"skipped": "not selected (--sides)"} and s["speedup"] is None
+    for bad in (["--settings", "cifar7"], ["--iters", "0"], ["--sides", "both"],
+                ["--json", str(tmp_path / "missing" / "r.json")]):
+        with pytest.raises(SystemExit) as e:
+            compare.main(bad)
+        assert e.value.code == 2
+    assert "unknown setting 'cifar7'" in capsys.readouterr().err
+
+
+def test_profile_writes_a_trace(tmp_path, capsys):
+    trace = profile.main(["toy-ipc2", "--side", "baseline", "--iters", "1", "--device", "cpu",
+                          "--out", str(tmp_path)])
+    events = json.loads(open(trace).read())["traceEvents"]
+    assert any("conv" in e.get("name", "") for e in events)
+    assert "aten::" in capsys.readouterr().out
