@@ -4,8 +4,10 @@
 
 For each setting: both sides are built on random data of the setting's shape, warmed up, then
 timed alternately (which side goes first alternates too), and the median is reported. Per side:
-ms per iteration, peak memory (the side's own data plus the peak working memory of its
-iterations: CUDA max_memory_allocated, CPU sampled resident set size), the embedder FLOPs per
+ms per iteration, peak memory (CUDA: max_memory_allocated in the timing process, as the side's
+data plus the peak working memory of its iterations; CPU: the peak resident set size of one
+iteration of that side alone in a fresh process, over the process's size before it built
+anything; --no-memory skips that extra iteration), the embedder FLOPs per
 iteration (benchmarks/flops.py), achieved TFLOP/s and how far it is from the floor time at the
 device's peak (measured by a large matmul in this run unless --peak-tflops is given).
 The JSON report (--json) is rewritten after every setting, so an interrupted run keeps what it
@@ -18,6 +20,7 @@ import gc
 import json
 import os
 import statistics
+import subprocess
 import sys
 import time
 
@@ -27,10 +30,11 @@ from fastdm.devices import resolve_device, synchronize
 from fastdm.errors import FastDMError
 from fastdm.io import atomic_json_dump
 
-from .measure import MemoryMeter, conv_precision, measured_peaks, run_facts
+from .measure import (CudaMemory, conv_precision, measured_peaks, peak_rss_bytes, reset_peak_rss,
+                      rss_bytes, run_facts)
 from .reference_loop import fastdm_impl, upstream_impl
-from .settings import (SETTINGS, Setting, baseline_fits, baseline_side, fastdm_side,
-                       parse_settings, _host_available)
+from .settings import (SETTINGS, Setting, baseline_fits, baseline_side, fastdm_side, host_available,
+                       parse_settings)
 
 SCHEMA = "fastdm.compare/1"
 SIDES = ("baseline", "fastdm")
@@ -41,41 +45,102 @@ def _say(msg: str) -> None:
 
 
 class Side:
-    """One side of a comparison: its step function and its measurements."""
+    """One side of a comparison: its step function, its times and (CUDA) its memory."""
 
-    def __init__(self, name, build, meter: MemoryMeter):
-        before = meter.current()
+    def __init__(self, name: str, build, device: torch.device):
+        self.name, self.device = name, device
+        self.cuda = CudaMemory(device) if device.type == "cuda" else None
+        before = self.cuda.current() if self.cuda else 0
         self.obj = build()
-        self.data_bytes = max(0, meter.current() - before)
-        self.name, self.meter = name, meter
-        self.times, self.working = [], 0
         if name == "fastdm":
             self.state = self.obj.initial_state()
+        self.data_bytes = self.cuda.current() - before if self.cuda else self.tensor_bytes()
+        self.times, self.working = [], 0
 
-    def step(self, timed: bool) -> None:
-        dev = self.meter.device
-        synchronize(dev)
-        base = self.meter.current()
-        self.meter.start()
+    def tensor_bytes(self) -> int:
+        """Bytes of the side's persistent tensors: real images, synthetic images, momentum."""
+        if self.name == "fastdm":
+            return self.obj.real.nbytes + 2 * self.state.images.nbytes
+        return self.obj.images_all.nbytes + 2 * self.obj.image_syn.nbytes
+
+    def step(self, timed: bool = True) -> None:
+        synchronize(self.device)
+        if self.cuda:
+            base = self.cuda.current()
+            self.cuda.start()
         t0 = time.perf_counter()
         if self.name == "fastdm":
             self.obj.step(self.state)
         else:
             self.obj.step()
-        synchronize(dev)
+        synchronize(self.device)
         elapsed = time.perf_counter() - t0
-        self.working = max(self.working, self.meter.stop() - base)
+        if self.cuda:
+            self.working = max(self.working, self.cuda.peak() - base)
         if timed:
             self.times.append(elapsed)
 
-    def report(self, flops: int, floor_ms: float, extra: dict) -> dict:
+    def report(self, flops: int, floor_ms: float, memory: dict | None, extra: dict) -> dict:
         ms = statistics.median(self.times) * 1e3
-        return {"ms_per_iter": round(ms, 3), "times_ms": [round(t * 1e3, 3) for t in self.times],
-                "peak_mem_mb": round((self.data_bytes + self.working) / 2 ** 20, 1),
-                "data_mb": round(self.data_bytes / 2 ** 20, 1),
-                "working_mb": round(self.working / 2 ** 20, 1),
-                "mem_kind": self.meter.kind, "tflops": round(flops / (ms * 1e-3) / 1e12, 4),
-                "x_floor": round(ms / floor_ms, 2), **extra}
+        out = {"ms_per_iter": round(ms, 3), "times_ms": [round(t * 1e3, 3) for t in self.times],
+               "tflops": round(flops / (ms * 1e-3) / 1e12, 4), "x_floor": round(ms / floor_ms, 2)}
+        if self.cuda:
+            memory = {"peak_mem_mb": _mb(self.data_bytes + self.working), "data_mb": _mb(self.data_bytes),
+                      "working_mb": _mb(self.working), "mem_kind": CudaMemory.kind}
+        return {**out, **(memory or {"peak_mem_mb": None, "mem_kind": "not measured (--no-memory)"}),
+                **extra}
+
+
+def _mb(n: int) -> float:
+    return round(n / 2 ** 20, 1)
+
+
+def _side_options(args) -> list[str]:
+    opts = []
+    for opt in ("real_per_class", "class_chunk", "reference_repo"):
+        if getattr(args, opt) is not None:
+            opts += [f"--{opt.replace('_', '-')}", str(getattr(args, opt))]
+    return opts
+
+
+def probe_cpu_memory(name: str, side: str, args) -> dict:
+    """Peak RSS of one side's iteration, in a fresh process: in the timing process RSS also
+    holds pages the other side freed, so it cannot be split between the sides."""
+    cmd = [sys.executable, "-m", "benchmarks.compare", "--settings", name, "--device", "cpu",
+           "--probe-memory", side, *_side_options(args)]
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    done = subprocess.run(cmd, cwd=root, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise FastDMError(f"the memory probe of {name}/{side} failed: "
+                          f"{(done.stderr.strip().splitlines() or ['no output'])[-1]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def memory_probe(name: str, side: str, args) -> None:
+    """(Child process) build one side, run one iteration, print its memory as JSON."""
+    s = SETTINGS[name]
+    per_class = args.real_per_class or s.per_class
+    impl = upstream_impl(args.reference_repo) if args.reference_repo else fastdm_impl()
+    cpu = torch.device("cpu")
+
+    def build(s, per_class, chunk=None):
+        return (lambda: baseline_side(s, per_class, cpu, impl)) if side == "baseline" else (
+            lambda: fastdm_side(s, per_class, cpu, chunk))
+
+    # one toy iteration first, so one-time library costs (kernel code, thread pools) are not
+    # booked to the setting
+    toy = SETTINGS["toy-ipc2"]
+    Side(side, build(toy, toy.per_class), cpu).step()
+    gc.collect()
+    start = rss_bytes()
+    obj = Side(side, build(s, per_class, args.class_chunk), cpu)
+    gc.collect()
+    exact = reset_peak_rss()  # building (e.g. uint8 -> float) has its own transient peak
+    obj.step()
+    peak = peak_rss_bytes() - start
+    print(json.dumps({"peak_mem_mb": _mb(peak), "data_mb": _mb(obj.data_bytes),
+                      "working_mb": _mb(max(0, peak - obj.data_bytes)),
+                      "mem_kind": "cpu_peak_rss" + ("" if exact else "_incl_setup")}))
 
 
 def run_setting(name: str, s: Setting, device, args, impl) -> dict:
@@ -84,7 +149,6 @@ def run_setting(name: str, s: Setting, device, args, impl) -> dict:
         raise FastDMError(f"--real-per-class {per_class} is below ipc {s.ipc} of {name}")
     flops = s.flops()
     out = {"setting": s.to_dict(), "real_per_class": per_class, "flops": flops, "sides": {}}
-    meter = MemoryMeter(device)
     builders = {
         "baseline": lambda: baseline_side(s, per_class, device, impl),
         "fastdm": lambda: fastdm_side(s, per_class, device, args.class_chunk),
@@ -94,7 +158,7 @@ def run_setting(name: str, s: Setting, device, args, impl) -> dict:
         reason = baseline_fits(s, per_class, device)
         if reason:
             skip["baseline"] = reason
-    host = _host_available()
+    host = host_available()
     if "fastdm" in args.sides and host is not None and s.images(per_class) * s.channels * s.size ** 2 > 0.6 * host:
         skip["fastdm"] = "the uint8 training set does not fit in 60 % of available host memory"
     for side in SIDES:
@@ -106,32 +170,38 @@ def run_setting(name: str, s: Setting, device, args, impl) -> dict:
             _say(f"[{name}] {side}: skipped: {skip[side]}")
             continue
         _say(f"[{name}] building {side} ...")
-        sides[side] = Side(side, builders[side], meter)
+        sides[side] = Side(side, builders[side], device)
     for side in sides.values():
         for _ in range(args.warmup):
             side.step(timed=False)
     order = list(sides.values())
     for i in range(args.iters):
         for side in (order if i % 2 == 0 else order[::-1]):
-            side.step(timed=True)
+            side.step()
             _say(f"[{name}] {side.name} iteration {i + 1}/{args.iters}: {side.times[-1] * 1e3:.1f} ms")
     floor_ms = flops["per_iteration"] / (args.peak_used * 1e12) * 1e3
     out["floor_ms"] = round(floor_ms, 3)
     if "bf16" in args.peaks:
         out["floor_ms_bf16"] = round(flops["per_iteration"] / (args.peaks["bf16"] * 1e12) * 1e3, 3)
+    extras = {}
+    for side_name, side in sides.items():  # free this setting's data before probes and the next setting
+        extras[side_name] = ({"impl": impl.source} if side_name == "baseline" else
+                             {"class_chunk": side.obj.chunk, "backends": side.obj.backends})
+        side.obj = side.state = None
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
     for side_name, side in sides.items():
-        extra = {"impl": impl.source if impl else "fastdm.compat"} if side_name == "baseline" else {
-            "class_chunk": side.obj.chunk, "backends": side.obj.backends}
-        out["sides"][side_name] = side.report(flops["per_iteration"], floor_ms, extra)
+        memory = None
+        if device.type == "cpu" and args.memory:
+            _say(f"[{name}] {side_name}: measuring peak memory in a fresh process ...")
+            memory = probe_cpu_memory(name, side_name, args)
+        out["sides"][side_name] = side.report(flops["per_iteration"], floor_ms, memory, extras[side_name])
     for side_name, reason in skip.items():
         out["sides"][side_name] = {"skipped": reason}
     b, f = out["sides"].get("baseline", {}), out["sides"].get("fastdm", {})
     out["speedup"] = (round(b["ms_per_iter"] / f["ms_per_iter"], 3)
                       if "ms_per_iter" in b and "ms_per_iter" in f else None)
-    del sides, order
-    gc.collect()
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
     return out
 
 
@@ -149,7 +219,8 @@ def table(report: dict) -> str:
                 rows.append((name, side, "skipped", "", "", f"{gflop:.1f}", "", f"{r['floor_ms']:.1f}", ""))
                 continue
             speed = f"{r['speedup']:.2f}x" if side == "fastdm" and r["speedup"] else ""
-            rows.append((name, side, f"{d['ms_per_iter']:.1f}", speed, f"{d['peak_mem_mb']:.0f}",
+            mem = "-" if d["peak_mem_mb"] is None else f"{d['peak_mem_mb']:.0f}"
+            rows.append((name, side, f"{d['ms_per_iter']:.1f}", speed, mem,
                          f"{gflop:.1f}", f"{d['tflops']:.3f}", f"{r['floor_ms']:.1f}", f"{d['x_floor']:.1f}"))
     widths = [max(len(str(row[i])) for row in rows) for i in range(len(head))]
     lines = ["| " + " | ".join(str(c).ljust(w) for c, w in zip(row, widths)) + " |" for row in rows]
@@ -173,6 +244,9 @@ def parse_args(argv=None):
     ap.add_argument("--class-chunk", type=int, help="fastdm's class chunk (default: automatic)")
     ap.add_argument("--reference-repo", metavar="PATH", help="time the upstream code of a "
                     "VICO-UoE/DatasetCondensation checkout instead of fastdm.compat's")
+    ap.add_argument("--no-memory", dest="memory", action="store_false",
+                    help="CPU: skip the peak-memory probe (one extra iteration per side)")
+    ap.add_argument("--probe-memory", choices=SIDES, help=argparse.SUPPRESS)  # internal: the probe
     args = ap.parse_args(argv)
     try:
         args.settings = parse_settings(args.settings)
@@ -196,6 +270,8 @@ def parse_args(argv=None):
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
+    if args.probe_memory:
+        return memory_probe(args.settings[0], args.probe_memory, args)
     try:
         device = resolve_device(args.device)
         impl = upstream_impl(args.reference_repo) if args.reference_repo else fastdm_impl()

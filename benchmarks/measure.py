@@ -6,7 +6,6 @@ import os
 import platform
 import resource
 import subprocess
-import threading
 import time
 
 import torch
@@ -14,58 +13,54 @@ import torch
 from fastdm.devices import synchronize
 
 
-def _rss_bytes() -> int:
+def rss_bytes() -> int:
+    """The process's current resident set size."""
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def reset_peak_rss() -> bool:
+    """Reset the kernel's peak-RSS mark (VmHWM; Linux >= 4.0). False where that is impossible."""
     try:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except OSError:  # not Linux: the high-water mark is the best there is
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
 
 
-class MemoryMeter:
-    """Current and peak memory of one device: CUDA ``memory_allocated``/``max_memory_allocated``;
-    CPU resident set size, its peak sampled every ``interval`` seconds by a thread (ru_maxrss
-    cannot be reset, and both sides of a comparison share the process)."""
+def peak_rss_bytes() -> int:
+    """Peak RSS since the last reset (or since the process started)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
-    def __init__(self, device: torch.device, interval: float = 0.002):
+
+class CudaMemory:
+    """A side's CUDA memory: allocator counts are exact and resettable, so they are taken in
+    the timing process (CPU memory is probed in a fresh process instead: benchmarks.compare)."""
+
+    kind = "cuda_max_memory_allocated"
+
+    def __init__(self, device: torch.device):
         self.device = device
-        self.interval = interval
-        self._peak = 0
-        self._stop = None
-
-    @property
-    def kind(self) -> str:
-        return "cuda_max_memory_allocated" if self.device.type == "cuda" else "cpu_rss_sampled"
 
     def current(self) -> int:
-        if self.device.type == "cuda":
-            synchronize(self.device)
-            return torch.cuda.memory_allocated(self.device)
-        return _rss_bytes()
+        synchronize(self.device)
+        return torch.cuda.memory_allocated(self.device)
 
     def start(self) -> None:
-        if self.device.type == "cuda":
-            synchronize(self.device)
-            torch.cuda.reset_peak_memory_stats(self.device)
-            return
-        self._peak = _rss_bytes()
-        self._stop = threading.Event()
+        synchronize(self.device)
+        torch.cuda.reset_peak_memory_stats(self.device)
 
-        def sample():
-            while not self._stop.wait(self.interval):
-                self._peak = max(self._peak, _rss_bytes())
-
-        self._thread = threading.Thread(target=sample, daemon=True)
-        self._thread.start()
-
-    def stop(self) -> int:
-        """The peak since ``start()``."""
-        if self.device.type == "cuda":
-            synchronize(self.device)
-            return torch.cuda.max_memory_allocated(self.device)
-        self._stop.set()
-        self._thread.join()
-        return max(self._peak, _rss_bytes())
+    def peak(self) -> int:
+        synchronize(self.device)
+        return torch.cuda.max_memory_allocated(self.device)
 
 
 def matmul_tflops(device: torch.device, dtype=torch.float32, tf32: bool = False,

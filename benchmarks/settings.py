@@ -101,14 +101,14 @@ def baseline_fits(s: Setting, per_class: int, device: torch.device) -> str | Non
         free, _ = torch.cuda.mem_get_info(device)
         avail, where = free, "free GPU memory"
     else:
-        avail, where = _host_available(), "available host memory"
+        avail, where = host_available(), "available host memory"
     if avail is not None and need > 0.6 * avail:
         return (f"the reference holds the training set as float32 on the device: "
                 f"{need / 1e9:.1f} GB, more than 60 % of the {avail / 1e9:.1f} GB {where}")
     return None
 
 
-def _host_available() -> int | None:
+def host_available() -> int | None:
     try:
         with open("/proc/meminfo") as f:
             for line in f:

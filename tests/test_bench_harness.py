@@ -164,7 +164,7 @@ def test_compare_report_schema(tmp_path, capsys):
         assert len(d["times_ms"]) == 3 and d["ms_per_iter"] == sorted(d["times_ms"])[1]
         assert d["tflops"] == pytest.approx(want_flops["per_iteration"] / d["ms_per_iter"] / 1e9, rel=1e-2)
         assert d["x_floor"] == pytest.approx(d["ms_per_iter"] / s["floor_ms"], rel=1e-2)
-        assert d["peak_mem_mb"] >= d["data_mb"] >= 0 and d["mem_kind"] == "cpu_rss_sampled"
+        assert d["peak_mem_mb"] >= d["data_mb"] >= 0 and d["mem_kind"] == "cpu_peak_rss"
     assert s["speedup"] == pytest.approx(s["sides"]["baseline"]["ms_per_iter"]
                                          / s["sides"]["fastdm"]["ms_per_iter"], rel=1e-2)
     assert s["sides"]["fastdm"]["backends"] == {"dsa": "torch", "mmd": "torch"}
@@ -173,7 +173,7 @@ def test_compare_report_schema(tmp_path, capsys):
 
 def test_compare_one_side_and_bad_arguments(tmp_path, capsys):
     r = compare.main(["--settings", "toy-ipc2", "--device", "cpu", "--iters", "1", "--warmup", "0",
-                      "--sides", "fastdm", "--peak-tflops", "1"])
+                      "--sides", "fastdm", "--peak-tflops", "1", "--no-memory"])
     s = r["settings"]["toy-ipc2"]
     assert s["sides"]["baseline"] == {"skipped": "not selected (--sides)"} and s["speedup"] is None
     for bad in (["--settings", "cifar7"], ["--iters", "0"], ["--sides", "both"],
