@@ -24,6 +24,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import torch
 
 from fastdm.devices import resolve_device, synchronize
@@ -34,7 +35,7 @@ from .measure import (CudaMemory, conv_precision, measured_peaks, peak_rss_bytes
                       rss_bytes, run_facts)
 from .reference_loop import fastdm_impl, upstream_impl
 from .settings import (SETTINGS, Setting, baseline_fits, baseline_side, fastdm_side, host_available,
-                       parse_settings)
+                       parse_settings, uint8_bytes)
 
 SCHEMA = "fastdm.compare/1"
 SIDES = ("baseline", "fastdm")
@@ -58,10 +59,10 @@ class Side:
         self.times, self.working = [], 0
 
     def tensor_bytes(self) -> int:
-        """Bytes of the side's persistent tensors: real images, synthetic images, momentum."""
-        if self.name == "fastdm":
+        """Bytes of the side's persistent tensors (after its first step)."""
+        if self.name == "fastdm":  # images, momentum
             return self.obj.real.nbytes + 2 * self.state.images.nbytes
-        return self.obj.images_all.nbytes + 2 * self.obj.image_syn.nbytes
+        return self.obj.images_all.nbytes + 3 * self.obj.image_syn.nbytes  # images, .grad, momentum
 
     def step(self, timed: bool = True) -> None:
         synchronize(self.device)
@@ -91,6 +92,12 @@ class Side:
                 **extra}
 
 
+def _free(device) -> None:
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
 def _mb(n: int) -> float:
     return round(n / 2 ** 20, 1)
 
@@ -109,10 +116,14 @@ def probe_cpu_memory(name: str, side: str, args) -> dict:
     cmd = [sys.executable, "-m", "benchmarks.compare", "--settings", name, "--device", "cpu",
            "--probe-memory", side, *_side_options(args)]
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    done = subprocess.run(cmd, cwd=root, capture_output=True, text=True)
-    if done.returncode != 0:
-        raise FastDMError(f"the memory probe of {name}/{side} failed: "
-                          f"{(done.stderr.strip().splitlines() or ['no output'])[-1]}")
+    try:
+        done = subprocess.run(cmd, cwd=root, capture_output=True, text=True, timeout=args.probe_timeout)
+    except subprocess.TimeoutExpired:
+        return {"peak_mem_mb": None, "mem_kind": f"probe timed out after {args.probe_timeout} s"}
+    if done.returncode != 0:  # keep the timings; say why memory is missing
+        why = (done.stderr.strip().splitlines() or [f"exit status {done.returncode}"])[-1]
+        _say(f"[{name}] {side}: memory probe failed: {why}")
+        return {"peak_mem_mb": None, "mem_kind": f"probe failed: {why}"}
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
@@ -145,22 +156,23 @@ def memory_probe(name: str, side: str, args) -> None:
 
 def run_setting(name: str, s: Setting, device, args, impl) -> dict:
     per_class = args.real_per_class or s.per_class
-    if per_class < s.ipc:
-        raise FastDMError(f"--real-per-class {per_class} is below ipc {s.ipc} of {name}")
-    flops = s.flops()
+    flops = s.flops(per_class)
     out = {"setting": s.to_dict(), "real_per_class": per_class, "flops": flops, "sides": {}}
     builders = {
         "baseline": lambda: baseline_side(s, per_class, device, impl),
         "fastdm": lambda: fastdm_side(s, per_class, device, args.class_chunk),
     }
     skip = {}
+    host = host_available()
+    store = uint8_bytes(s, per_class)  # fastdm's side starts from a host uint8 store
+    if "fastdm" in args.sides and host is not None and store > 0.6 * host:
+        skip["fastdm"] = (f"its uint8 training set ({store / 1e9:.1f} GB) is more than 60 % of "
+                          f"the {host / 1e9:.1f} GB available host memory")
     if "baseline" in args.sides:
-        reason = baseline_fits(s, per_class, device)
+        reason = baseline_fits(s, per_class, device,
+                               store if "fastdm" in args.sides and "fastdm" not in skip else 0)
         if reason:
             skip["baseline"] = reason
-    host = host_available()
-    if "fastdm" in args.sides and host is not None and s.images(per_class) * s.channels * s.size ** 2 > 0.6 * host:
-        skip["fastdm"] = "the uint8 training set does not fit in 60 % of available host memory"
     for side in SIDES:
         if side not in args.sides:
             skip.setdefault(side, "not selected (--sides)")
@@ -170,15 +182,26 @@ def run_setting(name: str, s: Setting, device, args, impl) -> dict:
             _say(f"[{name}] {side}: skipped: {skip[side]}")
             continue
         _say(f"[{name}] building {side} ...")
-        sides[side] = Side(side, builders[side], device)
-    for side in sides.values():
-        for _ in range(args.warmup):
-            side.step(timed=False)
+        try:
+            sides[side] = Side(side, builders[side], device)
+            for _ in range(args.warmup):
+                sides[side].step(timed=False)
+        except torch.OutOfMemoryError as e:  # the other side may still fit
+            sides.pop(side, None)
+            skip[side] = f"out of memory: {str(e).splitlines()[0]}"
+            _say(f"[{name}] {side}: {skip[side]}")
+            _free(device)
     order = list(sides.values())
-    for i in range(args.iters):
-        for side in (order if i % 2 == 0 else order[::-1]):
-            side.step()
-            _say(f"[{name}] {side.name} iteration {i + 1}/{args.iters}: {side.times[-1] * 1e3:.1f} ms")
+    try:
+        for i in range(args.iters):
+            for side in (order if i % 2 == 0 else order[::-1]):
+                side.step()
+                _say(f"[{name}] {side.name} iteration {i + 1}/{args.iters}: {side.times[-1] * 1e3:.1f} ms")
+    except torch.OutOfMemoryError as e:
+        for side_name in sides:
+            skip[side_name] = f"out of memory while timing: {str(e).splitlines()[0]}"
+        sides = {}
+        _free(device)
     floor_ms = flops["per_iteration"] / (args.peak_used * 1e12) * 1e3
     out["floor_ms"] = round(floor_ms, 3)
     if "bf16" in args.peaks:
@@ -188,9 +211,7 @@ def run_setting(name: str, s: Setting, device, args, impl) -> dict:
         extras[side_name] = ({"impl": impl.source} if side_name == "baseline" else
                              {"class_chunk": side.obj.chunk, "backends": side.obj.backends})
         side.obj = side.state = None
-    gc.collect()
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
+    _free(device)
     for side_name, side in sides.items():
         memory = None
         if device.type == "cpu" and args.memory:
@@ -246,6 +267,7 @@ def parse_args(argv=None):
                     "VICO-UoE/DatasetCondensation checkout instead of fastdm.compat's")
     ap.add_argument("--no-memory", dest="memory", action="store_false",
                     help="CPU: skip the peak-memory probe (one extra iteration per side)")
+    ap.add_argument("--probe-timeout", type=float, default=3600, help="seconds (default 3600)")
     ap.add_argument("--probe-memory", choices=SIDES, help=argparse.SUPPRESS)  # internal: the probe
     args = ap.parse_args(argv)
     try:
@@ -259,10 +281,18 @@ def parse_args(argv=None):
                 raise FastDMError(f"--{opt.replace('_', '-')} must be >= 1")
         if args.warmup < 0:
             raise FastDMError("--warmup must be >= 0")
-        if args.peak_tflops is not None and not args.peak_tflops > 0:
-            raise FastDMError("--peak-tflops must be positive")
-        if args.json and not os.path.isdir(os.path.dirname(os.path.abspath(args.json))):
-            raise FastDMError(f"--json {args.json}: its folder does not exist")
+        if args.peak_tflops is not None and not 0 < args.peak_tflops < float("inf"):
+            raise FastDMError("--peak-tflops must be a positive number")
+        if args.real_per_class is not None:
+            low = [n for n in args.settings if SETTINGS[n].ipc > args.real_per_class]
+            if low:
+                raise FastDMError(f"--real-per-class {args.real_per_class} is below the ipc of {low[0]}")
+        if args.json:
+            folder = os.path.dirname(os.path.abspath(args.json))
+            if os.path.isdir(args.json) or not os.path.isdir(folder) or not os.access(folder, os.W_OK):
+                raise FastDMError(f"--json {args.json}: not a file path in a writable folder")
+        if args.reference_repo:
+            args.reference_repo = os.path.abspath(args.reference_repo)
     except FastDMError as e:
         ap.error(str(e))
     return args
@@ -278,6 +308,7 @@ def main(argv=None) -> dict:
     except FastDMError as e:
         raise SystemExit(f"error: {e}")
     torch.manual_seed(0)
+    np.random.seed(0)
     _say("measuring the matmul peak ...")
     args.peaks = measured_peaks(device)
     precision = conv_precision(device)

@@ -17,7 +17,6 @@ from __future__ import annotations
 import importlib
 import os
 import sys
-import time
 from dataclasses import dataclass
 from typing import Callable
 
@@ -39,7 +38,15 @@ class Impl:
 
 def fastdm_impl() -> Impl:
     from fastdm import compat
-    return Impl(compat.DiffAugment, compat.ParamDiffAug, compat.get_network, "fastdm.compat")
+    from fastdm.models import create_model
+
+    def get_network(model, channel, num_classes, im_size=(32, 32)):
+        # compat.get_network moves the net to CUDA when present, as the reference does; the
+        # loop moves it to its own device, so build it where it is made (no detour via CUDA
+        # when a GPU host benchmarks the CPU)
+        return create_model(model, channel, num_classes, im_size)
+
+    return Impl(compat.DiffAugment, compat.ParamDiffAug, get_network, "fastdm.compat")
 
 
 def upstream_impl(path: str) -> Impl:
@@ -49,17 +56,26 @@ def upstream_impl(path: str) -> Impl:
         if not os.path.isfile(os.path.join(path, name)):
             raise FastDMError(f"--reference-repo {path} has no {name}; pass the root of a "
                               f"VICO-UoE/DatasetCondensation checkout")
+    # its modules are named 'utils' and 'networks': import them from there and nowhere else,
+    # then restore whatever held those names before
+    saved = {m: sys.modules.pop(m) for m in ("utils", "networks") if m in sys.modules}
     sys.path.insert(0, path)
     try:
         utils = importlib.import_module("utils")
-    except ImportError as e:
-        raise FastDMError(f"importing the upstream utils.py from {path} failed ({e}); it needs "
-                          f"numpy, scipy and torchvision") from e
+    except Exception as e:
+        raise FastDMError(f"importing the upstream utils.py from {path} failed "
+                          f"({type(e).__name__}: {e}); it needs numpy, scipy and torchvision") from e
     finally:
         sys.path.remove(path)
-    if not os.path.abspath(getattr(utils, "__file__", "")).startswith(path):
-        raise FastDMError(f"a different module named 'utils' was imported ({utils.__file__}); "
-                          f"run from a directory without a utils.py")
+        for m in ("utils", "networks"):
+            sys.modules.pop(m, None)
+        sys.modules.update(saved)
+    where = os.path.abspath(getattr(utils, "__file__", "") or "")
+    if os.path.dirname(where) != path:
+        raise FastDMError(f"a different module named 'utils' was imported ({where})")
+    for name in ("DiffAugment", "ParamDiffAug", "get_network"):
+        if not hasattr(utils, name):
+            raise FastDMError(f"{path}/utils.py has no {name}; is it a DatasetCondensation checkout?")
     return Impl(utils.DiffAugment, utils.ParamDiffAug, utils.get_network, f"upstream:{path}")
 
 
@@ -106,14 +122,18 @@ class ReferenceLoop:
         return net
 
     def seed(self, c: int) -> int:
-        return int(time.time() * 1000) % 100000
+        # The reference uses int(time.time() * 1000) % 100000, so classes handled within the
+        # same millisecond share a seed (and an op): which ops a timed iteration runs would
+        # depend on the clock. A fresh uniform seed per class keeps one seed per class, shared
+        # by its real and synthetic calls, with the op mix the strategy intends.
+        return int(np.random.randint(0, 100000))
 
     def augment(self, x: torch.Tensor, seed: int, c: int) -> torch.Tensor:
         return self.impl.DiffAugment(x, self.strategy, seed=seed, param=self.param)
 
     # -- the iteration --------------------------------------------------------------------------
     def loss(self, net: torch.nn.Module) -> torch.Tensor:
-        embed = net.embed
+        embed = net.module.embed if hasattr(net, "module") else net.embed  # DataParallel (upstream)
         loss = torch.tensor(0.0).to(self.device)
         if "BN" not in self.model:
             for c in range(self.num_classes):

@@ -32,9 +32,9 @@ class Setting:
     def images(self, per_class: int | None = None) -> int:
         return self.classes * (per_class or self.per_class)
 
-    def flops(self) -> dict:
+    def flops(self, per_class: int | None = None) -> dict:
         f = embed_flops_per_image(self.model, self.channels, self.size, self.classes)
-        n_real = self.classes * min(self.batch_real, self.per_class)
+        n_real = self.classes * min(self.batch_real, per_class or self.per_class)
         n_syn = self.classes * self.ipc
         return {"per_image_forward": f.matmul, "per_image_forward_elementwise": f.elementwise,
                 "per_iteration": iteration_flops(f.matmul, n_real, n_syn)}
@@ -90,21 +90,25 @@ def fastdm_side(s: Setting, per_class: int, device: torch.device, class_chunk=No
     return DMEngine(cfg, data, device)
 
 
-def baseline_bytes(s: Setting, per_class: int) -> int:
-    return s.images(per_class) * s.channels * s.size * s.size * 4
+def uint8_bytes(s: Setting, per_class: int) -> int:
+    return s.images(per_class) * s.channels * s.size * s.size
 
 
-def baseline_fits(s: Setting, per_class: int, device: torch.device) -> str | None:
-    """None if the baseline's float32 copy of the training set fits, else the reason."""
-    need = baseline_bytes(s, per_class)
+def baseline_fits(s: Setting, per_class: int, device: torch.device, other_host: int = 0) -> str | None:
+    """None if the baseline's float32 copy of the training set fits, else the reason.
+
+    Building it briefly holds the uint8 images too (1.25x); on the CPU ``other_host`` bytes
+    (the fastdm side's store) must fit beside it."""
+    need = int(uint8_bytes(s, per_class) * 5)
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
         avail, where = free, "free GPU memory"
     else:
         avail, where = host_available(), "available host memory"
+        need += other_host
     if avail is not None and need > 0.6 * avail:
         return (f"the reference holds the training set as float32 on the device: "
-                f"{need / 1e9:.1f} GB, more than 60 % of the {avail / 1e9:.1f} GB {where}")
+                f"{need / 1e9:.1f} GB needed, more than 60 % of the {avail / 1e9:.1f} GB {where}")
     return None
 
 
