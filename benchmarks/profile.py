@@ -19,7 +19,7 @@ from fastdm.devices import resolve_device, synchronize
 from fastdm.errors import FastDMError
 
 from .reference_loop import fastdm_impl, upstream_impl
-from .settings import SETTINGS, baseline_side, fastdm_side
+from .settings import SETTINGS, baseline_fits, baseline_side, fastdm_side
 
 
 def main(argv=None) -> str:
@@ -36,23 +36,29 @@ def main(argv=None) -> str:
     args = ap.parse_args(argv)
     if args.iters < 1 or args.top < 1:
         ap.error("--iters and --top must be >= 1")
+    s = SETTINGS[args.setting]
+    per_class = s.per_class if args.real_per_class is None else args.real_per_class
+    if per_class < s.ipc:
+        ap.error(f"--real-per-class must be at least the setting's ipc ({s.ipc})")
+    if args.reference_repo and args.side != "baseline":
+        ap.error("--reference-repo profiles the upstream code: use it with --side baseline")
     try:
         device = resolve_device(args.device)
         os.makedirs(args.out, exist_ok=True)
+        if args.side == "fastdm":
+            engine = fastdm_side(s, per_class, device)
+            state = engine.initial_state()
+            step = lambda: engine.step(state)  # noqa: E731
+        else:
+            reason = baseline_fits(s, per_class, device)
+            if reason:
+                raise FastDMError(f"the baseline cannot run {args.setting} here: {reason}")
+            impl = upstream_impl(args.reference_repo) if args.reference_repo else fastdm_impl()
+            step = baseline_side(s, per_class, device, impl).step
     except FastDMError as e:
-        ap.error(str(e))
+        raise SystemExit(f"error: {e}")
     except OSError as e:
-        ap.error(f"--out {args.out}: {e.strerror}")
-    s = SETTINGS[args.setting]
-    per_class = args.real_per_class or s.per_class
-    if args.side == "fastdm":
-        engine = fastdm_side(s, per_class, device)
-        state = engine.initial_state()
-        step = lambda: engine.step(state)  # noqa: E731
-    else:
-        impl = upstream_impl(args.reference_repo) if args.reference_repo else fastdm_impl()
-        loop = baseline_side(s, per_class, device, impl)
-        step = loop.step
+        raise SystemExit(f"error: --out {args.out}: {e.strerror}")
     step()  # warm-up: first-call costs (allocator, cuDNN autotuning) stay out of the profile
     synchronize(device)
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
@@ -63,7 +69,7 @@ def main(argv=None) -> str:
             synchronize(device)
     stem = os.path.join(args.out, f"{args.setting}-{args.side}-{device.type}")
     prof.export_chrome_trace(stem + ".json")
-    sort = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    sort = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
     text = prof.key_averages().table(sort_by=sort, row_limit=args.top)
     with open(stem + ".txt", "w") as f:
         f.write(text + "\n")

@@ -20,16 +20,23 @@ def batch(size, device):
 
 @pytest.mark.parametrize("mode", ["S", "M"])
 def test_batched_dsa(timed, device, size, mode):
+    """Draw every class's row and augment the whole batch (what the engine does per chunk)."""
     x, group, classes, _ = batch(size, device)
-    table = sample_siamese(parse_strategy(STRATEGY), DSAParams(aug_mode=mode), x.shape[2:], 0, rng.AUG, 0,
-                           keys=torch.arange(classes, device=device))
-    out = timed(apply_dsa, x, table, group)
-    assert out.shape == x.shape
+    ops, p, keys = parse_strategy(STRATEGY), DSAParams(aug_mode=mode), torch.arange(classes, device=device)
+
+    def augment():
+        return apply_dsa(x, sample_siamese(ops, p, x.shape[2:], 0, rng.AUG, 0, keys=keys), group)
+
+    assert timed(augment).shape == x.shape
 
 
-def test_per_class_reference_style(timed, device, size):
+@pytest.mark.parametrize("mode", ["S", "M"])
+def test_per_class_calls(timed, device, size, mode):
+    """The same work as one DiffAugment call per class (fastdm.compat: the reference's draws,
+    fastdm's ops), as the reference-style loop makes them."""
     x, _, classes, per = batch(size, device)
     param = ParamDiffAug()
+    param.aug_mode = mode
 
     def loop():
         return [DiffAugment(x[c * per:(c + 1) * per], STRATEGY, seed=1000 + c, param=param)
