@@ -31,10 +31,10 @@ from fastdm.devices import resolve_device, synchronize
 from fastdm.errors import FastDMError
 from fastdm.io import atomic_json_dump
 
-from .measure import (CudaMemory, conv_precision, measured_peaks, peak_rss_bytes, reset_peak_rss,
-                      rss_bytes, run_facts)
+from .measure import (CudaMemory, conv_precision, host_available, measured_peaks, peak_rss_bytes,
+                      reset_peak_rss, rss_bytes, run_facts)
 from .reference_loop import fastdm_impl, upstream_impl
-from .settings import (SETTINGS, Setting, baseline_fits, baseline_side, fastdm_side, host_available,
+from .settings import (SETTINGS, Setting, baseline_fits, baseline_side, fastdm_side,
                        parse_settings, uint8_bytes)
 
 SCHEMA = "fastdm.compare/1"

@@ -29,16 +29,27 @@ def reset_peak_rss() -> bool:
         return False
 
 
-def peak_rss_bytes() -> int:
-    """Peak RSS since the last reset (or since the process started)."""
+def proc_kb(path: str, key: str) -> int | None:
+    """A 'Key:   N kB' field of a /proc file in bytes (None where it cannot be read)."""
     try:
-        with open("/proc/self/status") as f:
+        with open(path) as f:
             for line in f:
-                if line.startswith("VmHWM:"):
+                if line.startswith(key + ":"):
                     return int(line.split()[1]) * 1024
     except OSError:
         pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    return None
+
+
+def peak_rss_bytes() -> int:
+    """Peak RSS since the last reset (or since the process started)."""
+    peak = proc_kb("/proc/self/status", "VmHWM")
+    return peak if peak is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def host_available() -> int | None:
+    """Host memory available to new allocations (Linux MemAvailable)."""
+    return proc_kb("/proc/meminfo", "MemAvailable")
 
 
 class CudaMemory:

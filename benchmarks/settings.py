@@ -11,9 +11,11 @@ import torch
 from fastdm.condense import DMEngine
 from fastdm.config import CondenseConfig
 from fastdm.data import ClassImages, Dataset
+from fastdm.data.images import normalize
 from fastdm.errors import FastDMError
 
 from .flops import embed_flops_per_image, iteration_flops
+from .measure import host_available
 from .reference_loop import Impl, ReferenceLoop
 
 STRATEGY = "color_crop_cutout_flip_scale_rotate"
@@ -112,21 +114,10 @@ def baseline_fits(s: Setting, per_class: int, device: torch.device, other_host: 
     return None
 
 
-def host_available() -> int | None:
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
-
-
 def baseline_side(s: Setting, per_class: int, device: torch.device, impl: Impl | None = None
                   ) -> ReferenceLoop:
     """The reference-style loop on the same shape: normalised float32 images on the device."""
     images, labels = random_uint8(s, per_class, device)
-    images = (images.float().div_(255.0).sub_(MEAN).div_(STD))
+    images = normalize(images, (MEAN,) * s.channels, (STD,) * s.channels)
     return ReferenceLoop(images, labels.cpu(), s.classes, s.ipc, s.batch_real, s.model, STRATEGY,
                          device=device, impl=impl)
