@@ -46,7 +46,11 @@ def fastdm_impl() -> Impl:
         # when a GPU host benchmarks the CPU)
         return create_model(model, channel, num_classes, im_size)
 
-    return Impl(compat.DiffAugment, compat.ParamDiffAug, get_network, "fastdm.compat")
+    def diff_augment(x, strategy, seed=-1, param=None):
+        # the torch ops, as the reference has: never the fused kernels fastdm picks on CUDA
+        return compat.DiffAugment(x, strategy, seed, param, backend="torch")
+
+    return Impl(diff_augment, compat.ParamDiffAug, get_network, "fastdm.compat (torch ops)")
 
 
 def upstream_impl(path: str) -> Impl:

@@ -37,6 +37,7 @@ def backend_for(op: str, device) -> str:
     """'triton' or 'torch' for fused operation ``op`` on ``device``, with a warning whenever
     Triton was wanted (explicitly, or by default on CUDA) but cannot be used."""
     want = requested()
+    from . import ops  # noqa: F401  (registers the kernels that exist)
     dev_type = getattr(device, "type", str(device))
     if want == "torch" or (want == "auto" and dev_type != "cuda"):
         return "torch"

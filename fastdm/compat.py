@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import torch
 
-from .augment import DSAParams, apply_dsa, build_table, crop_shift, cutout_size, parse_strategy
+from .augment import DSAParams, build_table, crop_shift, cutout_size, parse_strategy
 from .errors import FastDMError
 from .models import create_model
+from .ops.dsa import dsa_augment
 
 __all__ = ["DiffAugment", "ParamDiffAug", "get_network", "draw_reference_table"]
 
@@ -113,8 +114,13 @@ def draw_reference_table(x: torch.Tensor, strategy: str, seed: int = -1, param=N
     return table, group, (seeds.next if seeds.next is not None else -1)
 
 
-def DiffAugment(x: torch.Tensor, strategy: str = "", seed: int = -1, param=None) -> torch.Tensor:
-    """The reference's DiffAugment(x, strategy, seed, param), same numbers, no global reseed."""
+def DiffAugment(x: torch.Tensor, strategy: str = "", seed: int = -1, param=None, *,
+                backend: str | None = None) -> torch.Tensor:
+    """The reference's DiffAugment(x, strategy, seed, param), same numbers, no global reseed.
+
+    ``backend`` ('torch' or 'triton'; default: fastdm.backend's choice for x's device) selects
+    the implementation of the ops; the draws are the same on both.
+    """
     if strategy in ("None", "none", "") or strategy is None:
         return x
     if not isinstance(x, torch.Tensor) or x.dim() != 4:
@@ -126,7 +132,8 @@ def DiffAugment(x: torch.Tensor, strategy: str = "", seed: int = -1, param=None)
     if param is not None and not isinstance(param, DSAParams):
         param.Siamese = seed != -1  # the reference leaves these on the object
         param.latestseed = next_seed
-    return apply_dsa(x, table, group).contiguous()
+    # on the backend fastdm.backend picks for this device (fused Triton kernels on CUDA)
+    return dsa_augment(x, table, group, backend=backend)
 
 
 def get_network(model: str, channel: int, num_classes: int, im_size=(32, 32)) -> torch.nn.Module:

@@ -19,7 +19,7 @@ import time
 import torch
 
 from . import __version__, rng
-from .augment import DSAParams, apply_dsa, parse_strategy, sample_siamese
+from .augment import DSAParams, parse_strategy, sample_siamese
 from .backend import backend_for
 from .checkpoint import RunState, checkpoint_path, load_checkpoint, save_checkpoint
 from .config import CondenseConfig
@@ -29,6 +29,7 @@ from .errors import FastDMError
 from .io import SYNSET_FORMAT, SYNSET_VERSION, atomic_json_dump, atomic_torch_save
 from .losses import class_means, class_sums
 from .models import build_model, init_parameters_, uses_batchnorm
+from .ops.dsa import dsa_augment
 from .viz import save_run_pictures
 
 log = logging.getLogger("fastdm")
@@ -46,7 +47,7 @@ class DMEngine:
         self.data = data
         self.device = torch.device(device)
         self.ops = parse_strategy(config.strategy)
-        # Fused kernels arrive in fastdm.ops; until then this logs when Triton was wanted.
+        # Triton kernels where they exist and apply (logged when Triton was wanted but cannot run)
         self.backends = {op: backend_for(op, self.device) for op in ("dsa", "mmd")}
         self.dsa = DSAParams(aug_mode=config.aug_mode)
         self.C = data.num_classes
@@ -131,29 +132,35 @@ class DMEngine:
         state.iteration += 1
         return loss
 
-    def real_batch(self, it: int, c0: int, c1: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Normalised real images of classes [c0, c1) for iteration ``it`` and their counts."""
+    def real_indices(self, it: int, c0: int, c1: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store indices of iteration ``it``'s real images of classes [c0, c1) and their counts."""
         classes = torch.arange(c0, c1, device=self.device)
         pos, valid = rng.sample_without_replacement(self.counts[c0:c1], self.cfg.batch_real,
                                                     self.cfg.seed, rng.REAL, it, classes=classes)
-        idx = (self.offsets[c0:c1, None] + pos)[valid]
-        images = self.data.normalize(self.real[idx.to(self.real.device)], self.device)
-        return images, valid.sum(1)
+        return (self.offsets[c0:c1, None] + pos)[valid], valid.sum(1)
+
+    def real_batch(self, it: int, c0: int, c1: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Normalised real images of classes [c0, c1) for iteration ``it`` and their counts."""
+        idx, counts = self.real_indices(it, c0, c1)
+        return self.data.normalize(self.real[idx.to(self.real.device)], self.device), counts
 
     def chunk_loss(self, syn: torch.Tensor, table, it: int, c0: int, c1: int):
         """Loss of classes [c0, c1) (summed) and d loss / d syn for their synthetic images."""
         k = c1 - c0
         rows = table.rows(torch.arange(c0, c1, device=self.device))
-        real, n_real = self.real_batch(it, c0, c1)
+        idx, n_real = self.real_indices(it, c0, c1)
+        real = self.real[idx.to(self.real.device)].to(self.device, non_blocking=True)
         g_real = torch.repeat_interleave(torch.arange(k, device=self.device), n_real)
         g_syn = torch.arange(k, device=self.device).repeat_interleave(self.ipc)
-        with torch.no_grad():
-            f_real = self.net.embed(apply_dsa(real, rows, g_real))
+        dsa = self.backends["dsa"]
+        with torch.no_grad():  # uint8 -> normalised, augmented floats in one pass on Triton
+            real = dsa_augment(real, rows, g_real, mean=self.data.mean, std=self.data.std, backend=dsa)
+            f_real = self.net.embed(real)
             real_mean = class_sums(f_real, n_real) / n_real.to(f_real.dtype)[:, None]
         del real, f_real
         syn = syn.detach().requires_grad_(True)
         with torch.enable_grad():
-            f_syn = self.net.embed(apply_dsa(syn, rows, g_syn))
+            f_syn = self.net.embed(dsa_augment(syn, rows, g_syn, backend=dsa))
             counts = torch.full((k,), self.ipc, device=self.device)
             loss = ((real_mean - class_means(f_syn, counts)) ** 2).sum()
             (g,) = torch.autograd.grad(loss, syn)

@@ -19,7 +19,9 @@ import torch
 import torch.nn.functional as F
 
 from . import rng
-from .augment import DSAParams, apply_dsa, parse_strategy, sample_per_sample
+from .augment import DSAParams, parse_strategy, sample_per_sample
+from .backend import backend_for
+from .ops.dsa import dsa_augment
 from .config import QUICK_EVAL
 from .data import Dataset, load_dataset
 from .devices import resolve_device
@@ -76,6 +78,7 @@ def train_model(images: torch.Tensor, labels: torch.Tensor, data: Dataset, cfg: 
                 device, on_epoch=None) -> torch.nn.Module:
     """Train model ``k`` (its own weights, order and augmentation words) on images/labels."""
     ops = parse_strategy(cfg.strategy)
+    dsa_backend = backend_for("dsa", device) if ops else "torch"
     p = DSAParams(aug_mode=cfg.aug_mode)
     hw = tuple(images.shape[2:])
     net = build_model(cfg.model, images.shape[1], data.num_classes, hw, cfg.seed, rng.EVAL_INIT, k,
@@ -98,7 +101,7 @@ def train_model(images: torch.Tensor, labels: torch.Tensor, data: Dataset, cfg: 
             if ops:
                 table = sample_per_sample(ops, p, hw, x.shape[0], cfg.seed, rng.EVAL_AUG, k, step,
                                           device=device)
-                x = apply_dsa(x, table)
+                x = dsa_augment(x, table, backend=dsa_backend)
             loss = F.cross_entropy(net(x), labels[b])
             opt.zero_grad(set_to_none=True)
             loss.backward()

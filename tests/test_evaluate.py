@@ -43,12 +43,12 @@ def test_protocol_optimiser_and_learning_rate_schedule(data, monkeypatch):
 def test_batches_of_256_with_one_augmentation_op_per_batch(monkeypatch):
     data = make_dataset(per_class=(80, 80, 80, 80), size=(8, 8))
     seen = []
-    real_apply = ev.apply_dsa
+    real_apply = ev.dsa_augment
 
-    def spy(x, table, group=None):
+    def spy(x, table, group=None, **kw):
         seen.append((x.shape[0], set(table.op.tolist()), table.groups))
-        return real_apply(x, table, group)
-    monkeypatch.setattr(ev, "apply_dsa", spy)
+        return real_apply(x, table, group, **kw)
+    monkeypatch.setattr(ev, "dsa_augment", spy)
     images, labels = random_subset(data, 75, 0, 0)  # 300 images
     train_model(images, labels, data, _cfg(epochs=1), 0, "cpu")
     assert [n for n, _, _ in seen] == [256, 44, 256, 44]
