@@ -14,7 +14,8 @@ iteration: per setting, the augmentation of one DM iteration: every class's real
 (uint8 in the store) and synthetic images forward, plus the synthetic images' input gradient.
 fused = one table draw + one call for all real images + one for all synthetic ones;
 reference = per class, normalised float real images and two DiffAugment calls with a seed
-(torch ops, the reference's draws), one backward over the summed outputs.
+(torch ops, the reference's draws), one backward over the summed outputs. Both sides apply the
+same op to each class (mode S; the reference's seeds choose it).
 """
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ import torch
 
 from fastdm import rng
 from fastdm.augment import DSAParams, parse_strategy, sample_siamese
-from fastdm.compat import DiffAugment, ParamDiffAug
+from fastdm.compat import DiffAugment, ParamDiffAug, draw_reference_table
 from fastdm.devices import resolve_device, synchronize
 from fastdm.errors import FastDMError
 from fastdm.ops.dsa import dsa_augment
@@ -115,10 +116,14 @@ def iteration_row(name: str, device, backends, iters: int, real_per_class: int |
     g_syn = keys.repeat_interleave(s.ipc)
     p = DSAParams()
     param = ParamDiffAug()
+    # the same op per class on both sides (mode S): the reference's seeds pick them
+    ops = torch.tensor([int(draw_reference_table(syn[:1], STRATEGY, 1000 + c, param)[0].op[0])
+                        for c in range(s.classes)], device=device)
 
     def fused(be):
         def work():
             t = sample_siamese(OPS, p, hw, 0, rng.AUG, 0, keys=keys)
+            t.op = ops
             r = dsa_augment(real_u8, t, g_real, mean=mean, std=std, backend=be)
             x = syn.detach().requires_grad_(True)
             y = dsa_augment(x, t, g_syn, backend=be)

@@ -337,3 +337,20 @@ def test_the_torch_path_is_apply_dsa():
     table = random_table(parse_strategy(FULL), "S", 3, (9, 9), gen)
     x = torch.randn(3, 3, 9, 9, device=DEVICE)
     assert torch.equal(dsa_augment(x, table, backend="torch"), apply_dsa(x, table))
+
+
+def test_strided_float_input_and_its_gradient():
+    """Float images in another layout (a channels-last view) go through the kernels' strides."""
+    seed = fresh_seed()
+    gen = torch.Generator().manual_seed(seed)
+    nhwc = torch.randn(4, 9, 11, 3, generator=gen).to(DEVICE)
+    table = random_table(parse_strategy(FULL), "S", 4, (9, 11), gen)
+    outs = []
+    for be in ("torch", "triton"):
+        x = nhwc.clone().requires_grad_(True)
+        y = dsa_augment(x, table, channels_last=True, backend=be)
+        (g,) = torch.autograd.grad(y, x, torch.ones_like(y))
+        assert g.shape == nhwc.shape
+        outs.append((y, g))
+    torch.testing.assert_close(outs[1][0], outs[0][0], atol=ATOL, rtol=RTOL, msg=f"seed {seed}")
+    torch.testing.assert_close(outs[1][1], outs[0][1], atol=ATOL, rtol=RTOL, msg=f"seed {seed}")

@@ -554,8 +554,10 @@ def dsa_augment(x: torch.Tensor, table: DSATable, group: torch.Tensor | None = N
             x.device.type != "cuda" and not _interpreting())):
         raise FastDMError("the Triton DSA kernels need triton and a CUDA device "
                           "(or TRITON_INTERPRET=1 set before fastdm is imported, on the CPU)")
-    if not table.ops or n == 0:
-        return torch_reference(x, group, table, mean, std).contiguous()
+    if backend == "torch" or not table.ops or n == 0:
+        # native ops and autograd: no custom-op dispatch, and torch.compile sees (and fuses)
+        # the ops themselves; fastdm::dsa runs this same code for backend='torch'
+        return torch_reference(x, group, table.to(x.device), mean, std).contiguous()
     tensors = [getattr(table.to(x.device), f).contiguous() for f in _FIELDS]
     return _dsa_op(x, group.to(device=x.device, dtype=torch.int64).contiguous(), tensors, mean,
                    std, "_".join(table.ops), table.mode, backend)
