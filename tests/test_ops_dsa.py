@@ -309,6 +309,8 @@ def test_bad_input_is_a_clear_error():
         (lambda: dsa_augment(torch.randn(3, 3, 5, 5), table), "pass group="),
         (lambda: dsa_augment(x, table, torch.zeros(3, dtype=torch.long)), "shape \\[2\\]"),
         (lambda: dsa_augment(x, table, torch.zeros(2)), "integer tensor"),
+        (lambda: dsa_augment(x.cpu(), table.to("cpu"), torch.tensor([0, 2])), "lie in \\[0, 2\\)"),
+        (lambda: dsa_augment(x.cpu(), table.to("cpu"), torch.tensor([-1, 0])), "from -1 to 0"),
         (lambda: dsa_augment(x, table, backend="cuda"), "'torch' or 'triton'"),
         (lambda: dsa_augment(x, "crop"), "DSATable"),
     ]

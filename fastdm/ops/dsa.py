@@ -546,6 +546,14 @@ def dsa_augment(x: torch.Tensor, table: DSATable, group: torch.Tensor | None = N
     elif not isinstance(group, torch.Tensor) or group.dim() != 1 or group.shape[0] != n \
             or group.dtype.is_floating_point or group.dtype == torch.bool:
         raise FastDMError(f"group must be an integer tensor of shape [{n}] (one table row per image)")
+    group = group.to(device=x.device, dtype=torch.int64)
+    if n and x.device.type == "cpu":
+        lo, hi = int(group.min()), int(group.max())
+        if lo < 0 or hi >= table.groups:
+            raise FastDMError(f"group indices must lie in [0, {table.groups}) (the table's rows), "
+                              f"got values from {lo} to {hi}")
+    elif n:  # no host sync on the GPU: a device-side assert instead of reading out of bounds
+        torch._assert_async(((group >= 0) & (group < table.groups)).all())
     if backend is None:
         backend = backend_for("dsa", x.device)
     elif backend not in ("torch", "triton"):
@@ -559,5 +567,5 @@ def dsa_augment(x: torch.Tensor, table: DSATable, group: torch.Tensor | None = N
         # the ops themselves; fastdm::dsa runs this same code for backend='torch'
         return torch_reference(x, group, table.to(x.device), mean, std).contiguous()
     tensors = [getattr(table.to(x.device), f).contiguous() for f in _FIELDS]
-    return _dsa_op(x, group.to(device=x.device, dtype=torch.int64).contiguous(), tensors, mean,
+    return _dsa_op(x, group.contiguous(), tensors, mean,
                    std, "_".join(table.ops), table.mode, backend)
