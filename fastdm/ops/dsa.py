@@ -547,12 +547,12 @@ def dsa_augment(x: torch.Tensor, table: DSATable, group: torch.Tensor | None = N
             or group.dtype.is_floating_point or group.dtype == torch.bool:
         raise FastDMError(f"group must be an integer tensor of shape [{n}] (one table row per image)")
     group = group.to(device=x.device, dtype=torch.int64)
-    if n and x.device.type == "cpu":
+    if n and x.device.type == "cpu" and not torch.compiler.is_compiling():
         lo, hi = int(group.min()), int(group.max())
         if lo < 0 or hi >= table.groups:
             raise FastDMError(f"group indices must lie in [0, {table.groups}) (the table's rows), "
                               f"got values from {lo} to {hi}")
-    elif n:  # no host sync on the GPU: a device-side assert instead of reading out of bounds
+    elif n:  # no host sync on the GPU (or in a traced graph): an assert on the device instead
         torch._assert_async(((group >= 0) & (group < table.groups)).all())
     if backend is None:
         backend = backend_for("dsa", x.device)
