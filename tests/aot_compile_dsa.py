@@ -47,11 +47,20 @@ def variants():
                 yield (dsa._grad_sum_kernel, {"g_ptr": g_t}, dict(ANY=union, NTAPS=taps, **blocks))
     for x_t, norm in (("*fp32", False), ("*bf16", False), ("*u8", True)):
         yield dsa._sum_kernel, {"x_ptr": x_t}, dict(NORM=norm, **blocks)
+    # grayscale blocks (one channel, 1024 pixels) and fp16, for the full mode S kernel set
+    gray = dict(BLOCK_C=1, BLOCK_P=1024)
+    for x_t in ("*fp32", "*fp16"):
+        yield dsa._fwd_kernel, {"x_ptr": x_t, "out_ptr": x_t}, dict(ANY=63, NTAPS=4, NORM=False, **gray)
+        yield dsa._bwd_kernel, {"g_ptr": x_t, "dx_ptr": x_t}, dict(ANY=63, **gray)
+        yield dsa._grad_sum_kernel, {"g_ptr": x_t}, dict(ANY=63, NTAPS=4, **gray)
+        yield dsa._sum_kernel, {"x_ptr": x_t}, dict(NORM=False, **gray)
 
 
 def main(arch: int = 90) -> None:
     target = GPUTarget("cuda", arch, 32)
-    for fn, dtypes, consts in variants():
+    todo = list(variants())
+    print(f"variants {len(todo)}", flush=True)
+    for fn, dtypes, consts in todo:
         k = compile_variant(fn, target, dtypes, consts)
         assert k.asm.get("cubin"), f"{fn.__name__}: no cubin"  # ptxas ran: machine code exists
         print(f"ok sm_{arch} {fn.__name__} {dtypes} {consts} cubin={len(k.asm['cubin'])} B", flush=True)

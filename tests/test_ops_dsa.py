@@ -6,6 +6,7 @@ On the CPU the kernels run in Triton's interpreter (tests/conftest.py sets TRITO
 FASTDM_TEST_DEVICE=cuda runs the same tests on the compiled kernels. Every test draws fresh
 random inputs and tables; the seed is in the failure message.
 """
+import dataclasses
 import logging
 import os
 
@@ -130,6 +131,50 @@ def test_tiny_images(shape):
     for mode in "SM":
         table = random_table(parse_strategy(FULL), mode, shape[0], shape[2:], gen)
         check(x, table, None, seed)
+
+
+AFFINES = {
+    "rot90": [[0.0, -1.0, 0.0], [1.0, 0.0, 0.0]],
+    "rot180": [[-1.0, 0.0, 0.0], [0.0, -1.0, 0.0]],
+    "zoom-out 0.05": [[0.05, 0.0, 0.0], [0.0, 0.05, 0.0]],
+    "zoom-in 3": [[3.0, 0.0, 0.1], [0.0, 3.0, -0.2]],
+    "shear, nearly flat": [[1.0, 0.7, 0.0], [0.02, 0.015, 0.3]],
+    "singular": [[1.0, 2.0, 0.0], [0.5, 1.0, 0.0]],
+}
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 9, 1), (2, 3, 1, 9), (2, 1, 2, 2), (2, 3, 16, 16), (2, 2, 5, 17)],
+                         ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("name", list(AFFINES))
+def test_extreme_affine_maps_forward_gradient_and_transpose(name, shape):
+    """Hand-built matrices far outside DM's ranges: the backward's search window (from the
+    inverted map, capped to the image) must still find every output pixel that read a pixel."""
+    seed = fresh_seed()
+    gen = torch.Generator().manual_seed(seed)
+    n = shape[0]
+    table = random_table(("scale", "rotate"), "S", n, shape[2:], gen)
+    theta = torch.tensor(AFFINES[name]).expand(n, 2, 3).clone().to(DEVICE)
+    table.scale, table.rotate = theta, theta
+    x = torch.randn(shape, generator=gen).to(DEVICE)
+    check(x, table, None, seed)
+    xg = x.clone().requires_grad_(True)
+    y = dsa_augment(xg, table, backend="triton")
+    g = torch.randn(y.shape, generator=gen).to(DEVICE)
+    (gx,) = torch.autograd.grad(y, xg, g)
+    lhs, rhs = (y.double() * g.double()).sum(), (x.double() * gx.double()).sum()
+    assert abs(lhs - rhs) <= 1e-5 * (abs(lhs) + 1), (float(lhs), float(rhs), seed)
+
+
+def test_fp16_inputs():
+    seed = fresh_seed()
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(4, 3, 12, 12, generator=gen).half().float().to(DEVICE)
+    table = random_table(parse_strategy(FULL), "S", 4, (12, 12), gen)
+    table.op = torch.arange(4, device=DEVICE) % 6
+    y = dsa_augment(x.half(), table, backend="triton")
+    assert y.dtype == torch.float16
+    torch.testing.assert_close(y.float(), dsa_augment(x, table, backend="torch"), atol=1e-2,
+                               rtol=2 ** -10, msg=f"seed {seed}")
 
 
 @pytest.mark.parametrize("mode", ["S", "M"])
@@ -313,6 +358,12 @@ def test_bad_input_is_a_clear_error():
         (lambda: dsa_augment(x.cpu(), table.to("cpu"), torch.tensor([-1, 0])), "from -1 to 0"),
         (lambda: dsa_augment(x, table, backend="cuda"), "'torch' or 'triton'"),
         (lambda: dsa_augment(x, "crop"), "DSATable"),
+        (lambda: dsa_augment(x, dataclasses.replace(table, mode="m")), "mode must be"),
+        (lambda: dsa_augment(x, dataclasses.replace(table, ops=("crop", "zoom"))), "unknown augmentation op"),
+        (lambda: dsa_augment(x, dataclasses.replace(table, scale=table.scale[:1])), "field scale"),
+        (lambda: dsa_augment(x, dataclasses.replace(table, crop=table.crop.float())), "integer tensor"),
+        (lambda: dsa_augment(x.cpu(), dataclasses.replace(table.to("cpu"), op=torch.tensor([0, 1]))),
+         "op indices"),
     ]
     for fn, msg in cases:
         with pytest.raises(FastDMError, match=msg):
@@ -332,13 +383,6 @@ def test_triton_request_that_cannot_run_is_an_error_or_a_logged_fallback(monkeyp
     with caplog.at_level(logging.WARNING, logger="fastdm"):
         assert backend.backend_for("dsa", "cpu") == "torch"
     assert "Triton backend requested for 'dsa'" in caplog.text and "TRITON_INTERPRET" in caplog.text
-
-
-def test_the_torch_path_is_apply_dsa():
-    gen = torch.Generator().manual_seed(fresh_seed())
-    table = random_table(parse_strategy(FULL), "S", 3, (9, 9), gen)
-    x = torch.randn(3, 3, 9, 9, device=DEVICE)
-    assert torch.equal(dsa_augment(x, table, backend="torch"), apply_dsa(x, table))
 
 
 def test_strided_float_input_and_its_gradient():

@@ -18,4 +18,5 @@ def test_every_kernel_variant_compiles_to_a_cubin(arch):
     r = subprocess.run([sys.executable, os.path.join(root, "tests", "aot_compile_dsa.py"), str(arch)],
                        capture_output=True, text=True, env=env, timeout=900)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-4000:]
-    assert r.stdout.count("ok sm_") == 34, r.stdout
+    total = int(r.stdout.split("variants ", 1)[1].split()[0])
+    assert total >= 40 and r.stdout.count(f"ok sm_{arch} ") == total, r.stdout

@@ -24,6 +24,7 @@ whenever the backend is 'torch'; ``fastdm.backend.backend_for('dsa', device)`` p
 """
 from __future__ import annotations
 
+import contextlib
 import os
 
 import torch
@@ -361,6 +362,12 @@ if triton is not None:
             pj_c = (a * dxp - cc * dy) / sdet
             i0 = tl.where(full, 0, tl.floor(pi_c - ei).to(tl.int32) - 1)
             j0 = tl.where(full, 0, tl.floor(pj_c - ej).to(tl.int32) - 1)
+            # keep the window inside the image: a shifted or capped window still covers every
+            # in-image candidate (large zoom-outs, 1-2 px sides under rotation)
+            ki = tl.minimum(ki, H)
+            kj = tl.minimum(kj, W)
+            i0 = tl.minimum(tl.maximum(i0, 0), H - ki)
+            j0 = tl.minimum(tl.maximum(j0, 0), W - kj)
             want = valid & is_aff
             ki = tl.where(is_aff, ki, 0)
             ryf = ry.to(tl.float32)
@@ -409,7 +416,22 @@ def _taps(union: int) -> int:
     return 4 if union & (SCALE | ROTATE) else 1
 
 
+def _on_device(t: torch.Tensor):
+    # Triton launches on the current CUDA device: make it the tensor's
+    return torch.cuda.device(t.device) if t.device.type == "cuda" else contextlib.nullcontext()
+
+
 def _triton_forward(x, group, t: DSATable, mean, std) -> torch.Tensor:
+    with _on_device(x):
+        return _triton_forward_here(x, group, t, mean, std)
+
+
+def _triton_backward(grad, group, t: DSATable) -> torch.Tensor:
+    with _on_device(grad):
+        return _triton_backward_here(grad, group, t)
+
+
+def _triton_forward_here(x, group, t: DSATable, mean, std) -> torch.Tensor:
     n, c, h, w = x.shape
     out_dtype = x.dtype if x.is_floating_point() else torch.float32
     block_c, block_p, warps = _blocks(c, h * w)
@@ -432,7 +454,7 @@ def _triton_forward(x, group, t: DSATable, mean, std) -> torch.Tensor:
     return cur
 
 
-def _triton_backward(grad, group, t: DSATable) -> torch.Tensor:
+def _triton_backward_here(grad, group, t: DSATable) -> torch.Tensor:
     n, c, h, w = grad.shape
     block_c, block_p, warps = _blocks(c, h * w)
     dummy = torch.empty(1, dtype=torch.float32, device=grad.device)
@@ -506,6 +528,30 @@ _dsa_op.register_autograd(_backward, setup_context=_setup_context)
 
 # -- the functional entry point ---------------------------------------------------------------
 _DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.uint8)
+_SHAPES = {"op": (), "brightness": (), "saturation": (), "contrast": (), "crop": (2,),
+           "cutout": (4,), "flip": (), "scale": (2, 3), "rotate": (2, 3)}
+
+
+def _check_table(t: DSATable) -> None:
+    """A hand-built table must look like build_table's: both backends then read it alike."""
+    if t.mode not in ("S", "M"):
+        raise FastDMError(f"table mode must be 'S' or 'M', got {t.mode!r}")
+    try:
+        parse_strategy("_".join(t.ops))
+    except FastDMError as e:
+        raise FastDMError(f"table ops: {e}") from None
+    g = t.groups
+    for name, tail in _SHAPES.items():
+        v = getattr(t, name)
+        if not isinstance(v, torch.Tensor) or tuple(v.shape) != (g, *tail):
+            raise FastDMError(f"table field {name} must have shape {(g, *tail)} (one row per "
+                              f"group), got {tuple(v.shape) if isinstance(v, torch.Tensor) else v}")
+    for name in ("op", "crop", "cutout"):
+        if getattr(t, name).dtype.is_floating_point:
+            raise FastDMError(f"table field {name} must be an integer tensor")
+    if t.op.device.type == "cpu" and g and not torch.compiler.is_compiling():
+        if int(t.op.min()) < 0 or int(t.op.max()) >= max(1, len(t.ops)):
+            raise FastDMError(f"table op indices must lie in [0, {len(t.ops)})")
 
 
 def dsa_augment(x: torch.Tensor, table: DSATable, group: torch.Tensor | None = None, *,
@@ -517,7 +563,11 @@ def dsa_augment(x: torch.Tensor, table: DSATable, group: torch.Tensor | None = N
     with ``channels_last=True``) together with per-channel ``mean`` and ``std``: the result is
     then ``(x / 255 - mean) / std`` augmented, in float32, from one read of the bytes.
     backend: 'torch' or 'triton'; default ``fastdm.backend.backend_for('dsa', x.device)``.
-    Returns a contiguous N x C x H x W tensor (x's dtype; float32 for uint8 input).
+    Returns a contiguous N x C x H x W tensor (x's dtype; float32 for uint8 input); with no
+    ops and float input, x itself (as the reference's DiffAugment). Group indices must lie in
+    [0, table.groups): checked on the CPU, by a device-side assert on CUDA (which, like any
+    device assert, ends the CUDA context). The Triton path differentiates w.r.t. x only (not the
+    table) and has no double backward.
     """
     if not isinstance(x, torch.Tensor) or x.dim() != 4:
         raise FastDMError("dsa_augment expects a 4-D image tensor, got "
@@ -539,6 +589,8 @@ def dsa_augment(x: torch.Tensor, table: DSATable, group: torch.Tensor | None = N
         raise FastDMError("mean/std are fused only for uint8 input; float images are used as given")
     if not isinstance(table, DSATable):
         raise FastDMError(f"table must be a fastdm.augment.DSATable, got {type(table).__name__}")
+    _check_table(table)
+    table = table.to(x.device)
     if group is None:
         if table.groups != n:
             raise FastDMError(f"the table has {table.groups} rows for {n} images; pass group=")
@@ -565,7 +617,7 @@ def dsa_augment(x: torch.Tensor, table: DSATable, group: torch.Tensor | None = N
     if backend == "torch" or not table.ops or n == 0:
         # native ops and autograd: no custom-op dispatch, and torch.compile sees (and fuses)
         # the ops themselves; fastdm::dsa runs this same code for backend='torch'
-        return torch_reference(x, group, table.to(x.device), mean, std).contiguous()
-    tensors = [getattr(table.to(x.device), f).contiguous() for f in _FIELDS]
+        return torch_reference(x, group, table, mean, std).contiguous()
+    tensors = [getattr(table, f).contiguous() for f in _FIELDS]
     return _dsa_op(x, group.contiguous(), tensors, mean,
                    std, "_".join(table.ops), table.mode, backend)
