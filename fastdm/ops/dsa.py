@@ -121,6 +121,31 @@ if triton is not None:
         return ((ys + 1.0) * H - 1.0) * 0.5, ((xs + 1.0) * W - 1.0) * 0.5
 
     @triton.jit
+    def _int_row(ip_ptr, g):
+        """A packed row's integers: flags, crop shift (rows, cols), cutout box, flip."""
+        row = ip_ptr + g * 8
+        return (tl.load(row), tl.load(row + 1), tl.load(row + 2), tl.load(row + 3),
+                tl.load(row + 4), tl.load(row + 5), tl.load(row + 6), tl.load(row + 7))
+
+    @triton.jit
+    def _matrix(fp_ptr, g):
+        """A packed row's affine matrix (t00, t01, t02, t10, t11, t12)."""
+        row = fp_ptr + g * 9 + 3
+        return (tl.load(row), tl.load(row + 1), tl.load(row + 2), tl.load(row + 3),
+                tl.load(row + 4), tl.load(row + 5))
+
+    @triton.jit
+    def _sample_points(i, j, H, W, fp_ptr, g, ANY: tl.constexpr):
+        """Where output pixels (i, j) sample their input, if the launch has a bilinear op."""
+        if ANY & 48:
+            t00, t01, t02, t10, t11, t12 = _matrix(fp_ptr, g)
+            iy, ix = _source_point(i, j, H, W, t00, t01, t02, t10, t11, t12)
+        else:
+            iy = i.to(tl.float32)
+            ix = j.to(tl.float32)
+        return iy, ix
+
+    @triton.jit
     def _tap(T: tl.constexpr, i, j, pmask, flags, is_aff, iy, ix, H, W, tx, ty, r0, r1, c0, c1, fl,
              ANY: tl.constexpr):
         """Tap T (of 4) of output pixels (i, j): the input pixel it reads, its weight and whether
@@ -213,25 +238,12 @@ if triton is not None:
         ch = tl.arange(0, BLOCK_C)
         cmask = ch < C
         g = tl.load(group_ptr + n)
-        flags = tl.load(ip_ptr + g * 8)
-        tx = tl.load(ip_ptr + g * 8 + 1)
-        ty = tl.load(ip_ptr + g * 8 + 2)
-        r0 = tl.load(ip_ptr + g * 8 + 3)
-        r1 = tl.load(ip_ptr + g * 8 + 4)
-        c0 = tl.load(ip_ptr + g * 8 + 5)
-        c1 = tl.load(ip_ptr + g * 8 + 6)
-        fl = tl.load(ip_ptr + g * 8 + 7)
+        flags, tx, ty, r0, r1, c0, c1, fl = _int_row(ip_ptr, g)
         b = tl.load(fp_ptr + g * 9)
         s = tl.load(fp_ptr + g * 9 + 1)
         c = tl.load(fp_ptr + g * 9 + 2)
         is_aff = (flags & 48) != 0
-        if ANY & 48:
-            iy, ix = _source_point(i, j, H, W, tl.load(fp_ptr + g * 9 + 3), tl.load(fp_ptr + g * 9 + 4),
-                                   tl.load(fp_ptr + g * 9 + 5), tl.load(fp_ptr + g * 9 + 6),
-                                   tl.load(fp_ptr + g * 9 + 7), tl.load(fp_ptr + g * 9 + 8))
-        else:
-            iy = i.to(tl.float32)
-            ix = j.to(tl.float32)
+        iy, ix = _sample_points(i, j, H, W, fp_ptr, g, ANY)
         col = (flags & 1) != 0
         m2 = b
         if ANY & 1:  # contrast's mean: mean(x) + b (saturation keeps the mean)
@@ -260,14 +272,7 @@ if triton is not None:
         grad x (total weight of the taps that read a pixel). Colour samples only."""
         n = tl.program_id(0)
         g = tl.load(group_ptr + n)
-        flags = tl.load(ip_ptr + g * 8)
-        tx = tl.load(ip_ptr + g * 8 + 1)
-        ty = tl.load(ip_ptr + g * 8 + 2)
-        r0 = tl.load(ip_ptr + g * 8 + 3)
-        r1 = tl.load(ip_ptr + g * 8 + 4)
-        c0 = tl.load(ip_ptr + g * 8 + 5)
-        c1 = tl.load(ip_ptr + g * 8 + 6)
-        fl = tl.load(ip_ptr + g * 8 + 7)
+        flags, tx, ty, r0, r1, c0, c1, fl = _int_row(ip_ptr, g)
         is_aff = (flags & 48) != 0
         tiles = tl.where((flags & 1) != 0, tl.cdiv(H * W, BLOCK_P), 0)
         ch = tl.arange(0, BLOCK_C)
@@ -279,14 +284,7 @@ if triton is not None:
             pmask = p < H * W
             i = p // W
             j = p % W
-            if ANY & 48:
-                iy, ix = _source_point(i, j, H, W, tl.load(fp_ptr + g * 9 + 3),
-                                       tl.load(fp_ptr + g * 9 + 4), tl.load(fp_ptr + g * 9 + 5),
-                                       tl.load(fp_ptr + g * 9 + 6), tl.load(fp_ptr + g * 9 + 7),
-                                       tl.load(fp_ptr + g * 9 + 8))
-            else:
-                iy = i.to(tl.float32)
-                ix = j.to(tl.float32)
+            iy, ix = _sample_points(i, j, H, W, fp_ptr, g, ANY)
             wsum = tl.zeros((BLOCK_P,), tl.float32)
             for T in tl.static_range(NTAPS):
                 ry, rx, w, valid = _tap(T, i, j, pmask, flags, is_aff, iy, ix, H, W, tx, ty, r0,
@@ -309,14 +307,7 @@ if triton is not None:
         ch = tl.arange(0, BLOCK_C)
         cmask = ch < C
         g = tl.load(group_ptr + n)
-        flags = tl.load(ip_ptr + g * 8)
-        tx = tl.load(ip_ptr + g * 8 + 1)
-        ty = tl.load(ip_ptr + g * 8 + 2)
-        r0 = tl.load(ip_ptr + g * 8 + 3)
-        r1 = tl.load(ip_ptr + g * 8 + 4)
-        c0 = tl.load(ip_ptr + g * 8 + 5)
-        c1 = tl.load(ip_ptr + g * 8 + 6)
-        fl = tl.load(ip_ptr + g * 8 + 7)
+        flags, tx, ty, r0, r1, c0, c1, fl = _int_row(ip_ptr, g)
         ry = q // W
         rx = q % W
         valid = qmask
@@ -337,12 +328,7 @@ if triton is not None:
         acc = tl.load(gptr + (ry * W + rx)[None, :], mask=cmask[:, None] & direct[None, :],
                       other=0).to(tl.float32)
         if ANY & 48:
-            t00 = tl.load(fp_ptr + g * 9 + 3)
-            t01 = tl.load(fp_ptr + g * 9 + 4)
-            t02 = tl.load(fp_ptr + g * 9 + 5)
-            t10 = tl.load(fp_ptr + g * 9 + 6)
-            t11 = tl.load(fp_ptr + g * 9 + 7)
-            t12 = tl.load(fp_ptr + g * 9 + 8)
+            t00, t01, t02, t10, t11, t12 = _matrix(fp_ptr, g)
             # source point = A (i, j) + o in pixels; invert A to find the output window of r
             a = t11
             bb = t10 * H / W
