@@ -10,7 +10,7 @@ def info() -> dict:
     import torch
     import torchvision
 
-    from . import __version__
+    from . import __version__, ops  # noqa: F401  (importing ops registers the fused kernels)
     from .backend import FUSED_OPS, requested, triton_importable
 
     try:
