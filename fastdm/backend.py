@@ -33,21 +33,31 @@ def triton_importable() -> str | None:
     return getattr(triton, "__version__", "unknown")
 
 
+def interpreting() -> bool:
+    """Triton kernels run in Triton's CPU interpreter (tests)."""
+    return os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def triton_unusable(op: str, device) -> str | None:
+    """Why fused operation ``op`` cannot run on Triton on ``device``, or None if it can."""
+    from . import ops  # noqa: F401  (registers the kernels that exist)
+    if op not in FUSED_OPS:
+        return f"no Triton kernel for '{op}' exists in this version of fastdm"
+    if triton_importable() is None:
+        return "triton does not import"
+    if getattr(device, "type", str(device)) != "cuda" and not interpreting():
+        return "Triton needs a CUDA device (or TRITON_INTERPRET=1 on the CPU)"
+    return None
+
+
 def backend_for(op: str, device) -> str:
     """'triton' or 'torch' for fused operation ``op`` on ``device``, with a warning whenever
     Triton was wanted (explicitly, or by default on CUDA) but cannot be used."""
     want = requested()
-    from . import ops  # noqa: F401  (registers the kernels that exist)
     dev_type = getattr(device, "type", str(device))
     if want == "torch" or (want == "auto" and dev_type != "cuda"):
         return "torch"
-    reason = None
-    if op not in FUSED_OPS:
-        reason = f"no Triton kernel for '{op}' exists in this version of fastdm"
-    elif triton_importable() is None:
-        reason = "triton does not import"
-    elif dev_type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
-        reason = "Triton needs a CUDA device (or TRITON_INTERPRET=1 on the CPU)"
+    reason = triton_unusable(op, device)
     if reason is None:
         return "triton"
     if (op, reason) not in _warned:

@@ -1,7 +1,6 @@
 """`fastdm info`: versions, devices and usable backends."""
 from __future__ import annotations
 
-import os
 import platform
 
 
@@ -11,7 +10,7 @@ def info() -> dict:
     import torchvision
 
     from . import __version__, ops  # noqa: F401  (importing ops registers the fused kernels)
-    from .backend import FUSED_OPS, requested, triton_importable
+    from .backend import FUSED_OPS, interpreting, requested, triton_importable
 
     try:
         import sklearn
@@ -29,7 +28,7 @@ def info() -> dict:
         "backends": {
             "torch": "usable on cpu" + (" and cuda" if cuda else ""),
             "triton": ("not importable" if triton is None else
-                       "usable" if (cuda or os.environ.get("TRITON_INTERPRET") == "1") and FUSED_OPS
+                       "usable" if (cuda or interpreting()) and FUSED_OPS
                        else f"importable (v{triton}) but " +
                        ("no fused kernels in this version" if not FUSED_OPS else
                         "no CUDA device (set TRITON_INTERPRET=1 to interpret on the CPU)")),

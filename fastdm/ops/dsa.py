@@ -25,12 +25,11 @@ whenever the backend is 'torch'; ``fastdm.backend.backend_for('dsa', device)`` p
 from __future__ import annotations
 
 import contextlib
-import os
 
 import torch
 
 from ..augment import DSATable, apply_dsa, parse_strategy
-from ..backend import FUSED_OPS, backend_for, triton_importable
+from ..backend import backend_for, interpreting, triton_unusable
 from ..data.images import normalize
 from ..errors import FastDMError
 
@@ -47,7 +46,6 @@ COLOR, CROP, CUTOUT, FLIP, SCALE, ROTATE = 1, 2, 4, 8, 16, 32
 BIT = {"color": COLOR, "crop": CROP, "cutout": CUTOUT, "flip": FLIP, "scale": SCALE, "rotate": ROTATE}
 # The order ops compose in within one fused segment (scale and rotate share the bilinear slot).
 RANK = {"color": 0, "crop": 1, "cutout": 2, "flip": 3, "scale": 4, "rotate": 4}
-_FIELDS = ("op", "brightness", "saturation", "contrast", "crop", "cutout", "flip", "scale", "rotate")
 
 
 def segments(ops, mode: str) -> list[tuple[str, ...]]:
@@ -70,17 +68,14 @@ def _pack(t: DSATable, seg: tuple[str, ...]) -> tuple[torch.Tensor, torch.Tensor
     and float32 [G, 9] (brightness, saturation, contrast, the affine matrix); plus the union of
     flags, which selects the code compiled into the kernel."""
     g, dev = t.groups, t.op.device
+    union = 0
+    for o in seg:
+        union |= BIT[o]
     if t.mode == "S":
         bits = torch.tensor([BIT[o] for o in t.ops], dtype=torch.int32, device=dev)
         flags = bits[t.op]
         theta = torch.where((flags == ROTATE)[:, None, None], t.rotate, t.scale)
-        union = 0
-        for o in seg:
-            union |= BIT[o]
     else:
-        union = 0
-        for o in seg:
-            union |= BIT[o]
         flags = torch.full((g,), union, dtype=torch.int32, device=dev)
         theta = t.rotate if "rotate" in seg else t.scale
     ip = torch.cat([flags[:, None], t.crop.to(torch.int32), t.cutout.to(torch.int32),
@@ -383,17 +378,14 @@ if triton is not None:
         optr = dx_ptr + base + ch[:, None] * (H * W) + q[None, :]
         tl.store(optr, acc.to(dx_ptr.dtype.element_ty), mask=cmask[:, None] & qmask[None, :])
 
+    from ..backend import FUSED_OPS
     FUSED_OPS["dsa"] = __name__
-
-
-def _interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET") == "1"
 
 
 def _blocks(c: int, hw: int) -> tuple[int, int, int]:
     block_c = triton.next_power_of_2(c)
     # the interpreter pays per program, a GPU wants ~1k elements per program
-    cap = 4096 if _interpreting() else max(32, 1024 // block_c)
+    cap = 4096 if interpreting() else max(32, 1024 // block_c)
     block_p = min(triton.next_power_of_2(hw), cap)
     return block_c, block_p, 4
 
@@ -409,55 +401,48 @@ def _on_device(t: torch.Tensor):
 
 def _triton_forward(x, group, t: DSATable, mean, std) -> torch.Tensor:
     with _on_device(x):
-        return _triton_forward_here(x, group, t, mean, std)
+        n, c, h, w = x.shape
+        out_dtype = x.dtype if x.is_floating_point() else torch.float32
+        block_c, block_p, warps = _blocks(c, h * w)
+        cur, norm = x, not x.is_floating_point()
+        dummy = torch.empty(1, dtype=torch.float32, device=x.device)
+        for seg in segments(t.ops, t.mode):
+            ip, fp, union = _pack(t, seg)
+            out = torch.empty((n, c, h, w), dtype=out_dtype, device=x.device)
+            sums = torch.empty(n, dtype=torch.float32, device=x.device) if union & COLOR else dummy
+            mu = mean if norm else dummy
+            sd = std if norm else dummy
+            strides = cur.stride()
+            if union & COLOR:
+                _sum_kernel[(n,)](cur, sums, group, ip, mu, sd, c, h, w, *strides, NORM=norm,
+                                  BLOCK_C=block_c, BLOCK_P=block_p, num_warps=warps)
+            _fwd_kernel[(n, triton.cdiv(h * w, block_p))](
+                cur, out, group, ip, fp, mu, sd, sums, c, h, w, *strides, ANY=union,
+                NTAPS=_taps(union), NORM=norm, BLOCK_C=block_c, BLOCK_P=block_p, num_warps=warps)
+            cur, norm = out, False
+        return cur
 
 
 def _triton_backward(grad, group, t: DSATable) -> torch.Tensor:
     with _on_device(grad):
-        return _triton_backward_here(grad, group, t)
-
-
-def _triton_forward_here(x, group, t: DSATable, mean, std) -> torch.Tensor:
-    n, c, h, w = x.shape
-    out_dtype = x.dtype if x.is_floating_point() else torch.float32
-    block_c, block_p, warps = _blocks(c, h * w)
-    cur, norm = x, not x.is_floating_point()
-    dummy = torch.empty(1, dtype=torch.float32, device=x.device)
-    for seg in segments(t.ops, t.mode):
-        ip, fp, union = _pack(t, seg)
-        out = torch.empty((n, c, h, w), dtype=out_dtype, device=x.device)
-        sums = torch.empty(n, dtype=torch.float32, device=x.device) if union & COLOR else dummy
-        mu = mean if norm else dummy
-        sd = std if norm else dummy
-        strides = cur.stride()
-        if union & COLOR:
-            _sum_kernel[(n,)](cur, sums, group, ip, mu, sd, c, h, w, *strides, NORM=norm,
-                              BLOCK_C=block_c, BLOCK_P=block_p, num_warps=warps)
-        _fwd_kernel[(n, triton.cdiv(h * w, block_p))](
-            cur, out, group, ip, fp, mu, sd, sums, c, h, w, *strides, ANY=union, NTAPS=_taps(union), NORM=norm,
-            BLOCK_C=block_c, BLOCK_P=block_p, num_warps=warps)
-        cur, norm = out, False
-    return cur
-
-
-def _triton_backward_here(grad, group, t: DSATable) -> torch.Tensor:
-    n, c, h, w = grad.shape
-    block_c, block_p, warps = _blocks(c, h * w)
-    dummy = torch.empty(1, dtype=torch.float32, device=grad.device)
-    cur = grad.contiguous()
-    for seg in reversed(segments(t.ops, t.mode)):
-        ip, fp, union = _pack(t, seg)
-        sums = dummy
-        if union & COLOR:
-            sums = torch.empty(n, dtype=torch.float32, device=grad.device)
-            _grad_sum_kernel[(n,)](cur, sums, group, ip, fp, c, h, w, ANY=union, NTAPS=_taps(union),
-                                   BLOCK_C=block_c, BLOCK_P=block_p, num_warps=warps)
-        out = torch.empty_like(cur)
-        _bwd_kernel[(n, triton.cdiv(h * w, block_p))](cur, out, group, ip, fp, sums, c, h, w,
-                                                      ANY=union, BLOCK_C=block_c,
-                                                      BLOCK_P=block_p, num_warps=warps)
-        cur = out
-    return cur
+        n, c, h, w = grad.shape
+        block_c, block_p, warps = _blocks(c, h * w)
+        dummy = torch.empty(1, dtype=torch.float32, device=grad.device)
+        cur = grad.contiguous()
+        for seg in reversed(segments(t.ops, t.mode)):
+            ip, fp, union = _pack(t, seg)
+            sums = dummy
+            if union & COLOR:
+                sums = torch.empty(n, dtype=torch.float32, device=grad.device)
+                _grad_sum_kernel[(n,)](cur, sums, group, ip, fp, c, h, w, ANY=union,
+                                       NTAPS=_taps(union), BLOCK_C=block_c, BLOCK_P=block_p,
+                                       num_warps=warps)
+            out = torch.empty_like(cur)
+            _bwd_kernel[(n, triton.cdiv(h * w, block_p))](cur, out, group, ip, fp, sums, c, h, w,
+                                                          ANY=union, BLOCK_C=block_c,
+                                                          BLOCK_P=block_p, num_warps=warps)
+            cur = out
+        return cur
 
 
 # -- the torch.library op ---------------------------------------------------------------------
@@ -514,8 +499,10 @@ _dsa_op.register_autograd(_backward, setup_context=_setup_context)
 
 # -- the functional entry point ---------------------------------------------------------------
 _DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.uint8)
+# DSATable's tensor fields in constructor order, with each row's shape
 _SHAPES = {"op": (), "brightness": (), "saturation": (), "contrast": (), "crop": (2,),
            "cutout": (4,), "flip": (), "scale": (2, 3), "rotate": (2, 3)}
+_FIELDS = tuple(_SHAPES)
 
 
 def _check_table(t: DSATable) -> None:
@@ -596,10 +583,8 @@ def dsa_augment(x: torch.Tensor, table: DSATable, group: torch.Tensor | None = N
         backend = backend_for("dsa", x.device)
     elif backend not in ("torch", "triton"):
         raise FastDMError(f"backend must be 'torch' or 'triton', got {backend!r}")
-    elif backend == "triton" and ("dsa" not in FUSED_OPS or triton_importable() is None or (
-            x.device.type != "cuda" and not _interpreting())):
-        raise FastDMError("the Triton DSA kernels need triton and a CUDA device "
-                          "(or TRITON_INTERPRET=1 set before fastdm is imported, on the CPU)")
+    elif backend == "triton" and (why := triton_unusable("dsa", x.device)) is not None:
+        raise FastDMError(f"backend='triton' cannot run here: {why}")
     if backend == "torch" or not table.ops or n == 0:
         # native ops and autograd: no custom-op dispatch, and torch.compile sees (and fuses)
         # the ops themselves; fastdm::dsa runs this same code for backend='torch'
