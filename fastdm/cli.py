@@ -26,6 +26,13 @@ def _add_data_args(p: argparse.ArgumentParser, required: bool = False) -> None:
     p.add_argument("--image-size", type=int, help="resize folder datasets to this size (default 64)")
 
 
+def _floats(text: str) -> list[float]:
+    try:
+        return [float(v) for v in text.replace(",", " ").split()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected numbers separated by commas, got '{text}'") from None
+
+
 class _Parser(argparse.ArgumentParser):
     """Argument errors in the same one-line form as every other error."""
 
@@ -59,6 +66,15 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--checkpoint-every", type=int, help="iterations between checkpoints (default 500, 0: "
                                                         "only at the end)")
     c.add_argument("--class-chunk", type=int, help="classes per chunk (default: by memory budget)")
+    c.add_argument("--mmd", choices=["linear", "gaussian"],
+                   help="distribution distance: linear (mean embeddings, DM's loss; default) or "
+                        "gaussian (multi-kernel MMD, beyond the paper)")
+    c.add_argument("--bandwidths", type=_floats, metavar="B1,B2,...",
+                   help="Gaussian kernel bandwidths (default 0.5,1,2), in units of each class's "
+                        "feature spread unless --bandwidth-scale absolute")
+    c.add_argument("--bandwidth-scale", choices=["relative", "absolute"],
+                   help="relative (default): bandwidths are multiples of the root mean squared "
+                        "distance between a class's real features; absolute: feature units")
     c.add_argument("--resume", action="store_true", help="continue the run in OUT from its checkpoint")
     c.add_argument("--overwrite", action="store_true", help="start afresh even if OUT holds a run")
     c.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -112,7 +128,7 @@ def cmd_info() -> int:
 # -- condense ----------------------------------------------------------------------------------
 _CONDENSE_KEYS = ("dataset", "data_root", "download", "ipc", "iterations", "batch_real", "image_size",
                   "model", "init", "lr_img", "strategy", "aug_mode", "seed", "device", "class_chunk",
-                  "checkpoint_every")
+                  "checkpoint_every", "mmd", "bandwidths", "bandwidth_scale")
 
 
 def cmd_condense(args) -> int:
@@ -125,7 +141,10 @@ def cmd_condense(args) -> int:
         if not args.out:
             raise FastDMError("--resume needs --out DIR, the folder of the run to continue")
         # unspecified options take the checkpoint's values; given ones must agree with it
-        given = {**{k: v for k, v in saved_config(args.out).items() if k in _CONDENSE_KEYS}, **given}
+        saved = {k: v for k, v in saved_config(args.out).items() if k in _CONDENSE_KEYS}
+        if given.get("mmd") == "linear" and "bandwidths" not in given:
+            saved.pop("bandwidths", None)  # a Gaussian run's bandwidths: the mismatch is the news
+        given = {**saved, **given}
     if "dataset" not in given:
         raise FastDMError("condense needs --dataset NAME (digits is the embedded default dataset)")
     try:

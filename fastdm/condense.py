@@ -27,9 +27,9 @@ from .data import Dataset, load_dataset
 from .devices import resolve_device, synchronize
 from .errors import FastDMError
 from .io import SYNSET_FORMAT, SYNSET_VERSION, atomic_json_dump, atomic_torch_save
-from .losses import class_means, class_sums
 from .models import build_model, init_parameters_, uses_batchnorm
 from .ops.dsa import dsa_augment
+from .ops.mmd import gaussian_mmd, linear_mmd, relative_bandwidths, segment_sum
 from .viz import save_run_pictures
 
 log = logging.getLogger("fastdm")
@@ -62,6 +62,11 @@ class DMEngine:
         self.real = self._place_real()
         self.counts = data.train.counts.to(self.device)
         self.offsets = data.train.offsets.to(self.device)
+        # real images per class each iteration, known on the host (no device sync to size the
+        # Gaussian MMD's buffers): sample_without_replacement takes min(batch_real, count)
+        self.n_real_host = data.train.counts.clamp(max=config.batch_real)
+        # the Gaussian loss leaves out its real-real term unless the value is wanted
+        self.partial_loss = config.mmd == "gaussian"
 
     # -- set-up -----------------------------------------------------------------------------
     def _chunk_size(self) -> int:
@@ -106,8 +111,11 @@ class DMEngine:
     def chunks(self) -> list[tuple[int, int]]:
         return [(c0, min(self.C, c0 + self.chunk)) for c0 in range(0, self.C, self.chunk)]
 
-    def loss_and_grad(self, images: torch.Tensor, it: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Summed loss of iteration ``it``'s draws at ``images`` and its gradient (no update)."""
+    def loss_and_grad(self, images: torch.Tensor, it: int,
+                      value: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+        """Summed loss of iteration ``it``'s draws at ``images`` and its gradient (no update).
+        ``value=False`` lets the Gaussian MMD skip its real-real term (same gradient; the
+        returned loss then lacks that term)."""
         cfg, dev = self.cfg, self.device
         init_parameters_(self.net, cfg.seed, rng.NET, it)
         classes = torch.arange(self.C, device=dev)
@@ -116,13 +124,14 @@ class DMEngine:
         total = torch.zeros((), device=dev)
         for c0, c1 in self.chunks():
             rows = slice(c0 * self.ipc, c1 * self.ipc)
-            loss, grad[rows] = self.chunk_loss(images[rows], table, it, c0, c1)
+            loss, grad[rows] = self.chunk_loss(images[rows], table, it, c0, c1, value)
             total += loss
         return total, grad
 
-    def step(self, state: RunState) -> torch.Tensor:
-        """Run iteration ``state.iteration`` in place; returns the summed loss (a 0-dim tensor)."""
-        loss, grad = self.loss_and_grad(state.images, state.iteration)
+    def step(self, state: RunState, value: bool = True) -> torch.Tensor:
+        """Run iteration ``state.iteration`` in place; returns the summed loss (a 0-dim tensor;
+        with ``value=False`` and the Gaussian MMD, without its real-real term)."""
+        loss, grad = self.loss_and_grad(state.images, state.iteration, value)
         # SGD with momentum on the images, as torch.optim.SGD (no dampening, no weight decay).
         if state.momentum is None:
             state.momentum = grad  # a fresh tensor each iteration: no copy needed
@@ -144,25 +153,37 @@ class DMEngine:
         idx, counts = self.real_indices(it, c0, c1)
         return self.data.normalize(self.real[idx.to(self.real.device)], self.device), counts
 
-    def chunk_loss(self, syn: torch.Tensor, table, it: int, c0: int, c1: int):
+    def chunk_loss(self, syn: torch.Tensor, table, it: int, c0: int, c1: int, value: bool = True):
         """Loss of classes [c0, c1) (summed) and d loss / d syn for their synthetic images."""
+        cfg = self.cfg
         k = c1 - c0
         rows = table.rows(torch.arange(c0, c1, device=self.device))
         idx, n_real = self.real_indices(it, c0, c1)
         real = self.real[idx.to(self.real.device)].to(self.device, non_blocking=True)
         g_real = torch.repeat_interleave(torch.arange(k, device=self.device), n_real)
         g_syn = torch.arange(k, device=self.device).repeat_interleave(self.ipc)
-        dsa = self.backends["dsa"]
+        dsa, mmd = self.backends["dsa"], self.backends["mmd"]
         with torch.no_grad():  # uint8 -> normalised, augmented floats in one pass on Triton
             real = dsa_augment(real, rows, g_real, mean=self.data.mean, std=self.data.std, backend=dsa)
             f_real = self.net.embed(real)
-            real_mean = class_sums(f_real, n_real) / n_real.to(f_real.dtype)[:, None]
-        del real, f_real
+            del real
+            if cfg.mmd == "linear":  # the real side is [k, D] sums from here on
+                real_sums = segment_sum(f_real, n_real, backend=mmd)
+                del f_real
+            else:
+                bw = torch.tensor(cfg.bandwidths, dtype=torch.float32, device=self.device)
+                if cfg.bandwidth_scale == "relative":
+                    bw = relative_bandwidths(f_real, n_real, cfg.bandwidths).float()
         syn = syn.detach().requires_grad_(True)
+        syn_counts = torch.full((k,), self.ipc)  # on the host: no device sync in the MMD
         with torch.enable_grad():
             f_syn = self.net.embed(dsa_augment(syn, rows, g_syn, backend=dsa))
-            counts = torch.full((k,), self.ipc, device=self.device)
-            loss = ((real_mean - class_means(f_syn, counts)) ** 2).sum()
+            if cfg.mmd == "linear":
+                per_class = linear_mmd(real_sums, n_real, f_syn, syn_counts, backend=mmd)
+            else:
+                per_class = gaussian_mmd(f_real, self.n_real_host[c0:c1], f_syn, syn_counts, bw,
+                                         real_term=value, backend=mmd)
+            loss = per_class.sum()
             (g,) = torch.autograd.grad(loss, syn)
         return loss.detach(), g
 
@@ -199,9 +220,11 @@ def run(engine: DMEngine, state: RunState, out: str | None = None, progress: boo
         save_checkpoint(out, cfg, state)
         saved[0] = state.iteration
 
-    def flush():
+    def flush():  # None: an iteration whose loss value was not computed (see DMEngine.step)
         if pending:
-            state.losses.extend((torch.stack(pending) / engine.C).tolist())
+            done = [v for v in pending if v is not None]
+            values = iter((torch.stack(done) / engine.C).tolist() if done else [])
+            state.losses.extend(None if v is None else next(values) for v in pending)
             pending.clear()
 
     def on_signal(signum, frame):
@@ -219,7 +242,10 @@ def run(engine: DMEngine, state: RunState, out: str | None = None, progress: boo
         while state.iteration < total:
             t0 = time.perf_counter()
             in_step = True
-            pending.append(engine.step(state))
+            nxt = state.iteration + 1
+            want = nxt % cfg.log_every == 0 or nxt == total
+            loss = engine.step(state, value=want)
+            pending.append(loss if want or not engine.partial_loss else None)
             in_step = False
             if state.iteration % cfg.log_every == 0 or state.iteration == total:
                 flush()
@@ -323,7 +349,7 @@ def condense_dataset(config: CondenseConfig, out: str | None = None, resume: boo
                     "iterations_s": round(state.elapsed, 3),
                     "per_iteration_s": round(state.elapsed / done, 5) if done else None,
                     "total_s": round(time.perf_counter() - t_start, 3)},
-        "final_loss": state.losses[-1] if state.losses else None,
+        "final_loss": next((v for v in reversed(state.losses) if v is not None), None),
         "loss_history": state.losses,
     }
     atomic_json_dump(metrics, os.path.join(out, "metrics.json"))

@@ -14,6 +14,9 @@ DEFAULT_BATCH_REAL = 256
 # The embedded default dataset runs a short schedule so that `make run` finishes in about a
 # minute on 2 CPU cores; pass --iterations to run longer.
 QUICK_SCHEDULES = {"digits": {"iterations": 400, "batch_real": 64, "ipc": 1}}
+# Gaussian MMD bandwidths, as multiples of each class's feature spread (the root mean squared
+# distance between its real features; fastdm.ops.mmd.relative_bandwidths): narrow, typical, wide.
+DEFAULT_BANDWIDTHS = (0.5, 1.0, 2.0)
 # ... and its evaluation trains fewer epochs (the set is tiny; 300 epochs converge).
 QUICK_EVAL = {"digits": {"models": 5, "epochs": 300}}
 
@@ -36,12 +39,15 @@ class CondenseConfig:
     seed: int = 0
     device: str = "auto"
     class_chunk: int | None = None
+    mmd: str = "linear"                  # linear (DM, the paper) or gaussian (multi-kernel)
+    bandwidths: list | None = None       # Gaussian kernel bandwidths (default DEFAULT_BANDWIDTHS)
+    bandwidth_scale: str = "relative"    # relative: multiples of each class's feature spread
     checkpoint_every: int = 500
     log_every: int = 10
 
     # Settings that change the synthetic set; a resumed run must agree on all of them.
     RESULT_KEYS = ("dataset", "ipc", "batch_real", "image_size", "model", "init", "lr_img",
-                   "momentum", "strategy", "aug_mode", "seed")
+                   "momentum", "strategy", "aug_mode", "seed", "mmd", "bandwidths", "bandwidth_scale")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -79,6 +85,22 @@ class CondenseConfig:
             raise FastDMError(f"--momentum must be in [0, 1), got {c.momentum}")
         if c.init not in ("real", "noise"):
             raise FastDMError(f"--init must be 'real' or 'noise', got '{c.init}'")
+        if c.mmd not in ("linear", "gaussian"):
+            raise FastDMError(f"--mmd must be 'linear' or 'gaussian', got '{c.mmd}'")
+        if c.bandwidth_scale not in ("relative", "absolute"):
+            raise FastDMError(f"--bandwidth-scale must be 'relative' or 'absolute', got '{c.bandwidth_scale}'")
+        if c.mmd == "linear":
+            if c.bandwidths is not None:
+                raise FastDMError("--bandwidths applies to --mmd gaussian only (the linear loss has none)")
+        else:
+            bw = list(DEFAULT_BANDWIDTHS) if c.bandwidths is None else c.bandwidths
+            try:
+                bw = [float(b) for b in bw]
+            except (TypeError, ValueError):
+                raise FastDMError(f"--bandwidths must be numbers, got {c.bandwidths!r}") from None
+            if not bw or not all(0 < b < float("inf") for b in bw):
+                raise FastDMError(f"--bandwidths must be positive, finite numbers, got {bw}")
+            c.bandwidths = bw
         if c.aug_mode not in ("S", "M"):
             raise FastDMError(f"--aug-mode must be S or M, got '{c.aug_mode}'")
         smallest = int(dataset.train.counts.min())

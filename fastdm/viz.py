@@ -43,10 +43,13 @@ def loss_plot(losses: list, width: int = 640, height: int = 360, title: str = "D
     left, right, top, bottom = 70, 15, 30, 40
     d.text((left, 8), f"{title} (per class, mean over classes) vs iteration", fill="black")
     d.rectangle([left, top, width - right, height - bottom], outline="black")
-    if not losses:
+    # None marks an iteration whose value was not computed (Gaussian MMD between log points)
+    points = [(i, v) for i, v in enumerate(losses) if v is not None]
+    if not points:
         d.text((left + 10, top + 10), "no iterations run", fill="black")
         return img
-    lo, hi = min(losses), max(losses)
+    values = [v for _, v in points]
+    lo, hi = min(values), max(values)
     span = (hi - lo) or max(abs(hi), 1e-12)
     n = len(losses)
     pw, ph = width - left - right, height - top - bottom
@@ -55,13 +58,14 @@ def loss_plot(losses: list, width: int = 640, height: int = 360, title: str = "D
         return left + (pw * i / max(1, n - 1)), top + ph * (1 - (v - lo) / span)
 
     # Thin raw curve plus a moving average, so the trend shows through per-iteration noise.
-    d.line([xy(i, v) for i, v in enumerate(losses)], fill=(170, 190, 230), width=1)
-    win = max(1, n // 20)
+    d.line([xy(i, v) for i, v in points], fill=(170, 190, 230), width=1)
+    m = len(points)
+    win = max(1, m // 20)
     csum = [0.0]
-    for v in losses:
+    for v in values:
         csum.append(csum[-1] + v)
-    smooth = [(csum[i + 1] - csum[max(0, i + 1 - win)]) / (i + 1 - max(0, i + 1 - win)) for i in range(n)]
-    d.line([xy(i, v) for i, v in enumerate(smooth)], fill=(20, 60, 160), width=2)
+    smooth = [(csum[j + 1] - csum[max(0, j + 1 - win)]) / (j + 1 - max(0, j + 1 - win)) for j in range(m)]
+    d.line([xy(i, v) for (i, _), v in zip(points, smooth)], fill=(20, 60, 160), width=2)
     for v in (lo, (lo + hi) / 2, hi):
         d.text((4, xy(0, v)[1] - 6), f"{v:.4g}", fill="black")
     d.text((left, height - bottom + 6), "1", fill="black")

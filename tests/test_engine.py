@@ -222,10 +222,10 @@ def test_stop_inside_an_update_saves_nothing_and_says_so(toy_dataset, tmp_path):
     from fastdm.condense import Interrupted
 
     class StopsInStep(DMEngine):
-        def step(self, state):
+        def step(self, state, **kw):
             if state.iteration == 2:
                 raise KeyboardInterrupt  # as a second Ctrl-C inside the update would
-            return super().step(state)
+            return super().step(state, **kw)
     e = engine_for(toy_dataset)
     e2 = StopsInStep(e.cfg, toy_dataset, "cpu")
     with pytest.raises(Interrupted) as stop:

@@ -1,6 +1,6 @@
-"""Compile the DSA kernels ahead of time for a CUDA target, without a GPU (Triton's bundled
+"""Compile the fused kernels ahead of time for a CUDA target, without a GPU (Triton's bundled
 ptxas): the interpreter accepts code the compiler rejects, so this catches what the CPU tests
-cannot. Run in a process without TRITON_INTERPRET: ``python tests/aot_compile_dsa.py [90]``.
+cannot. Run in a process without TRITON_INTERPRET: ``python tests/aot_compile.py dsa|mmd [90]``.
 Prints one line per compiled variant; exits non-zero on the first failure.
 """
 import os
@@ -13,10 +13,17 @@ import triton  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
-from fastdm.ops import dsa  # noqa: E402
+from fastdm.ops import dsa, mmd  # noqa: E402
 
 POINTERS = {"group_ptr": "*i64", "ip_ptr": "*i32", "fp_ptr": "*fp32", "mean_ptr": "*fp32",
             "std_ptr": "*fp32", "sum_ptr": "*fp32", "gsum_ptr": "*fp32"}
+
+
+def _pointer(name: str) -> str:
+    if name in POINTERS:
+        return POINTERS[name]
+    # MMD layouts: class offsets and counts are int64
+    return "*i64" if name.endswith(("off_ptr", "cnt_ptr")) or name == "rc_ptr" else "*fp32"
 
 
 def compile_variant(fn, target, dtypes: dict, constexprs: dict):
@@ -25,13 +32,13 @@ def compile_variant(fn, target, dtypes: dict, constexprs: dict):
         if name in constexprs:
             sig[name] = "constexpr"
         elif name.endswith("_ptr"):
-            sig[name] = dtypes.get(name, POINTERS.get(name, "*fp32"))
+            sig[name] = dtypes.get(name, _pointer(name))
         else:
             sig[name] = "i32"
     return triton.compile(ASTSource(fn=fn, signature=sig, constexprs=constexprs), target=target)
 
 
-def variants():
+def dsa_variants():
     full_s = 63          # mode S with every op
     seg1, seg2 = 31, 32  # mode M default strategy: color..scale, then rotate
     blocks = dict(BLOCK_C=4, BLOCK_P=256)
@@ -56,9 +63,26 @@ def variants():
         yield dsa._sum_kernel, {"x_ptr": x_t}, dict(NORM=False, **gray)
 
 
-def main(arch: int = 90) -> None:
+def mmd_variants():
+    lin = dict(BLOCK_N=16, BLOCK_D=256)
+    for t in ("*fp32", "*bf16", "*fp16"):
+        yield mmd._segsum_kernel, {"x_ptr": t}, lin
+        yield mmd._linear_fwd_kernel, {"y_ptr": t}, lin
+        yield mmd._linear_bwd_kernel, {"y_ptr": t, "dy_ptr": t}, lin
+        for bm, bn in ((16, 16), (64, 16), (64, 64)):
+            for self_pairs, save in ((False, True), (True, True), (True, False)):
+                yield (mmd._gauss_fwd_kernel, {"a_ptr": t, "b_ptr": t, "ctr_ptr": t},
+                       dict(SELF=self_pairs, SAVE_W=save, BM=bm, BN=bn, BD=32))
+            yield (mmd._gauss_bwd_kernel, {"r_ptr": t, "y_ptr": t, "dy_ptr": t},
+                   dict(BM=32, BN=bn, BD=64))
+
+
+VARIANTS = {"dsa": dsa_variants, "mmd": mmd_variants}
+
+
+def main(op: str = "dsa", arch: int = 90) -> None:
     target = GPUTarget("cuda", arch, 32)
-    todo = list(variants())
+    todo = list(VARIANTS[op]())
     print(f"variants {len(todo)}", flush=True)
     for fn, dtypes, consts in todo:
         k = compile_variant(fn, target, dtypes, consts)
@@ -67,4 +91,4 @@ def main(arch: int = 90) -> None:
 
 
 if __name__ == "__main__":
-    main(int(sys.argv[1]) if len(sys.argv) > 1 else 90)
+    main(sys.argv[1] if len(sys.argv) > 1 else "dsa", int(sys.argv[2]) if len(sys.argv) > 2 else 90)
