@@ -339,7 +339,8 @@ def condense_dataset(config: CondenseConfig, out: str | None = None, resume: boo
     run(engine, state, out, progress=progress)
     synset = synset_dict(cfg, data, state)
     atomic_torch_save(synset, os.path.join(out, "synset.pt"))
-    save_run_pictures(out, state.images, data.denormalize, data.num_classes, cfg.ipc, state.losses)
+    save_run_pictures(out, state.images, data.denormalize, data.num_classes, cfg.ipc, state.losses,
+                      title="DM loss" if cfg.mmd == "linear" else "Gaussian MMD^2")
     done = state.iteration
     metrics = {
         "config": cfg.to_dict(), "fastdm": __version__, "torch": torch.__version__,

@@ -74,8 +74,8 @@ def loss_plot(losses: list, width: int = 640, height: int = 360, title: str = "D
 
 
 def save_run_pictures(out_dir: str, images: torch.Tensor, denormalize, classes: int, ipc: int,
-                      losses: list) -> None:
+                      losses: list, title: str = "DM loss") -> None:
     import os
     atomic_save_png(synset_grid(denormalize(images.detach().cpu().float()), classes, ipc),
                     os.path.join(out_dir, "grid.png"))
-    atomic_save_png(loss_plot(losses), os.path.join(out_dir, "loss.png"))
+    atomic_save_png(loss_plot(losses, title=title), os.path.join(out_dir, "loss.png"))
