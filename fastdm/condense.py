@@ -6,6 +6,9 @@ class)); classes go through the network chunk by chunk, each chunk's synthetic-i
 gradients are written into one gradient buffer, then one SGD-with-momentum step. Classes are
 independent, so peak memory follows the chunk size, not the number of classes; models with
 BatchNorm see all classes in one batch (their statistics mix classes, spec section 2).
+The distance (fastdm.ops.mmd) is DM's linear loss (the real side reduced to per-class sums
+right after the embedder) or the Gaussian multi-kernel MMD (its real-real term only when the
+loss value is logged).
 """
 from __future__ import annotations
 
