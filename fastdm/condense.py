@@ -70,6 +70,8 @@ class DMEngine:
         self.n_real_host = data.train.counts.clamp(max=config.batch_real)
         # the Gaussian loss leaves out its real-real term unless the value is wanted
         self.partial_loss = config.mmd == "gaussian"
+        if config.mmd == "gaussian" and config.bandwidth_scale == "absolute":
+            self.bandwidths = torch.tensor(config.bandwidths, dtype=torch.float32, device=self.device)
 
     # -- set-up -----------------------------------------------------------------------------
     def _chunk_size(self) -> int:
@@ -174,11 +176,11 @@ class DMEngine:
                 real_sums = segment_sum(f_real, n_real, backend=mmd)
                 del f_real
             else:
-                bw = torch.tensor(cfg.bandwidths, dtype=torch.float32, device=self.device)
-                if cfg.bandwidth_scale == "relative":
-                    bw = relative_bandwidths(f_real, n_real, cfg.bandwidths).float()
+                bw = self.bandwidths if cfg.bandwidth_scale == "absolute" else \
+                    relative_bandwidths(f_real, n_real, cfg.bandwidths, backend=mmd)
         syn = syn.detach().requires_grad_(True)
-        syn_counts = torch.full((k,), self.ipc)  # on the host: no device sync in the MMD
+        # Gaussian: counts on the host size its pair buffers without a device sync
+        syn_counts = torch.full((k,), self.ipc, device=self.device if cfg.mmd == "linear" else "cpu")
         with torch.enable_grad():
             f_syn = self.net.embed(dsa_augment(syn, rows, g_syn, backend=dsa))
             if cfg.mmd == "linear":

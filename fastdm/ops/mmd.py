@@ -53,20 +53,24 @@ def coefficients(bandwidths) -> torch.Tensor:
     return 1.0 / (2.0 * b * b)
 
 
-def relative_bandwidths(real: torch.Tensor, real_counts, multiples: Sequence[float]) -> torch.Tensor:
+def relative_bandwidths(real: torch.Tensor, real_counts, multiples: Sequence[float], *,
+                        backend: str | None = None) -> torch.Tensor:
     """Per-class bandwidths [k, NB]: ``multiples`` times the class's feature scale
     s_c = sqrt(mean over pairs (i, j) of ||r_i - r_j||^2) = sqrt(2 (mean ||r||^2 - ||mean r||^2)),
-    computed in O(N D) from sums (no pairs). Feature distances differ by orders of magnitude
-    between embedders and datasets; in these units one bandwidth setting fits them all."""
-    counts = torch.as_tensor(real_counts, device=real.device)
-    r = _wide(real.detach())
-    n = counts.to(r.dtype)
-    mean_sq = class_sums((r * r).sum(1, keepdim=True), counts)[:, 0] / n
-    mean = class_sums(r, counts) / n[:, None]
+    computed in O(N D) from segment sums (no pairs). Feature distances differ by orders of
+    magnitude between embedders and datasets; in these units one setting fits them all."""
+    r = real.detach()
+    _check_features(r, "real")
+    lay = _layout(real_counts, r.shape[0], r.device, "real")
+    n = lay.counts.to(torch.float32)
+    sq = (_wide(r) ** 2).sum(1, keepdim=True)
+    mean_sq = segment_sum(sq.float(), lay.counts, backend=backend)[:, 0] / n
+    mean = segment_sum(r, lay.counts, backend=backend) / n[:, None]
     spread = (2 * (mean_sq - (mean * mean).sum(1))).clamp_min(0)
     # a class of identical rows has no spread: fall back to its feature norm (or 1)
     scale = torch.where(spread > 1e-12 * (mean_sq + 1), spread, mean_sq.clamp_min(1.0)).sqrt()
-    return scale[:, None] * torch.as_tensor(list(multiples), dtype=r.dtype, device=r.device)
+    mult = _to_device(torch.tensor([float(m) for m in multiples], dtype=torch.float32), r.device)
+    return scale[:, None] * mult
 
 
 def _wide(x: torch.Tensor) -> torch.Tensor:
@@ -402,6 +406,15 @@ class _Layout(NamedTuple):
     host: torch.Tensor | None     # the counts on the CPU when known without a device sync
 
 
+def _to_device(t: torch.Tensor, device) -> torch.Tensor:
+    """Host -> GPU without a sync (a plain copy from pageable memory waits for the stream):
+    through pinned memory, asynchronously."""
+    device = torch.device(device)
+    if device.type == "cuda" and t.device.type == "cpu":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
+
+
 def _layout(counts, rows: int | None, device, what: str, min_count: int = 1) -> _Layout:
     """Check per-class row counts (at least ``min_count`` each, summing to ``rows`` unless that
     is None) and derive the class offsets."""
@@ -424,7 +437,7 @@ def _layout(counts, rows: int | None, device, what: str, min_count: int = 1) -> 
     elif counts.numel():  # no host sync on the GPU: a device-side assert instead
         ok = counts.min() >= min_count
         torch._assert_async(ok if rows is None else ok & (counts.sum() == rows))
-    dev = counts.to(device=device, dtype=torch.int64)
+    dev = _to_device(counts.to(torch.int64), device)
     return _Layout(dev.contiguous(), (torch.cumsum(dev, 0) - dev).contiguous(), host)
 
 
@@ -723,7 +736,7 @@ def _bandwidths(bandwidths, k: int, device) -> torch.Tensor:
         raise FastDMError(f"bandwidths must be a list of positive numbers, got {bandwidths!r}") from None
     if not values or not all(0 < v < float("inf") for v in values):
         raise FastDMError(f"bandwidths must be a non-empty list of positive, finite numbers, got {values}")
-    return torch.tensor(values, dtype=torch.float32, device=device).expand(k, len(values)).contiguous()
+    return _to_device(torch.tensor(values, dtype=torch.float32).expand(k, len(values)).contiguous(), device)
 
 
 def gaussian_mmd(real: torch.Tensor, real_counts, syn: torch.Tensor, syn_counts,
@@ -762,8 +775,8 @@ def gaussian_mmd(real: torch.Tensor, real_counts, syn: torch.Tensor, syn_counts,
     sizes = [int(wxy_n.sum()), int(wyy_n.sum()), int(rh.max()) if rh.numel() else 0,
              int(yh.max()) if yh.numel() else 0]
     dev = syn.device
-    wxy_off = (torch.cumsum(wxy_n, 0) - wxy_n).to(dev)
-    wyy_off = (torch.cumsum(wyy_n, 0) - wyy_n).to(dev)
+    wxy_off = _to_device(torch.cumsum(wxy_n, 0) - wxy_n, dev)
+    wyy_off = _to_device(torch.cumsum(wyy_n, 0) - wyy_n, dev)
     coef = coefficients(bw).contiguous()
     loss, _, _ = _gauss_op(_rows_contiguous(real.detach()), rl.offsets, rl.counts, _rows_contiguous(syn),
                            yl.offsets, yl.counts, coef, wxy_off, wyy_off, sizes, bool(real_term),
