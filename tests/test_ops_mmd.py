@@ -260,6 +260,30 @@ def test_relative_bandwidths_are_the_mean_pairwise_distance(be):
         assert torch.allclose(got[c], scale * torch.tensor([1.0, 2.0], dtype=torch.float64), rtol=1e-5), c
 
 
+def test_relative_bandwidths_with_a_large_common_offset():
+    """One pass (mean ||r||^2 - ||mean r||^2) would cancel the offset in fp32 (1.0 instead of
+    0.318 here); two passes keep the float64 value."""
+    gen = torch.Generator().manual_seed(4)
+    x = 100 + 0.01 * torch.randn(64, 512, generator=gen, dtype=torch.float64)
+    want = (torch.cdist(x, x) ** 2).mean().sqrt()
+    for be in ("torch", "triton"):
+        got = mmd.relative_bandwidths(x.float().to(DEVICE), [64], [1.0], backend=be)
+        assert float(got) == pytest.approx(float(want), rel=1e-3), be
+
+
+def test_gaussian_without_gradient_keeps_no_pair_weights(monkeypatch):
+    seed = fresh_seed()
+    real, rc, syn, sc, w = _gauss_case("unequal", 37, torch.float32, seed)
+    sizes = []
+    inner = mmd._triton_gaussian
+    monkeypatch.setattr(mmd, "_triton_gaussian", lambda *a: sizes.append(a[9]) or inner(*a))
+    with torch.no_grad():
+        a = mmd.gaussian_mmd(real, rc, syn, sc, [1.0], backend="triton")
+    b = mmd.gaussian_mmd(real, rc, syn, sc, [1.0], backend="triton")
+    close(a, b, "value without/with gradient", seed, 0, 0)
+    assert sizes[0][:2] == [0, 0] and sizes[1][0] == sum(r * s for r, s in zip(rc, sc))
+
+
 def test_gaussian_bf16():
     seed = fresh_seed()
     real, rc, syn, sc, w = _gauss_case("unequal", 130, torch.bfloat16, seed)
@@ -389,3 +413,17 @@ def test_bad_inputs_are_clear_errors():
     acc = mmd.RealSums(3, 4, DEVICE)
     with pytest.raises(FastDMError, match="outside"):
         acc.add(x, [3, 3], first=2)
+    with pytest.raises(FastDMError, match="bandwidth multiples"):
+        mmd.relative_bandwidths(x, [3, 3], [1.0, 0.0])
+    with pytest.raises(FastDMError, match="positive and finite"):
+        mmd.gaussian_mmd(x, [3, 3], x, [3, 3], torch.tensor([[1.0], [float("nan")]]))
+
+
+def test_torch_references_take_count_lists():
+    gen = torch.Generator().manual_seed(5)
+    real, syn = torch.randn(5, 4, generator=gen), torch.randn(3, 4, generator=gen)
+    sums = mmd.class_sums(real, torch.tensor([2, 3]))
+    assert torch.equal(mmd.torch_linear_mmd(sums, [2, 3], syn, [1, 2]),
+                       mmd.torch_linear_mmd(sums, torch.tensor([2, 3]), syn, torch.tensor([1, 2])))
+    assert torch.equal(mmd.torch_gaussian_mmd(real, [2, 3], syn, [1, 2], [1.0]),
+                       mmd.torch_gaussian_mmd(real, torch.tensor([2, 3]), syn, torch.tensor([1, 2]), [1.0]))

@@ -56,21 +56,24 @@ def coefficients(bandwidths) -> torch.Tensor:
 def relative_bandwidths(real: torch.Tensor, real_counts, multiples: Sequence[float], *,
                         backend: str | None = None) -> torch.Tensor:
     """Per-class bandwidths [k, NB]: ``multiples`` times the class's feature scale
-    s_c = sqrt(mean over pairs (i, j) of ||r_i - r_j||^2) = sqrt(2 (mean ||r||^2 - ||mean r||^2)),
-    computed in O(N D) from segment sums (no pairs). Feature distances differ by orders of
-    magnitude between embedders and datasets; in these units one setting fits them all."""
+    s_c = sqrt(mean over pairs (i, j) of ||r_i - r_j||^2) = sqrt(2 mean_i ||r_i - mean_c||^2),
+    from segment sums (no pairs; two passes, so a large common offset does not cancel).
+    Feature distances differ by orders of magnitude between embedders and datasets; in these
+    units one setting fits them all. A class without spread (one row, or identical rows)
+    gets its feature norm (at least 1) as the scale."""
     r = real.detach()
     _check_features(r, "real")
+    mult = _positive_list(multiples, "bandwidth multiples")
     lay = _layout(real_counts, r.shape[0], r.device, "real")
     n = lay.counts.to(torch.float32)
-    sq = (_wide(r) ** 2).sum(1, keepdim=True)
-    mean_sq = segment_sum(sq.float(), lay.counts, backend=backend)[:, 0] / n
     mean = segment_sum(r, lay.counts, backend=backend) / n[:, None]
-    spread = (2 * (mean_sq - (mean * mean).sum(1))).clamp_min(0)
-    # a class of identical rows has no spread: fall back to its feature norm (or 1)
-    scale = torch.where(spread > 1e-12 * (mean_sq + 1), spread, mean_sq.clamp_min(1.0)).sqrt()
-    mult = _to_device(torch.tensor([float(m) for m in multiples], dtype=torch.float32), r.device)
-    return scale[:, None] * mult
+    seg = torch.repeat_interleave(torch.arange(n.numel(), device=r.device), lay.counts,
+                                  output_size=r.shape[0])
+    dev = torch.linalg.vector_norm(r - mean[seg], dim=1, dtype=torch.float32) ** 2
+    spread = 2 * segment_sum(dev[:, None], lay.counts, backend=backend)[:, 0] / n
+    norm_sq = (mean * mean).sum(1)
+    scale = torch.where(spread > 1e-12 * (norm_sq + 1), spread, norm_sq.clamp_min(1.0)).sqrt()
+    return scale[:, None] * _to_device(torch.tensor(mult, dtype=torch.float32), r.device)
 
 
 def _wide(x: torch.Tensor) -> torch.Tensor:
@@ -81,8 +84,9 @@ def _wide(x: torch.Tensor) -> torch.Tensor:
 def torch_linear_mmd(real_sums, real_counts, syn, syn_counts) -> torch.Tensor:
     """Per-class ||real_sums_c / real_counts_c - mean_syn_c||^2 -> float32 [k]."""
     real_sums, syn = _wide(real_sums), _wide(syn)
-    real_mean = real_sums / real_counts.to(real_sums.device, real_sums.dtype)[:, None]
-    return ((real_mean - class_means(syn, syn_counts)) ** 2).sum(1)
+    real_counts = torch.as_tensor(real_counts, device=real_sums.device)
+    real_mean = real_sums / real_counts.to(real_sums.dtype)[:, None]
+    return ((real_mean - class_means(syn, torch.as_tensor(syn_counts, device=syn.device))) ** 2).sum(1)
 
 
 def _padded(x: torch.Tensor, counts: torch.Tensor):
@@ -121,11 +125,11 @@ def torch_gaussian_mmd(real, real_counts, syn, syn_counts, bandwidths, real_term
 
 
 def _torch_gaussian(real, real_counts, syn, syn_counts, coefs, real_term: bool):
+    real_counts = torch.as_tensor(real_counts, device=real.device)
+    syn_counts = torch.as_tensor(syn_counts, device=syn.device)
     k = real_counts.numel()
     coefs = coefs.to(device=syn.device, dtype=_wide(syn).dtype)
     coefs = coefs.expand(k, coefs.shape[-1]) if coefs.dim() == 1 else coefs
-    real_counts = real_counts.to(real.device)
-    syn_counts = syn_counts.to(syn.device)
     r, rm = _padded(_wide(real), real_counts)
     s, sm = _padded(_wide(syn), syn_counts)
     # distances are shift-invariant: shifting by a row of the class (its first synthetic row,
@@ -520,6 +524,8 @@ def segment_sum(features: torch.Tensor, counts, *, out: torch.Tensor | None = No
     if not isinstance(out, torch.Tensor) or out.dtype != torch.float32 or tuple(out.shape) != tuple(sums.shape):
         raise FastDMError(f"out must be a float32 tensor of shape {tuple(sums.shape)}, got "
                           f"{tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__}")
+    if out.device != sums.device:
+        raise FastDMError(f"out is on {out.device}, the features on {sums.device}: put them on one device")
     return out.add_(sums)
 
 
@@ -638,8 +644,11 @@ def _triton_gaussian(real, roff, rcnt, y, yoff, ycnt, coef, wxy_off, wyy_off, si
         wyy = torch.empty(wyy_size, dtype=torch.float32, device=y.device)
         ns, nr = ycnt.to(torch.float32), rcnt.to(torch.float32)
         ctr = (y, yoff)  # shift by each class's first synthetic row
-        xy = _pair_sums(real, roff, rcnt, max_r, y, yoff, ycnt, max_s, *ctr, coef, wxy, wxy_off, False)
-        yy = _pair_sums(y, yoff, ycnt, max_s, y, yoff, ycnt, max_s, *ctr, coef, wyy, wyy_off, True)
+        save = wxy_size > 0  # every class has pairs: size 0 means no gradient is wanted
+        xy = _pair_sums(real, roff, rcnt, max_r, y, yoff, ycnt, max_s, *ctr, coef,
+                        wxy if save else None, wxy_off, False)
+        yy = _pair_sums(y, yoff, ycnt, max_s, y, yoff, ycnt, max_s, *ctr, coef,
+                        wyy if save else None, wyy_off, True)
         loss = yy / ns ** 2 - 2 * xy / (nr * ns)
         if real_term:
             xx = _pair_sums(real, roff, rcnt, max_r, real, roff, rcnt, max_r, *ctr, coef, None, None,
@@ -657,6 +666,9 @@ def _triton_gaussian_backward(grad, real, roff, rcnt, y, yoff, ycnt, wxy, wxy_of
         dy = torch.empty(y.shape, dtype=y.dtype, device=y.device)
         if k == 0:
             return dy
+        if wxy.numel() == 0:
+            raise FastDMError("gaussian_mmd ran without a gradient (no_grad, or syn did not require "
+                              "it), so it kept no pair weights: recompute it with gradients enabled")
         _gauss_bwd_kernel[(k, triton.cdiv(d, bd), splits)](
             grad.float().contiguous(), real, roff, rcnt, y, yoff, ycnt, wxy, wxy_off, wyy, wyy_off,
             dy, d, real.stride(0), y.stride(0), splits, BM=bm, BN=bn, BD=bd, num_warps=4)
@@ -719,23 +731,29 @@ def _gauss_backward(ctx, grad, _gwxy, _gwyy):
 _gauss_op.register_autograd(_gauss_backward, setup_context=_gauss_setup)
 
 
+def _positive_list(values, what: str) -> list[float]:
+    try:
+        out = [float(v) for v in values]
+    except (TypeError, ValueError):
+        raise FastDMError(f"{what} must be a list of positive numbers, got {values!r}") from None
+    if not out or not all(0 < v < float("inf") for v in out):
+        raise FastDMError(f"{what} must be a non-empty list of positive, finite numbers, got {out}")
+    return out
+
+
 def _bandwidths(bandwidths, k: int, device) -> torch.Tensor:
     """Bandwidths as per-class float32 [k, NB] (a list is shared by all classes)."""
     if isinstance(bandwidths, torch.Tensor):
-        b = bandwidths.detach().to(device=device, dtype=torch.float32)
+        b = bandwidths.detach()
         if b.dim() == 1:
             b = b.expand(k, b.shape[0])
         if b.dim() != 2 or b.shape[0] != k or b.shape[1] == 0:
             raise FastDMError(f"per-class bandwidths must have shape [{k}, NB], got {tuple(bandwidths.shape)}")
-        if b.device.type == "cpu" and not bool(((b > 0) & torch.isfinite(b)).all()):
+        if b.device.type == "cpu" and not torch.compiler.is_compiling() \
+                and not bool(((b > 0) & torch.isfinite(b)).all()):
             raise FastDMError("bandwidths must be positive and finite")
-        return b.contiguous()
-    try:
-        values = [float(v) for v in bandwidths]
-    except (TypeError, ValueError):
-        raise FastDMError(f"bandwidths must be a list of positive numbers, got {bandwidths!r}") from None
-    if not values or not all(0 < v < float("inf") for v in values):
-        raise FastDMError(f"bandwidths must be a non-empty list of positive, finite numbers, got {values}")
+        return _to_device(b.to(torch.float32).contiguous(), device)
+    values = _positive_list(bandwidths, "bandwidths")
     return _to_device(torch.tensor(values, dtype=torch.float32).expand(k, len(values)).contiguous(), device)
 
 
@@ -772,8 +790,10 @@ def gaussian_mmd(real: torch.Tensor, real_counts, syn: torch.Tensor, syn_counts,
     rh = rl.host if rl.host is not None else rl.counts.cpu()
     yh = yl.host if yl.host is not None else yl.counts.cpu()
     wxy_n, wyy_n = rh * yh, yh * yh
-    sizes = [int(wxy_n.sum()), int(wyy_n.sum()), int(rh.max()) if rh.numel() else 0,
-             int(yh.max()) if yh.numel() else 0]
+    # the pair weights are kept for the backward only: none when no gradient will be taken
+    grad = syn.requires_grad and torch.is_grad_enabled()
+    sizes = [int(wxy_n.sum()) if grad else 0, int(wyy_n.sum()) if grad else 0,
+             int(rh.max()) if rh.numel() else 0, int(yh.max()) if yh.numel() else 0]
     dev = syn.device
     wxy_off = _to_device(torch.cumsum(wxy_n, 0) - wxy_n, dev)
     wyy_off = _to_device(torch.cumsum(wyy_n, 0) - wyy_n, dev)
