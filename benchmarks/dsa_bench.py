@@ -20,8 +20,6 @@ same op to each class (mode S; the reference's seeds choose it).
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import statistics
 import sys
 import time
@@ -35,7 +33,7 @@ from fastdm.devices import resolve_device, synchronize
 from fastdm.errors import FastDMError
 from fastdm.ops.dsa import dsa_augment
 
-from .measure import run_facts
+from .measure import parse_backends, parse_list, run_facts, save_json
 from .settings import SETTINGS, parse_settings
 
 STRATEGY = "color_crop_cutout_flip_scale_rotate"
@@ -173,15 +171,8 @@ def parse_args(argv=None):
         args.settings = parse_settings(args.settings)
     except FastDMError as e:
         ap.error(str(e))
-    default = "torch,triton" if args.device.type == "cuda" else "torch"
-    args.backends = [b.strip() for b in (args.backends or default).split(",") if b.strip()]
-    if not args.backends or any(b not in ("torch", "triton") for b in args.backends):
-        ap.error("--backends takes torch and/or triton")
-    if "triton" in args.backends and args.device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
-        ap.error("the triton backend needs --device cuda")
-    args.parts = [p.strip() for p in args.parts.split(",") if p.strip()]
-    if not args.parts or any(p not in ("bandwidth", "iteration") for p in args.parts):
-        ap.error("--parts takes bandwidth and/or iteration")
+    args.backends = parse_backends(ap, args.backends, args.device)
+    args.parts = parse_list(ap, args.parts, ("bandwidth", "iteration"), "--parts")
     if args.iters < 1:
         ap.error("--iters must be at least 1")
     if not args.bandwidth_mb > 0:
@@ -197,10 +188,7 @@ def main(argv=None) -> dict:
               "backends": args.backends, "bandwidth": [], "iteration": []}
 
     def save():
-        if args.json:
-            os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-            with open(args.json, "w") as f:
-                json.dump(report, f, indent=2)
+        save_json(report, args.json)
 
     if "bandwidth" in args.parts:
         report["bandwidth"] = bandwidth_rows(args.device, args.backends, args.bandwidth_mb, args.iters)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import datetime
+import json
 import os
 import platform
 import resource
@@ -142,3 +143,30 @@ def run_facts(device: torch.device) -> dict:
         "triton": triton_importable(),
         "python": platform.python_version(),
     }
+
+
+def parse_backends(ap, text: str | None, device: torch.device) -> list[str]:
+    """--backends for a kernel benchmark: torch and/or triton (default: both on CUDA, torch on
+    the CPU); Triton off CUDA only in the interpreter (a smoke run, not a speed figure)."""
+    default = "torch,triton" if device.type == "cuda" else "torch"
+    backends = [b.strip() for b in (text or default).split(",") if b.strip()]
+    if not backends or any(b not in ("torch", "triton") for b in backends):
+        ap.error("--backends takes torch and/or triton")
+    if "triton" in backends and device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
+        ap.error("the triton backend needs --device cuda")
+    return backends
+
+
+def parse_list(ap, text: str, allowed, flag: str) -> list[str]:
+    """A comma-separated choice list, each item one of ``allowed``."""
+    items = [t.strip() for t in text.split(",") if t.strip()]
+    if not items or any(t not in allowed for t in items):
+        ap.error(f"{flag} takes {' and/or '.join(allowed)}")
+    return items
+
+
+def save_json(report: dict, path: str | None) -> None:
+    if path:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        with open(path, "w") as f:
+            json.dump(report, f, indent=2)

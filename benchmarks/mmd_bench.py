@@ -23,8 +23,6 @@ a DM iteration needs) and the full value (forward with it); fused vs the torch p
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import sys
 
 import torch
@@ -34,7 +32,7 @@ from fastdm.errors import FastDMError
 from fastdm.ops import mmd
 
 from .dsa_bench import copy_bandwidth, timeit
-from .measure import run_facts
+from .measure import parse_backends, parse_list, run_facts, save_json
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 BANDWIDTHS = [0.5, 1.0, 2.0]
@@ -176,18 +174,9 @@ def parse_args(argv=None):
         args.gaussian_shape = parse_shape(args.gaussian_shape)
     except FastDMError as e:
         ap.error(str(e))
-    default = "torch,triton" if args.device.type == "cuda" else "torch"
-    args.backends = [b.strip() for b in (args.backends or default).split(",") if b.strip()]
-    if not args.backends or any(b not in ("torch", "triton") for b in args.backends):
-        ap.error("--backends takes torch and/or triton")
-    if "triton" in args.backends and args.device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
-        ap.error("the triton backend needs --device cuda")
-    args.parts = [p.strip() for p in args.parts.split(",") if p.strip()]
-    if not args.parts or any(p not in ("linear", "gaussian") for p in args.parts):
-        ap.error("--parts takes linear and/or gaussian")
-    args.dtypes = [t.strip() for t in args.dtypes.split(",") if t.strip()]
-    if not args.dtypes or any(t not in DTYPES for t in args.dtypes):
-        ap.error("--dtypes takes fp32 and/or bf16")
+    args.backends = parse_backends(ap, args.backends, args.device)
+    args.parts = parse_list(ap, args.parts, ("linear", "gaussian"), "--parts")
+    args.dtypes = parse_list(ap, args.dtypes, tuple(DTYPES), "--dtypes")
     if args.iters < 1:
         ap.error("--iters must be at least 1")
     return args
@@ -199,10 +188,7 @@ def main(argv=None) -> dict:
               "backends": args.backends, "linear": [], "gaussian": []}
 
     def save():
-        if args.json:
-            os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-            with open(args.json, "w") as f:
-                json.dump(report, f, indent=2)
+        save_json(report, args.json)
 
     if "linear" in args.parts:
         report["linear"] = linear_rows(args.linear_shape, args.device, args.backends, args.dtypes, args.iters)

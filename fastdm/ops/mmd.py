@@ -174,17 +174,23 @@ if triton is not None:
         return tl.sum(acc, 0) / n.to(tl.float32)
 
     @triton.jit
+    def _mean_diff(rs_ptr, rc_ptr, y_ptr, off, n, c, cols, cm, srs, sy,
+                   BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
+        # mean_syn_c - real_sums_c / real_counts_c on the columns (0 outside them)
+        ys = _syn_mean(y_ptr, off, n, cols, cm, sy, BLOCK_N, BLOCK_D)
+        nr = tl.load(rc_ptr + c).to(tl.float32)
+        rmean = tl.load(rs_ptr + c * srs + cols, mask=cm, other=0.0).to(tl.float32) / nr
+        return tl.where(cm, ys - rmean, 0.0)
+
+    @triton.jit
     def _linear_fwd_kernel(rs_ptr, rc_ptr, y_ptr, off_ptr, cnt_ptr, part_ptr, D, srs, sy, ND,
                            BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
         # program (class c, column block): mean_syn - mean_real on its columns, squared, summed
         c, db = tl.program_id(0), tl.program_id(1)
         cols = db * BLOCK_D + tl.arange(0, BLOCK_D)
         cm = cols < D
-        ys = _syn_mean(y_ptr, tl.load(off_ptr + c), tl.load(cnt_ptr + c), cols, cm, sy,
-                       BLOCK_N, BLOCK_D)
-        nr = tl.load(rc_ptr + c).to(tl.float32)
-        rmean = tl.load(rs_ptr + c * srs + cols, mask=cm, other=0.0).to(tl.float32) / nr
-        diff = tl.where(cm, ys - rmean, 0.0)
+        diff = _mean_diff(rs_ptr, rc_ptr, y_ptr, tl.load(off_ptr + c), tl.load(cnt_ptr + c), c,
+                          cols, cm, srs, sy, BLOCK_N, BLOCK_D)
         tl.store(part_ptr + c * ND + db, tl.sum(diff * diff, 0))
 
     @triton.jit
@@ -196,10 +202,8 @@ if triton is not None:
         cm = cols < D
         off = tl.load(off_ptr + c)
         n = tl.load(cnt_ptr + c)
-        ys = _syn_mean(y_ptr, off, n, cols, cm, sy, BLOCK_N, BLOCK_D)
-        nr = tl.load(rc_ptr + c).to(tl.float32)
-        rmean = tl.load(rs_ptr + c * srs + cols, mask=cm, other=0.0).to(tl.float32) / nr
-        gd = (ys - rmean) * (2.0 * tl.load(g_ptr + c) / n.to(tl.float32))
+        diff = _mean_diff(rs_ptr, rc_ptr, y_ptr, off, n, c, cols, cm, srs, sy, BLOCK_N, BLOCK_D)
+        gd = diff * (2.0 * tl.load(g_ptr + c) / n.to(tl.float32))
         val = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32) + gd[None, :]
         for r0 in range(0, n, BLOCK_N):
             rows = r0 + tl.arange(0, BLOCK_N)
