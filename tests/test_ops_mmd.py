@@ -193,6 +193,30 @@ def test_gaussian_matches_torch(layout, d, bw):
     close(out["triton"][2], out["torch"][2], "gaussian gradient", seed, 1e-5, 1e-4)
 
 
+@pytest.mark.parametrize("repeat", range(3))
+def test_random_segment_layouts(repeat):
+    """Fresh random layouts each run: class count, per-class real and synthetic counts, D."""
+    seed = fresh_seed()
+    gen = torch.Generator().manual_seed(seed)
+    k = int(torch.randint(1, 7, (), generator=gen))
+    rc = torch.randint(1, 71, (k,), generator=gen).tolist()
+    sc = torch.randint(1, 21, (k,), generator=gen).tolist()
+    d = int(torch.randint(1, 150, (), generator=gen))
+    s = 2.0 / max(1.0, d ** 0.5)
+    real = features(rc, d, gen, scale=s)
+    syn = features(sc, d, gen, scale=s).requires_grad_(True)
+    w = torch.rand(k, generator=gen).to(DEVICE) + 0.5
+    out = {}
+    for be in ("torch", "triton"):
+        sums = mmd.segment_sum(real, rc, backend=be)
+        lin = mmd.linear_mmd(sums, rc, syn, sc, backend=be)
+        gau = mmd.gaussian_mmd(real, rc, syn, sc, [0.5, 2.0], backend=be)
+        out[be] = (sums, lin, gau) + torch.autograd.grad(((lin + gau) * w).sum(), syn)
+    what = f"k={k} real={rc} syn={sc} D={d}"
+    for i, name in enumerate(("sums", "linear", "gaussian", "gradient")):
+        close(out["triton"][i], out["torch"][i], f"{name} ({what})", seed, 2e-5, 1e-4)
+
+
 def test_gaussian_real_term_is_the_only_difference():
     seed = fresh_seed()
     real, rc, syn, sc, w = _gauss_case("unequal", 37, torch.float32, seed)
