@@ -252,7 +252,7 @@ def run(engine: DMEngine, state: RunState, out: str | None = None, progress: boo
             loss = engine.step(state, value=want)
             pending.append(loss if want or not engine.partial_loss else None)
             in_step = False
-            if state.iteration % cfg.log_every == 0 or state.iteration == total:
+            if want:
                 flush()
                 bar.set_postfix(loss=f"{state.losses[-1]:.4f}")
             synchronize(engine.device)

@@ -166,8 +166,11 @@ def test_ctrl_c_saves_a_checkpoint_and_resume_finishes(tmp_path):
     p = _subprocess("condense", "--dataset", "digits", "--ipc", "1", "--batch-real", "16",
                     "--iterations", "100000", "--checkpoint-every", "0", "--out", out, "--no-progress")
     deadline = time.time() + 120
-    # wait until iterations are running (the loss plot only appears at the end, so poll the log)
-    time.sleep(6)
+    # wait until iterations are running: OUT is created just before the loop (start-up takes
+    # seconds, more on a loaded machine), then give it a moment inside the loop
+    while not os.path.isdir(out) and p.poll() is None and time.time() < deadline - 60:
+        time.sleep(0.2)
+    time.sleep(2)
     assert p.poll() is None
     p.send_signal(signal.SIGINT)
     _, err = p.communicate(timeout=max(5, deadline - time.time()))
