@@ -104,7 +104,7 @@ def _mb(n: int) -> float:
 
 def _side_options(args) -> list[str]:
     opts = []
-    for opt in ("real_per_class", "class_chunk", "reference_repo"):
+    for opt in ("real_per_class", "class_chunk", "reference_repo", "compile"):
         if getattr(args, opt) is not None:
             opts += [f"--{opt.replace('_', '-')}", str(getattr(args, opt))]
     return opts
@@ -136,7 +136,7 @@ def memory_probe(name: str, side: str, args) -> None:
 
     def build(s, per_class, chunk=None):
         return (lambda: baseline_side(s, per_class, cpu, impl)) if side == "baseline" else (
-            lambda: fastdm_side(s, per_class, cpu, chunk))
+            lambda: fastdm_side(s, per_class, cpu, chunk, args.compile))
 
     # one toy iteration first, so one-time library costs (kernel code, thread pools) are not
     # booked to the setting
@@ -160,7 +160,7 @@ def run_setting(name: str, s: Setting, device, args, impl) -> dict:
     out = {"setting": s.to_dict(), "real_per_class": per_class, "flops": flops, "sides": {}}
     builders = {
         "baseline": lambda: baseline_side(s, per_class, device, impl),
-        "fastdm": lambda: fastdm_side(s, per_class, device, args.class_chunk),
+        "fastdm": lambda: fastdm_side(s, per_class, device, args.class_chunk, args.compile),
     }
     skip = {}
     host = host_available()
@@ -209,7 +209,8 @@ def run_setting(name: str, s: Setting, device, args, impl) -> dict:
     extras = {}
     for side_name, side in sides.items():  # free this setting's data before probes and the next setting
         extras[side_name] = ({"impl": impl.source} if side_name == "baseline" else
-                             {"class_chunk": side.obj.chunk, "backends": side.obj.backends})
+                             {"class_chunk": side.obj.chunk, "backends": side.obj.backends,
+                              "compiled": side.obj.compiled})
         side.obj = side.state = None
     _free(device)
     for side_name, side in sides.items():
@@ -263,6 +264,9 @@ def parse_args(argv=None):
     ap.add_argument("--real-per-class", type=int, help="real images stored per class (default: "
                     "the dataset's; only memory depends on it, not the work per iteration)")
     ap.add_argument("--class-chunk", type=int, help="fastdm's class chunk (default: automatic)")
+    ap.add_argument("--compile", choices=["auto", "on", "off"], default="auto",
+                    help="fastdm's embedder under torch.compile (default auto, as fastdm condense); "
+                         "the warm-up iterations absorb the compilation")
     ap.add_argument("--reference-repo", metavar="PATH", help="time the upstream code of a "
                     "VICO-UoE/DatasetCondensation checkout instead of fastdm.compat's")
     ap.add_argument("--no-memory", dest="memory", action="store_false",

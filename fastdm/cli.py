@@ -75,6 +75,11 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--bandwidth-scale", choices=["relative", "absolute"],
                    help="relative (default): bandwidths are multiples of the root mean squared "
                         "distance between a class's real features; absolute: feature units")
+    c.add_argument("--compile", choices=["auto", "on", "off"],
+                   help="torch.compile the embedder (one graph for the whole run; weights are redrawn "
+                        "in place). auto (default): on CUDA, and on the CPU for images of 32 px or more")
+    c.add_argument("--no-compile", dest="compile", action="store_const", const="off",
+                   help="same as --compile off (eager PyTorch, for debugging)")
     c.add_argument("--resume", action="store_true", help="continue the run in OUT from its checkpoint")
     c.add_argument("--overwrite", action="store_true", help="start afresh even if OUT holds a run")
     c.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -128,7 +133,7 @@ def cmd_info() -> int:
 # -- condense ----------------------------------------------------------------------------------
 _CONDENSE_KEYS = ("dataset", "data_root", "download", "ipc", "iterations", "batch_real", "image_size",
                   "model", "init", "lr_img", "strategy", "aug_mode", "seed", "device", "class_chunk",
-                  "checkpoint_every", "mmd", "bandwidths", "bandwidth_scale")
+                  "checkpoint_every", "mmd", "bandwidths", "bandwidth_scale", "compile")
 
 
 def cmd_condense(args) -> int:

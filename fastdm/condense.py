@@ -31,6 +31,7 @@ from .devices import resolve_device, synchronize
 from .errors import FastDMError
 from .io import SYNSET_FORMAT, SYNSET_VERSION, atomic_json_dump, atomic_torch_save
 from .models import build_model, init_parameters_, uses_batchnorm
+from .models.compiled import compiled_embed
 from .ops.dsa import dsa_augment
 from .ops.mmd import gaussian_mmd, linear_mmd, relative_bandwidths, segment_sum
 from .viz import save_run_pictures
@@ -45,7 +46,8 @@ CHUNK_BUDGET = {"cpu": 512, "cuda": 16384}
 
 
 class DMEngine:
-    def __init__(self, config: CondenseConfig, data: Dataset, device: torch.device | str = "cpu"):
+    def __init__(self, config: CondenseConfig, data: Dataset, device: torch.device | str = "cpu",
+                 compile_backend: str = "inductor"):
         self.cfg = config
         self.data = data
         self.device = torch.device(device)
@@ -61,6 +63,9 @@ class DMEngine:
         self.net.requires_grad_(False)
         self.net.train()
         self.batchnorm = uses_batchnorm(config.model)
+        # the embedder: compiled once, fresh weights drawn into it in place every iteration
+        self.embed, self.compiled = compiled_embed(self.net, self.device, config.compile, self.hw,
+                                                   backend=compile_backend)
         self.chunk = self._chunk_size()
         self.real = self._place_real()
         self.counts = data.train.counts.to(self.device)
@@ -170,7 +175,7 @@ class DMEngine:
         dsa, mmd = self.backends["dsa"], self.backends["mmd"]
         with torch.no_grad():  # uint8 -> normalised, augmented floats in one pass on Triton
             real = dsa_augment(real, rows, g_real, mean=self.data.mean, std=self.data.std, backend=dsa)
-            f_real = self.net.embed(real)
+            f_real = self.embed(real)
             del real
             if cfg.mmd == "linear":  # the real side is [k, D] sums from here on
                 real_sums = segment_sum(f_real, n_real, backend=mmd)
@@ -182,7 +187,7 @@ class DMEngine:
         # Gaussian: counts on the host size its pair buffers without a device sync
         syn_counts = torch.full((k,), self.ipc, device=self.device if cfg.mmd == "linear" else "cpu")
         with torch.enable_grad():
-            f_syn = self.net.embed(dsa_augment(syn, rows, g_syn, backend=dsa))
+            f_syn = self.embed(dsa_augment(syn, rows, g_syn, backend=dsa))
             if cfg.mmd == "linear":
                 per_class = linear_mmd(real_sums, n_real, f_syn, syn_counts, backend=mmd)
             else:
@@ -337,9 +342,9 @@ def condense_dataset(config: CondenseConfig, out: str | None = None, resume: boo
         os.makedirs(out, exist_ok=True)
     except OSError as e:
         raise FastDMError(f"cannot create --out {out}: {e.strerror or e}") from None
-    log.info("condensing %s: %d classes x ipc %d, %s on %s, iterations %d..%d, class chunk %d, out %s",
-             cfg.dataset, data.num_classes, cfg.ipc, cfg.model, device, state.iteration, cfg.iterations,
-             engine.chunk, out)
+    log.info("condensing %s: %d classes x ipc %d, %s%s on %s, iterations %d..%d, class chunk %d, out %s",
+             cfg.dataset, data.num_classes, cfg.ipc, cfg.model, " (compiled)" if engine.compiled else "",
+             device, state.iteration, cfg.iterations, engine.chunk, out)
     t_run = time.perf_counter()
     run(engine, state, out, progress=progress)
     synset = synset_dict(cfg, data, state)
@@ -350,7 +355,8 @@ def condense_dataset(config: CondenseConfig, out: str | None = None, resume: boo
     metrics = {
         "config": cfg.to_dict(), "fastdm": __version__, "torch": torch.__version__,
         "device": str(device), "device_name": device_name(device), "cpu_threads": torch.get_num_threads(),
-        "class_chunk": engine.chunk, "backends": engine.backends, "iterations": done,
+        "class_chunk": engine.chunk, "backends": engine.backends, "compiled": engine.compiled,
+        "iterations": done,
         "timings": {"load_data_s": round(t_data, 3), "this_session_s": round(time.perf_counter() - t_run, 3),
                     "iterations_s": round(state.elapsed, 3),
                     "per_iteration_s": round(state.elapsed / done, 5) if done else None,

@@ -42,6 +42,7 @@ class CondenseConfig:
     mmd: str = "linear"                  # linear (DM, the paper) or gaussian (multi-kernel)
     bandwidths: list | None = None       # Gaussian kernel bandwidths (default DEFAULT_BANDWIDTHS)
     bandwidth_scale: str = "relative"    # relative: multiples of each class's feature spread
+    compile: str = "auto"                # torch.compile the embedder: auto (CUDA, or >= 32 px), on, off
     checkpoint_every: int = 500
     log_every: int = 10
 
@@ -101,6 +102,8 @@ class CondenseConfig:
             if not bw or not all(0 < b < float("inf") for b in bw):
                 raise FastDMError(f"--bandwidths must be positive, finite numbers, got {bw}")
             c.bandwidths = bw
+        if c.compile not in ("auto", "on", "off"):
+            raise FastDMError(f"--compile must be auto, on or off, got '{c.compile}'")
         if c.aug_mode not in ("S", "M"):
             raise FastDMError(f"--aug-mode must be S or M, got '{c.aug_mode}'")
         smallest = int(dataset.train.counts.min())

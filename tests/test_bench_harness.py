@@ -219,6 +219,7 @@ def test_compare_report_schema(tmp_path, capsys):
     assert s["speedup"] == pytest.approx(s["sides"]["baseline"]["ms_per_iter"]
                                          / s["sides"]["fastdm"]["ms_per_iter"], rel=1e-2)
     assert s["sides"]["fastdm"]["backends"] == {"dsa": "torch", "mmd": "torch"}
+    assert s["sides"]["fastdm"]["compiled"] is False  # toy images are 16 px: auto stays eager on the CPU
     assert "| toy-ipc2 | fastdm" in capsys.readouterr().out
 
 
