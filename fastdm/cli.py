@@ -99,6 +99,11 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--seed", type=int, help="evaluation seed (default 0)")
     e.add_argument("--device", help="auto, cpu or cuda (default auto)")
     e.add_argument("--exp", type=int, help="which experiment of a reference file (default: last)")
+    e.add_argument("--together", dest="batched", action="store_const", const=True,
+                   help="train the models together (one vmapped step for all; default on CUDA)")
+    e.add_argument("--one-at-a-time", dest="batched", action="store_const", const=False,
+                   help="train the models one after another (default on the CPU, where it measured "
+                        "faster; BatchNorm models always go one at a time)")
     e.add_argument("--compare-random", action="store_true",
                    help="also evaluate random real subsets of the same size, the same way")
     e.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -184,6 +189,7 @@ def cmd_evaluate(args) -> int:
                        model=args.model, models=args.models, epochs=args.epochs,
                        batch_train=args.batch_train, strategy=args.strategy, seed=args.seed,
                        device=args.device, exp=args.exp, compare_random=args.compare_random,
+                       batched=args.batched,
                        progress=not args.no_progress)
     for kind, res in (("synset", summary if summary["kind"] == "synset" else None),
                       ("random", summary.get("random") or (summary if summary["kind"] == "random" else None))):

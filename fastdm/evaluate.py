@@ -28,6 +28,7 @@ from .devices import resolve_device
 from .io import load_synset
 from .errors import FastDMError
 from .models import build_model, check_model_name
+from .train_batched import can_batch, train_models_batched
 
 log = logging.getLogger("fastdm")
 
@@ -45,6 +46,9 @@ class EvalConfig:
     aug_mode: str = "S"
     seed: int = 0
     test_batch: int = 1024
+    # train the models together (vmap) or one at a time; None: together on CUDA, one at a time
+    # on the CPU, where together measured 2x slower (benchmarks/RESULTS.md)
+    batched: bool | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -126,8 +130,25 @@ def evaluate_images(images: torch.Tensor, labels: torch.Tensor, data: Dataset, c
     accs, t0 = [], time.perf_counter()
     bar = tqdm(total=cfg.models * (cfg.epochs + 1), desc=desc, unit="epoch",
                disable=not progress or None, dynamic_ncols=True)
+    wanted = cfg.batched if cfg.batched is not None else torch.device(device).type == "cuda"
+    together = wanted and cfg.models > 1
+    if together and not can_batch(cfg.model):
+        log.info("%s has BatchNorm (running statistics updated in place): its %d models are "
+                 "trained one at a time", cfg.model, cfg.models)
+        together = False
     try:
-        for k in range(cfg.models):
+        if together:
+            ks = list(range(cfg.models))
+            if subset_ipc is not None:
+                sets = [random_subset(data, subset_ipc, cfg.seed, k) for k in ks]
+                x, y = torch.stack([s[0] for s in sets]), torch.stack([s[1] for s in sets])
+            else:
+                x, y = images[None].expand(len(ks), *images.shape), labels[None].expand(len(ks), -1)
+            nets = train_models_batched(x, y, data.num_classes, cfg, ks, device, on_epoch=bar.update)
+            for net in nets:
+                accs.append(accuracy(net, data, device, cfg.test_batch))
+            bar.set_postfix(acc=f"{np.mean(accs):.4f}")
+        for k in range(cfg.models if not together else 0):
             if subset_ipc is not None:
                 images, labels = random_subset(data, subset_ipc, cfg.seed, k)
             net = train_model(images, labels, data, cfg, k, device, on_epoch=lambda: bar.update(1))
@@ -136,7 +157,7 @@ def evaluate_images(images: torch.Tensor, labels: torch.Tensor, data: Dataset, c
     finally:
         bar.close()
     return {"acc_mean": float(np.mean(accs)), "acc_std": float(np.std(accs)), "accs": accs,
-            "seconds": round(time.perf_counter() - t0, 3)}
+            "seconds": round(time.perf_counter() - t0, 3), "trained_together": together}
 
 
 def random_subset(data: Dataset, ipc: int, seed: int, k: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -170,7 +191,7 @@ def evaluate_synset(synset: str | None = None, *, baseline: str | None = None, d
              ipc: int | None = None, model: str | None = None, models: int | None = None,
              epochs: int | None = None, batch_train: int | None = None, strategy: str | None = None,
              seed: int | None = None, device: str | None = None, exp: int | None = None,
-             compare_random: bool = False, progress: bool = True) -> dict:
+             compare_random: bool = False, progress: bool = True, batched: bool | None = None) -> dict:
     """Evaluate a synset file (or, with baseline='random', random real subsets) by the paper's
     protocol. Returns the summary the CLI prints as JSON."""
     if synset and baseline:
@@ -204,6 +225,7 @@ def evaluate_synset(synset: str | None = None, *, baseline: str | None = None, d
         strategy=strategy if strategy is not None else saved.get("strategy", data.default_strategy),
         aug_mode=saved.get("aug_mode", "S"),  # one DSA setting for condensing and evaluating
         seed=seed if seed is not None else 0,
+        batched=batched,
     )
     cfg.check()
     dev = resolve_device(device)
@@ -220,7 +242,7 @@ def evaluate_synset(synset: str | None = None, *, baseline: str | None = None, d
                "kind": "synset" if syn is not None else "random",
                "acc_mean": main["acc_mean"], "acc_std": main["acc_std"], "accs": main["accs"],
                "models": cfg.models, "epochs": cfg.epochs, "seed": cfg.seed, "device": str(dev),
-               "seconds": main["seconds"]}
+               "seconds": main["seconds"], "trained_together": main["trained_together"]}
     if syn is not None:
         summary["synset"] = synset
         if "random" in results:

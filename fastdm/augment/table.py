@@ -38,6 +38,13 @@ class DSATable:
         return replace(self, **{f.name: getattr(self, f.name).to(device)
                                 for f in fields(self) if isinstance(getattr(self, f.name), torch.Tensor)})
 
+    @staticmethod
+    def cat(tables: list["DSATable"]) -> "DSATable":
+        """The rows of several tables (same ops and mode) one after another."""
+        first = tables[0]
+        return replace(first, **{f.name: torch.cat([getattr(t, f.name) for t in tables])
+                                 for f in fields(first) if isinstance(getattr(first, f.name), torch.Tensor)})
+
     def rows(self, index: torch.Tensor) -> "DSATable":
         """The table restricted to rows ``index`` (e.g. one chunk of classes)."""
         return replace(self, **{f.name: getattr(self, f.name)[index.to(getattr(self, f.name).device)]

@@ -1,0 +1,88 @@
+"""The evaluation protocol's models trained together: one vmapped forward/backward and one SGD
+step per batch for all of them, instead of one model after another.
+
+Model k keeps everything it would have alone: its initial weights (rng words (seed, EVAL_INIT,
+k)), its batch order (EVAL_ORDER, k, epoch) and its augmentation draws (EVAL_AUG, k, step).
+The models' parameters are stacked ([M, ...]); torch.func.vmap runs the forward (convolutions
+become one grouped convolution), the loss is the sum of each model's mean cross-entropy (so
+each model gets its own gradient), and torch.optim.SGD on the stacked tensors is elementwise,
+i.e. each model's own SGD with momentum and weight decay. The DSA of all models' batches is one
+fused call (one table row per sample).
+"""
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.nn.functional as F
+
+from . import rng
+from .augment import DSAParams, DSATable, parse_strategy, sample_per_sample
+from .backend import backend_for
+from .models import build_model, uses_batchnorm
+from .ops.dsa import dsa_augment
+
+
+def can_batch(model: str) -> bool:
+    """BatchNorm's running statistics are updated in place, which vmap cannot batch."""
+    return not uses_batchnorm(model)
+
+
+def train_models_batched(images: torch.Tensor, labels: torch.Tensor, num_classes: int, cfg,
+                         ks: list[int], device, on_epoch=None) -> list[torch.nn.Module]:
+    """Train models ``ks`` together. images: [M, n, C, H, W] (model k's training set at
+    position k; a shared set may be an expanded view), labels [M, n]. Returns the M trained
+    models (as train_model would, one by one)."""
+    m, n = images.shape[:2]
+    hw = tuple(images.shape[3:])
+    ops = parse_strategy(cfg.strategy)
+    dsa_backend = backend_for("dsa", device) if ops else "torch"
+    p = DSAParams(aug_mode=cfg.aug_mode)
+    nets = [build_model(cfg.model, images.shape[2], num_classes, hw, cfg.seed, rng.EVAL_INIT, k,
+                        device=device).train() for k in ks]
+    params, buffers = torch.func.stack_module_state(nets)
+    skeleton = copy.deepcopy(nets[0]).to("meta")
+
+    def forward(prm, buf, x):
+        return torch.func.functional_call(skeleton, (prm, buf), (x,))
+
+    batched = torch.func.vmap(forward)
+    images, labels = images.to(device), labels.to(device)
+    weights = list(params.values())
+
+    def optimizer(lr):
+        return torch.optim.SGD(weights, lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+
+    lr = cfg.lr
+    opt = optimizer(lr)
+    step = 0
+    models = torch.arange(m, device=device)[:, None]
+    for ep in range(cfg.epochs + 1):
+        order = torch.stack([rng.permutation(n, cfg.seed, rng.EVAL_ORDER, k, ep, device=device)
+                             for k in ks])
+        for i in range(0, n, cfg.batch_train):
+            b = order[:, i:i + cfg.batch_train]
+            x = images[models, b]                       # [M, B, C, H, W]
+            if ops:
+                table = DSATable.cat([sample_per_sample(ops, p, hw, b.shape[1], cfg.seed, rng.EVAL_AUG,
+                                                        k, step, device=device) for k in ks])
+                x = dsa_augment(x.flatten(0, 1), table, backend=dsa_backend).view(x.shape)
+            logits = batched(params, buffers, x)        # [M, B, classes]
+            ce = F.cross_entropy(logits.flatten(0, 1), labels[models, b].flatten(), reduction="none")
+            loss = ce.view(b.shape).mean(1).sum()       # each model's own mean loss
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            step += 1
+        if ep == cfg.epochs // 2 + 1:
+            lr *= 0.1
+            opt = optimizer(lr)
+        if on_epoch is not None:
+            on_epoch(m)
+    with torch.no_grad():  # the trained weights back into ordinary modules
+        for j, net in enumerate(nets):
+            for name, t in net.named_parameters():
+                t.copy_(params[name][j])
+            for name, t in net.named_buffers():
+                t.copy_(buffers[name][j])
+    return nets
