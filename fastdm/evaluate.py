@@ -29,6 +29,7 @@ from .io import load_synset
 from .errors import FastDMError
 from .models import build_model, check_model_name
 from .train_batched import can_batch, train_models_batched
+from .training import run_schedule
 
 log = logging.getLogger("fastdm")
 
@@ -91,31 +92,17 @@ def train_model(images: torch.Tensor, labels: torch.Tensor, data: Dataset, cfg: 
     images, labels = images.to(device), labels.to(device)
     n = images.shape[0]
 
-    def optimizer(lr):
-        return torch.optim.SGD(net.parameters(), lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    def loss_for_batch(b, step):
+        x = images[b]
+        if ops:
+            table = sample_per_sample(ops, p, hw, x.shape[0], cfg.seed, rng.EVAL_AUG, k, step,
+                                      device=device)
+            x = dsa_augment(x, table, backend=dsa_backend)
+        return F.cross_entropy(net(x), labels[b])
 
-    lr = cfg.lr
-    opt = optimizer(lr)
-    step = 0
-    for ep in range(cfg.epochs + 1):
-        order = rng.permutation(n, cfg.seed, rng.EVAL_ORDER, k, ep, device=device)
-        for i in range(0, n, cfg.batch_train):
-            b = order[i:i + cfg.batch_train]
-            x = images[b]
-            if ops:
-                table = sample_per_sample(ops, p, hw, x.shape[0], cfg.seed, rng.EVAL_AUG, k, step,
-                                          device=device)
-                x = dsa_augment(x, table, backend=dsa_backend)
-            loss = F.cross_entropy(net(x), labels[b])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            step += 1
-        if ep == cfg.epochs // 2 + 1:
-            lr *= 0.1
-            opt = optimizer(lr)
-        if on_epoch is not None:
-            on_epoch()
+    run_schedule(cfg, list(net.parameters()), n,
+                 lambda ep: rng.permutation(n, cfg.seed, rng.EVAL_ORDER, k, ep, device=device),
+                 loss_for_batch, on_epoch)
     return net
 
 

@@ -21,6 +21,7 @@ from .augment import DSAParams, DSATable, parse_strategy, sample_per_sample
 from .backend import backend_for
 from .models import build_model, uses_batchnorm
 from .ops.dsa import dsa_augment
+from .training import run_schedule
 
 
 def can_batch(model: str) -> bool:
@@ -48,37 +49,24 @@ def train_models_batched(images: torch.Tensor, labels: torch.Tensor, num_classes
 
     batched = torch.func.vmap(forward)
     images, labels = images.to(device), labels.to(device)
-    weights = list(params.values())
-
-    def optimizer(lr):
-        return torch.optim.SGD(weights, lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-
-    lr = cfg.lr
-    opt = optimizer(lr)
-    step = 0
     models = torch.arange(m, device=device)[:, None]
-    for ep in range(cfg.epochs + 1):
-        order = torch.stack([rng.permutation(n, cfg.seed, rng.EVAL_ORDER, k, ep, device=device)
-                             for k in ks])
-        for i in range(0, n, cfg.batch_train):
-            b = order[:, i:i + cfg.batch_train]
-            x = images[models, b]                       # [M, B, C, H, W]
-            if ops:
-                table = DSATable.cat([sample_per_sample(ops, p, hw, b.shape[1], cfg.seed, rng.EVAL_AUG,
-                                                        k, step, device=device) for k in ks])
-                x = dsa_augment(x.flatten(0, 1), table, backend=dsa_backend).view(x.shape)
-            logits = batched(params, buffers, x)        # [M, B, classes]
-            ce = F.cross_entropy(logits.flatten(0, 1), labels[models, b].flatten(), reduction="none")
-            loss = ce.view(b.shape).mean(1).sum()       # each model's own mean loss
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            step += 1
-        if ep == cfg.epochs // 2 + 1:
-            lr *= 0.1
-            opt = optimizer(lr)
-        if on_epoch is not None:
-            on_epoch(m)
+
+    def order_for_epoch(ep):  # [M, n]: each model's own order
+        return torch.stack([rng.permutation(n, cfg.seed, rng.EVAL_ORDER, k, ep, device=device)
+                            for k in ks])
+
+    def loss_for_batch(b, step):
+        x = images[models, b]                           # [M, B, C, H, W]
+        if ops:
+            table = DSATable.cat([sample_per_sample(ops, p, hw, b.shape[1], cfg.seed, rng.EVAL_AUG,
+                                                    k, step, device=device) for k in ks])
+            x = dsa_augment(x.flatten(0, 1), table, backend=dsa_backend).view(x.shape)
+        logits = batched(params, buffers, x)            # [M, B, classes]
+        ce = F.cross_entropy(logits.flatten(0, 1), labels[models, b].flatten(), reduction="none")
+        return ce.view(b.shape).mean(1).sum()           # each model's own mean loss
+
+    run_schedule(cfg, list(params.values()), n, order_for_epoch, loss_for_batch,
+                 None if on_epoch is None else lambda: on_epoch(m))
     with torch.no_grad():  # the trained weights back into ordinary modules
         for j, net in enumerate(nets):
             for name, t in net.named_parameters():
