@@ -21,6 +21,17 @@ DEFAULT_BANDWIDTHS = (0.5, 1.0, 2.0)
 QUICK_EVAL = {"digits": {"models": 5, "epochs": 300}}
 
 
+def positive_floats(values, what: str) -> list[float]:
+    """``values`` as a non-empty list of positive, finite floats, or a FastDMError naming ``what``."""
+    try:
+        out = [float(v) for v in values]
+    except (TypeError, ValueError):
+        raise FastDMError(f"{what} must be a list of positive numbers, got {values!r}") from None
+    if not out or not all(0 < v < float("inf") for v in out):
+        raise FastDMError(f"{what} must be a non-empty list of positive, finite numbers, got {out}")
+    return out
+
+
 @dataclass
 class CondenseConfig:
     dataset: str = "digits"
@@ -94,14 +105,8 @@ class CondenseConfig:
             if c.bandwidths is not None:
                 raise FastDMError("--bandwidths applies to --mmd gaussian only (the linear loss has none)")
         else:
-            bw = list(DEFAULT_BANDWIDTHS) if c.bandwidths is None else c.bandwidths
-            try:
-                bw = [float(b) for b in bw]
-            except (TypeError, ValueError):
-                raise FastDMError(f"--bandwidths must be numbers, got {c.bandwidths!r}") from None
-            if not bw or not all(0 < b < float("inf") for b in bw):
-                raise FastDMError(f"--bandwidths must be positive, finite numbers, got {bw}")
-            c.bandwidths = bw
+            c.bandwidths = positive_floats(list(DEFAULT_BANDWIDTHS) if c.bandwidths is None
+                                           else c.bandwidths, "--bandwidths")
         if c.compile not in ("auto", "on", "off"):
             raise FastDMError(f"--compile must be auto, on or off, got '{c.compile}'")
         if c.aug_mode not in ("S", "M"):

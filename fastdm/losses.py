@@ -4,22 +4,30 @@ from __future__ import annotations
 import torch
 
 
+def padded(features: torch.Tensor, counts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows of class-contiguous segments of lengths ``counts`` [k] in a zero-padded [k, max, D]
+    block, with its row mask [k, max] (features' dtype). Equal counts: a plain view."""
+    counts = counts.to(features.device)
+    k, d = counts.numel(), features.shape[1]
+    if k and bool((counts == counts[0]).all()):  # the usual case: a plain reshape
+        m = int(counts[0])
+        return features.view(k, m, d), features.new_ones(k, m)
+    # Unequal counts: scatter rows into the block. Unlike index_add_ (float atomics on CUDA)
+    # summing the block is deterministic on every device.
+    seg = torch.repeat_interleave(torch.arange(k, device=features.device), counts)
+    pos = torch.arange(features.shape[0], device=features.device) - (torch.cumsum(counts, 0) - counts)[seg]
+    block = features.new_zeros(k, int(counts.max()) if k else 0, d).index_put((seg, pos), features)
+    mask = features.new_zeros(k, block.shape[1])
+    mask[seg, pos] = 1
+    return block, mask
+
+
 def class_sums(features: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
     """Sum features [N, D] over class-contiguous segments of lengths ``counts`` [k] -> [k, D].
 
     Sums (with counts) rather than means, so the real side can be accumulated across chunks.
     """
-    counts = counts.to(features.device)
-    k, d = counts.numel(), features.shape[1]
-    if k and bool((counts == counts[0]).all()):  # the usual case: a plain reshape
-        return features.view(k, -1, d).sum(1)
-    # Unequal counts: place rows in a zero-padded [k, max, D] block and sum. Unlike index_add_
-    # (float atomics on CUDA) this is deterministic on every device.
-    seg = torch.repeat_interleave(torch.arange(k, device=features.device), counts)
-    pos = torch.arange(features.shape[0], device=features.device) - (torch.cumsum(counts, 0) - counts)[seg]
-    block = features.new_zeros(k, int(counts.max()) if k else 0, d)
-    block[seg, pos] = features
-    return block.sum(1)
+    return padded(features, counts)[0].sum(1)
 
 
 def class_means(features: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:

@@ -14,7 +14,6 @@ from fastdm.cli import main
 from fastdm.condense import DMEngine, run
 from fastdm.config import DEFAULT_BANDWIDTHS, CondenseConfig
 from fastdm.errors import FastDMError
-from fastdm.ops import mmd
 
 DEVICE = torch.device(os.environ.get("FASTDM_TEST_DEVICE", "cpu"))
 needs_kernels = pytest.mark.skipif("mmd" not in backend.FUSED_OPS, reason="triton does not import")

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from fastdm import backend, rng
-from fastdm.augment import DSAParams, apply_dsa, build_table, parse_strategy, sample_siamese
+from fastdm.augment import DSAParams, build_table, parse_strategy, sample_siamese
 from fastdm.errors import FastDMError
 
 ops_dsa = pytest.importorskip("fastdm.ops.dsa")

@@ -14,6 +14,7 @@ import torch
 
 from fastdm import backend
 from fastdm.errors import FastDMError
+from fastdm.losses import padded
 
 mmd = pytest.importorskip("fastdm.ops.mmd")
 if "mmd" not in backend.FUSED_OPS:
@@ -221,7 +222,7 @@ def test_gaussian_real_term_is_the_only_difference():
     seed = fresh_seed()
     real, rc, syn, sc, w = _gauss_case("unequal", 37, torch.float32, seed)
     coefs = mmd.coefficients(BANDWIDTHS["three"]).float().expand(len(rc), 3)
-    r, m = mmd._padded(real, torch.tensor(rc, device=DEVICE))
+    r, m = padded(real, torch.tensor(rc, device=DEVICE))
     xx = mmd._kernel_sums(r, m, r, m, coefs, True) / torch.tensor(rc, device=DEVICE).float() ** 2
     full = mmd.gaussian_mmd(real, rc, syn, sc, BANDWIDTHS["three"], backend="triton")
     part = mmd.gaussian_mmd(real, rc, syn, sc, BANDWIDTHS["three"], real_term=False, backend="triton")

@@ -29,8 +29,9 @@ from typing import NamedTuple, Sequence
 import torch
 
 from ..backend import backend_for, interpreting, triton_unusable
+from ..config import positive_floats
 from ..errors import FastDMError
-from ..losses import class_means, class_sums
+from ..losses import class_means, class_sums, padded
 
 try:  # triton ships with torch on Linux; elsewhere only the torch path exists
     import triton
@@ -63,7 +64,7 @@ def relative_bandwidths(real: torch.Tensor, real_counts, multiples: Sequence[flo
     gets its feature norm (at least 1) as the scale."""
     r = real.detach()
     _check_features(r, "real")
-    mult = _positive_list(multiples, "bandwidth multiples")
+    mult = positive_floats(multiples, "bandwidth multiples")
     lay = _layout(real_counts, r.shape[0], r.device, "real")
     n = lay.counts.to(torch.float32)
     mean = segment_sum(r, lay.counts, backend=backend) / n[:, None]
@@ -87,22 +88,6 @@ def torch_linear_mmd(real_sums, real_counts, syn, syn_counts) -> torch.Tensor:
     real_counts = torch.as_tensor(real_counts, device=real_sums.device)
     real_mean = real_sums / real_counts.to(real_sums.dtype)[:, None]
     return ((real_mean - class_means(syn, torch.as_tensor(syn_counts, device=syn.device))) ** 2).sum(1)
-
-
-def _padded(x: torch.Tensor, counts: torch.Tensor):
-    """Rows of each class in a zero-padded [k, max, D] block, with its row mask [k, max]."""
-    k, d = counts.numel(), x.shape[1]
-    if k and bool((counts == counts[0]).all()):
-        m = int(counts[0])
-        return x.view(k, m, d), torch.ones(k, m, dtype=x.dtype, device=x.device)
-    m = int(counts.max()) if k else 0
-    seg = torch.repeat_interleave(torch.arange(k, device=x.device), counts)
-    pos = torch.arange(x.shape[0], device=x.device) - (torch.cumsum(counts, 0) - counts)[seg]
-    block = x.new_zeros(k, m, d)
-    block = block.index_put((seg, pos), x)
-    mask = x.new_zeros(k, m)
-    mask[seg, pos] = 1
-    return block, mask
 
 
 def _kernel_sums(a, am, b, bm, coefs, self_pairs: bool) -> torch.Tensor:
@@ -130,8 +115,8 @@ def _torch_gaussian(real, real_counts, syn, syn_counts, coefs, real_term: bool):
     k = real_counts.numel()
     coefs = coefs.to(device=syn.device, dtype=_wide(syn).dtype)
     coefs = coefs.expand(k, coefs.shape[-1]) if coefs.dim() == 1 else coefs
-    r, rm = _padded(_wide(real), real_counts)
-    s, sm = _padded(_wide(syn), syn_counts)
+    r, rm = padded(_wide(real), real_counts)
+    s, sm = padded(_wide(syn), syn_counts)
     # distances are shift-invariant: shifting by a row of the class (its first synthetic row,
     # as the kernels do) keeps the expansion below from cancelling the features' common offset
     ctr = s[:, :1].detach()
@@ -735,16 +720,6 @@ def _gauss_backward(ctx, grad, _gwxy, _gwyy):
 _gauss_op.register_autograd(_gauss_backward, setup_context=_gauss_setup)
 
 
-def _positive_list(values, what: str) -> list[float]:
-    try:
-        out = [float(v) for v in values]
-    except (TypeError, ValueError):
-        raise FastDMError(f"{what} must be a list of positive numbers, got {values!r}") from None
-    if not out or not all(0 < v < float("inf") for v in out):
-        raise FastDMError(f"{what} must be a non-empty list of positive, finite numbers, got {out}")
-    return out
-
-
 def _bandwidths(bandwidths, k: int, device) -> torch.Tensor:
     """Bandwidths as per-class float32 [k, NB] (a list is shared by all classes)."""
     if isinstance(bandwidths, torch.Tensor):
@@ -757,7 +732,7 @@ def _bandwidths(bandwidths, k: int, device) -> torch.Tensor:
                 and not bool(((b > 0) & torch.isfinite(b)).all()):
             raise FastDMError("bandwidths must be positive and finite")
         return _to_device(b.to(torch.float32).contiguous(), device)
-    values = _positive_list(bandwidths, "bandwidths")
+    values = positive_floats(bandwidths, "bandwidths")
     return _to_device(torch.tensor(values, dtype=torch.float32).expand(k, len(values)).contiguous(), device)
 
 
