@@ -104,7 +104,7 @@ def _mb(n: int) -> float:
 
 def _side_options(args) -> list[str]:
     opts = []
-    for opt in ("real_per_class", "class_chunk", "reference_repo", "compile"):
+    for opt in ("real_per_class", "class_chunk", "reference_repo", "compile", "precision"):
         if getattr(args, opt) is not None:
             opts += [f"--{opt.replace('_', '-')}", str(getattr(args, opt))]
     return opts
@@ -136,7 +136,7 @@ def memory_probe(name: str, side: str, args) -> None:
 
     def build(s, per_class, chunk=None):
         return (lambda: baseline_side(s, per_class, cpu, impl)) if side == "baseline" else (
-            lambda: fastdm_side(s, per_class, cpu, chunk, args.compile))
+            lambda: fastdm_side(s, per_class, cpu, chunk, args.compile, args.precision))
 
     # one toy iteration first, so one-time library costs (kernel code, thread pools) are not
     # booked to the setting
@@ -160,7 +160,8 @@ def run_setting(name: str, s: Setting, device, args, impl) -> dict:
     out = {"setting": s.to_dict(), "real_per_class": per_class, "flops": flops, "sides": {}}
     builders = {
         "baseline": lambda: baseline_side(s, per_class, device, impl),
-        "fastdm": lambda: fastdm_side(s, per_class, device, args.class_chunk, args.compile),
+        "fastdm": lambda: fastdm_side(s, per_class, device, args.class_chunk, args.compile,
+                                      args.precision),
     }
     skip = {}
     host = host_available()
@@ -210,7 +211,7 @@ def run_setting(name: str, s: Setting, device, args, impl) -> dict:
     for side_name, side in sides.items():  # free this setting's data before probes and the next setting
         extras[side_name] = ({"impl": impl.source} if side_name == "baseline" else
                              {"class_chunk": side.obj.chunk, "backends": side.obj.backends,
-                              "compiled": side.obj.compiled})
+                              "compiled": side.obj.compiled, "precision": side.obj.precision})
         side.obj = side.state = None
     _free(device)
     for side_name, side in sides.items():
@@ -267,6 +268,9 @@ def parse_args(argv=None):
     ap.add_argument("--compile", choices=["auto", "on", "off"], default="auto",
                     help="fastdm's embedder under torch.compile (default auto, as fastdm condense); "
                          "the warm-up iterations absorb the compilation")
+    ap.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
+                    help="fastdm's embedder arithmetic (default auto, as fastdm condense: bf16 on "
+                         "CUDA, fp32 on the CPU)")
     ap.add_argument("--reference-repo", metavar="PATH", help="time the upstream code of a "
                     "VICO-UoE/DatasetCondensation checkout instead of fastdm.compat's")
     ap.add_argument("--no-memory", dest="memory", action="store_false",

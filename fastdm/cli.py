@@ -1,4 +1,4 @@
-"""The `fastdm` command: condense, evaluate, info.
+"""The `fastdm` command: condense, evaluate, prepare, info.
 
 Bad input ends in one line on stderr ("fastdm: error: ...", naming the problem and the fix)
 and exit status 2, never a traceback. `evaluate` prints one JSON object as its last line.
@@ -19,8 +19,9 @@ log = logging.getLogger("fastdm")
 def _add_data_args(p: argparse.ArgumentParser, required: bool = False) -> None:
     p.add_argument("--dataset", required=required,
                    help="digits (embedded default), mnist, fashionmnist, svhn, cifar10, cifar100, "
-                        "tinyimagenet, imagefolder")
-    p.add_argument("--data-root", help="folder holding the dataset (not needed for digits)")
+                        "tinyimagenet, imagefolder, store (a folder made by fastdm prepare)")
+    p.add_argument("--data-root", help="folder holding the dataset (not needed for digits; the "
+                                       "store folder for --dataset store)")
     p.add_argument("--download", action="store_true", default=None,
                    help="let torchvision download the dataset into --data-root")
     p.add_argument("--image-size", type=int, help="resize folder datasets to this size (default 64)")
@@ -80,6 +81,14 @@ def build_parser() -> argparse.ArgumentParser:
                         "in place). auto (default): on CUDA, and on the CPU for images of 32 px or more")
     c.add_argument("--no-compile", dest="compile", action="store_const", const="off",
                    help="same as --compile off (eager PyTorch, for debugging)")
+    c.add_argument("--precision", choices=["auto", "fp32", "bf16"],
+                   help="the embedder's arithmetic: fp32 (the reference's), bf16 (autocast; sums and "
+                        "losses stay fp32). auto (default): bf16 on CUDA, fp32 on the CPU")
+    c.add_argument("--channels-last", action="store_const", const=True,
+                   help="run the embedder in NHWC memory format (a GPU option; off by default)")
+    c.add_argument("--real-tier", choices=["auto", "gpu", "pinned", "memory", "disk"],
+                   help="where the real uint8 images live: gpu, pinned host RAM (CUDA), memory (CPU "
+                        "runs), disk (a store read through the page cache). auto (default): by size")
     c.add_argument("--resume", action="store_true", help="continue the run in OUT from its checkpoint")
     c.add_argument("--overwrite", action="store_true", help="start afresh even if OUT holds a run")
     c.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -104,9 +113,27 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--one-at-a-time", dest="batched", action="store_const", const=False,
                    help="train the models one after another (default on the CPU, where it measured "
                         "faster; BatchNorm models always go one at a time)")
+    e.add_argument("--compile", choices=["auto", "on", "off"],
+                   help="torch.compile the training step (one graph for all models). auto (default): "
+                        "on CUDA, and on the CPU for images of 32 px or more")
+    e.add_argument("--no-compile", dest="compile", action="store_const", const="off",
+                   help="same as --compile off")
     e.add_argument("--compare-random", action="store_true",
                    help="also evaluate random real subsets of the same size, the same way")
     e.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    p = sub.add_parser("prepare", help="decode an image folder once into a uint8 store for "
+                                       "--dataset store (parallel, resumable)")
+    p.add_argument("--dataset", required=True, choices=["tinyimagenet", "imagefolder", "imagenet"],
+                   help="source layout: tinyimagenet (the official tiny-imagenet-200 folder), "
+                        "imagefolder or imagenet (train/<class>/*, val/<class>/*)")
+    p.add_argument("--src", required=True, help="the source folder")
+    p.add_argument("--out", required=True, help="the store folder to write")
+    p.add_argument("--image-size", type=int, default=64, help="side of the square images (default 64)")
+    p.add_argument("--workers", type=int, help="decoding processes (default: one per CPU; 0: none)")
+    p.add_argument("--max-bad-fraction", type=float, default=0.02,
+                   help="fail when more than this fraction of a split cannot be decoded (default 0.02)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     sub.add_parser("info", help="versions, devices and usable backends")
     return parser
@@ -120,6 +147,8 @@ def main(argv=None) -> int:
             return cmd_condense(args)
         if args.command == "evaluate":
             return cmd_evaluate(args)
+        if args.command == "prepare":
+            return cmd_prepare(args)
         return cmd_info()
     except FastDMError as err:
         print(f"fastdm: error: {err}", file=sys.stderr)
@@ -138,7 +167,8 @@ def cmd_info() -> int:
 # -- condense ----------------------------------------------------------------------------------
 _CONDENSE_KEYS = ("dataset", "data_root", "download", "ipc", "iterations", "batch_real", "image_size",
                   "model", "init", "lr_img", "strategy", "aug_mode", "seed", "device", "class_chunk",
-                  "checkpoint_every", "mmd", "bandwidths", "bandwidth_scale", "compile")
+                  "checkpoint_every", "mmd", "bandwidths", "bandwidth_scale", "compile", "precision",
+                  "channels_last", "real_tier")
 
 
 def cmd_condense(args) -> int:
@@ -180,6 +210,26 @@ def cmd_condense(args) -> int:
     return 0
 
 
+# -- prepare -----------------------------------------------------------------------------------
+def cmd_prepare(args) -> int:
+    from .data.prepare import prepare_store
+
+    if args.workers is not None and args.workers < 0:
+        raise FastDMError(f"--workers must be >= 0, got {args.workers}")
+    try:
+        index = prepare_store(args.dataset, args.src, args.out, args.image_size, args.workers,
+                              args.max_bad_fraction, progress=not args.no_progress)
+    except KeyboardInterrupt:
+        print(f"fastdm: interrupted; finished shards are kept in {os.path.abspath(args.out)}.partial: "
+              f"rerun the same command to resume", file=sys.stderr)
+        return 130
+    print(json.dumps({"store": os.path.abspath(args.out), "classes": len(index["classes"]),
+                      "image_size": index["image_size"],
+                      **{f"{s}_images": m["images"] for s, m in index["splits"].items()},
+                      "skipped": sum(len(m["skipped"]) for m in index["splits"].values())}))
+    return 0
+
+
 # -- evaluate ----------------------------------------------------------------------------------
 def cmd_evaluate(args) -> int:
     from .evaluate import evaluate_synset
@@ -189,7 +239,7 @@ def cmd_evaluate(args) -> int:
                        model=args.model, models=args.models, epochs=args.epochs,
                        batch_train=args.batch_train, strategy=args.strategy, seed=args.seed,
                        device=args.device, exp=args.exp, compare_random=args.compare_random,
-                       batched=args.batched,
+                       batched=args.batched, compile=args.compile or "auto",
                        progress=not args.no_progress)
     for kind, res in (("synset", summary if summary["kind"] == "synset" else None),
                       ("random", summary.get("random") or (summary if summary["kind"] == "random" else None))):

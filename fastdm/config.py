@@ -7,6 +7,8 @@ from dataclasses import asdict, dataclass, fields
 import torch
 
 from .errors import FastDMError
+from .data.stream import TIERS
+from .precision import PRECISIONS
 
 DEFAULT_ITERATIONS = 20000
 DEFAULT_BATCH_REAL = 256
@@ -54,6 +56,9 @@ class CondenseConfig:
     bandwidths: list | None = None       # Gaussian kernel bandwidths (default DEFAULT_BANDWIDTHS)
     bandwidth_scale: str = "relative"    # relative: multiples of each class's feature spread
     compile: str = "auto"                # torch.compile the embedder: auto (CUDA, or >= 32 px), on, off
+    precision: str = "auto"              # embedder arithmetic: auto (bf16 on CUDA, else fp32), fp32, bf16
+    channels_last: bool = False          # NHWC embedder (a GPU option; off until measured faster)
+    real_tier: str = "auto"              # where the real uint8 set lives (fastdm.data.stream.TIERS)
     checkpoint_every: int = 500
     log_every: int = 10
 
@@ -109,6 +114,12 @@ class CondenseConfig:
                                            else c.bandwidths, "--bandwidths")
         if c.compile not in ("auto", "on", "off"):
             raise FastDMError(f"--compile must be auto, on or off, got '{c.compile}'")
+        if c.precision not in PRECISIONS:
+            raise FastDMError(f"--precision must be one of {', '.join(PRECISIONS)}, got '{c.precision}'")
+        if not isinstance(c.channels_last, bool):
+            raise FastDMError(f"channels_last must be true or false, got {c.channels_last!r}")
+        if c.real_tier not in TIERS:
+            raise FastDMError(f"--real-tier must be one of {', '.join(TIERS)}, got '{c.real_tier}'")
         if c.aug_mode not in ("S", "M"):
             raise FastDMError(f"--aug-mode must be S or M, got '{c.aug_mode}'")
         smallest = int(dataset.train.counts.min())

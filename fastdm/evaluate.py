@@ -28,6 +28,7 @@ from .devices import resolve_device
 from .io import load_synset
 from .errors import FastDMError
 from .models import build_model, check_model_name
+from .models.compiled import SharedCompiled, resolve_compile
 from .train_batched import can_batch, train_models_batched
 from .training import run_schedule
 
@@ -50,6 +51,8 @@ class EvalConfig:
     # train the models together (vmap) or one at a time; None: together on CUDA, one at a time
     # on the CPU, where together measured 2x slower (benchmarks/RESULTS.md)
     batched: bool | None = None
+    # torch.compile the training forward/backward: auto (CUDA, or >= 32 px on the CPU), on, off
+    compile: str = "auto"
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -63,6 +66,8 @@ class EvalConfig:
             raise FastDMError(f"--batch-train must be >= 1, got {self.batch_train}")
         if self.seed < 0:
             raise FastDMError(f"--seed must be >= 0, got {self.seed}")
+        if self.compile not in ("auto", "on", "off"):
+            raise FastDMError(f"--compile must be auto, on or off, got '{self.compile}'")
         parse_strategy(self.strategy)
         check_model_name(self.model)
 
@@ -80,8 +85,9 @@ def accuracy(net: torch.nn.Module, data: Dataset, device, batch: int = 1024) -> 
 
 
 def train_model(images: torch.Tensor, labels: torch.Tensor, data: Dataset, cfg: EvalConfig, k: int,
-                device, on_epoch=None) -> torch.nn.Module:
-    """Train model ``k`` (its own weights, order and augmentation words) on images/labels."""
+                device, on_epoch=None, compiled: SharedCompiled | None = None) -> torch.nn.Module:
+    """Train model ``k`` (its own weights, order and augmentation words) on images/labels;
+    with ``compiled``, inside that compiled copy of the architecture (the same steps)."""
     ops = parse_strategy(cfg.strategy)
     dsa_backend = backend_for("dsa", device) if ops else "torch"
     p = DSAParams(aug_mode=cfg.aug_mode)
@@ -89,6 +95,10 @@ def train_model(images: torch.Tensor, labels: torch.Tensor, data: Dataset, cfg: 
     net = build_model(cfg.model, images.shape[1], data.num_classes, hw, cfg.seed, rng.EVAL_INIT, k,
                       device=device)
     net.train()
+    trained, forward = net, net
+    if compiled is not None:
+        compiled.load(net)
+        trained, forward = compiled.net, compiled.fn
     images, labels = images.to(device), labels.to(device)
     n = images.shape[0]
 
@@ -98,11 +108,13 @@ def train_model(images: torch.Tensor, labels: torch.Tensor, data: Dataset, cfg: 
             table = sample_per_sample(ops, p, hw, x.shape[0], cfg.seed, rng.EVAL_AUG, k, step,
                                       device=device)
             x = dsa_augment(x, table, backend=dsa_backend)
-        return F.cross_entropy(net(x), labels[b])
+        return F.cross_entropy(forward(x), labels[b])
 
-    run_schedule(cfg, list(net.parameters()), n,
+    run_schedule(cfg, list(trained.parameters()), n,
                  lambda ep: rng.permutation(n, cfg.seed, rng.EVAL_ORDER, k, ep, device=device),
                  loss_for_batch, on_epoch)
+    if compiled is not None:
+        compiled.store(net)
     return net
 
 
@@ -123,6 +135,8 @@ def evaluate_images(images: torch.Tensor, labels: torch.Tensor, data: Dataset, c
         log.info("%s has BatchNorm (running statistics updated in place): its %d models are "
                  "trained one at a time", cfg.model, cfg.models)
         together = False
+    compile_step = resolve_compile(cfg.compile, torch.device(device), data.image_size,
+                                   "the training step")
     try:
         if together:
             ks = list(range(cfg.models))
@@ -131,20 +145,27 @@ def evaluate_images(images: torch.Tensor, labels: torch.Tensor, data: Dataset, c
                 x, y = torch.stack([s[0] for s in sets]), torch.stack([s[1] for s in sets])
             else:
                 x, y = images[None].expand(len(ks), *images.shape), labels[None].expand(len(ks), -1)
-            nets = train_models_batched(x, y, data.num_classes, cfg, ks, device, on_epoch=bar.update)
+            nets = train_models_batched(x, y, data.num_classes, cfg, ks, device, on_epoch=bar.update,
+                                        compile_backend="inductor" if compile_step else None)
             for net in nets:
                 accs.append(accuracy(net, data, device, cfg.test_batch))
             bar.set_postfix(acc=f"{np.mean(accs):.4f}")
+        shared = None
         for k in range(cfg.models if not together else 0):
             if subset_ipc is not None:
                 images, labels = random_subset(data, subset_ipc, cfg.seed, k)
-            net = train_model(images, labels, data, cfg, k, device, on_epoch=lambda: bar.update(1))
+            if compile_step and shared is None:
+                shared = SharedCompiled(build_model(cfg.model, data.channels, data.num_classes,
+                                                    data.image_size, device=device))
+            net = train_model(images, labels, data, cfg, k, device, on_epoch=lambda: bar.update(1),
+                              compiled=shared)
             accs.append(accuracy(net, data, device, cfg.test_batch))
             bar.set_postfix(acc=f"{np.mean(accs):.4f}")
     finally:
         bar.close()
     return {"acc_mean": float(np.mean(accs)), "acc_std": float(np.std(accs)), "accs": accs,
-            "seconds": round(time.perf_counter() - t0, 3), "trained_together": together}
+            "seconds": round(time.perf_counter() - t0, 3), "trained_together": together,
+            "compiled": compile_step}
 
 
 def random_subset(data: Dataset, ipc: int, seed: int, k: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -178,7 +199,8 @@ def evaluate_synset(synset: str | None = None, *, baseline: str | None = None, d
              ipc: int | None = None, model: str | None = None, models: int | None = None,
              epochs: int | None = None, batch_train: int | None = None, strategy: str | None = None,
              seed: int | None = None, device: str | None = None, exp: int | None = None,
-             compare_random: bool = False, progress: bool = True, batched: bool | None = None) -> dict:
+             compare_random: bool = False, progress: bool = True, batched: bool | None = None,
+             compile: str = "auto") -> dict:
     """Evaluate a synset file (or, with baseline='random', random real subsets) by the paper's
     protocol. Returns the summary the CLI prints as JSON."""
     if synset and baseline:
@@ -213,6 +235,7 @@ def evaluate_synset(synset: str | None = None, *, baseline: str | None = None, d
         aug_mode=saved.get("aug_mode", "S"),  # one DSA setting for condensing and evaluating
         seed=seed if seed is not None else 0,
         batched=batched,
+        compile=compile,
     )
     cfg.check()
     dev = resolve_device(device)
@@ -229,7 +252,8 @@ def evaluate_synset(synset: str | None = None, *, baseline: str | None = None, d
                "kind": "synset" if syn is not None else "random",
                "acc_mean": main["acc_mean"], "acc_std": main["acc_std"], "accs": main["accs"],
                "models": cfg.models, "epochs": cfg.epochs, "seed": cfg.seed, "device": str(dev),
-               "seconds": main["seconds"], "trained_together": main["trained_together"]}
+               "seconds": main["seconds"], "trained_together": main["trained_together"],
+               "compiled": main["compiled"]}
     if syn is not None:
         summary["synset"] = synset
         if "random" in results:

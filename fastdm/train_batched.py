@@ -30,10 +30,12 @@ def can_batch(model: str) -> bool:
 
 
 def train_models_batched(images: torch.Tensor, labels: torch.Tensor, num_classes: int, cfg,
-                         ks: list[int], device, on_epoch=None) -> list[torch.nn.Module]:
+                         ks: list[int], device, on_epoch=None,
+                         compile_backend: str | None = None) -> list[torch.nn.Module]:
     """Train models ``ks`` together. images: [M, n, C, H, W] (model k's training set at
     position k; a shared set may be an expanded view), labels [M, n]. Returns the M trained
-    models (as train_model would, one by one)."""
+    models (as train_model would, one by one). ``compile_backend``: torch.compile the
+    vmapped forward (and its backward) with that backend."""
     m, n = images.shape[:2]
     hw = tuple(images.shape[3:])
     ops = parse_strategy(cfg.strategy)
@@ -48,6 +50,10 @@ def train_models_batched(images: torch.Tensor, labels: torch.Tensor, num_classes
         return torch.func.functional_call(skeleton, (prm, buf), (x,))
 
     batched = torch.func.vmap(forward)
+    if compile_backend is not None:
+        # static shapes: with dynamic ones (dynamo's choice from the second size on) vmapped
+        # group_norm fails to trace (symbolic sizes of batched tensors; torch 2.14)
+        batched = torch.compile(batched, backend=compile_backend, fullgraph=True, dynamic=False)
     images, labels = images.to(device), labels.to(device)
     models = torch.arange(m, device=device)[:, None]
 

@@ -3,8 +3,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from typing import TYPE_CHECKING
+
 from ..errors import FastDMError
-from .images import ClassImages, Dataset, normalize
+
+if TYPE_CHECKING:
+    from .images import Dataset
 
 __all__ = ["ClassImages", "Dataset", "DATASETS", "load_dataset", "normalize", "dataset_info",
            "default_model_for_size", "ALL_OPS_STRATEGY", "DIGIT_STRATEGY"]
@@ -38,7 +42,16 @@ DATASETS = {
     "cifar100": DatasetInfo("cifar100", (0.5071, 0.4866, 0.4409), (0.2673, 0.2564, 0.2762), ALL_OPS_STRATEGY, 32, 32),
     "tinyimagenet": DatasetInfo("tinyimagenet", IMAGENET_MEAN, IMAGENET_STD, ALL_OPS_STRATEGY, None, 64),
     "imagefolder": DatasetInfo("imagefolder", IMAGENET_MEAN, IMAGENET_STD, ALL_OPS_STRATEGY, None, 64),
+    # a uint8 store from `fastdm prepare` (fastdm.data.store): its constants come from its index
+    "store": DatasetInfo("store", None, None, ALL_OPS_STRATEGY, None, 64),
 }
+
+
+def __getattr__(name):  # torch-backed classes on first use: fastdm prepare's decode workers
+    if name in ("ClassImages", "Dataset", "normalize"):  # import this package without torch
+        from . import images
+        return getattr(images, name)
+    raise AttributeError(f"module 'fastdm.data' has no attribute {name!r}")
 
 
 def dataset_info(name: str) -> DatasetInfo:
@@ -61,6 +74,9 @@ def default_model_for_size(size: int) -> str:
 def load_dataset(name: str, data_root: str | None = None, download: bool = False,
                  image_size: int | None = None, progress: bool = True) -> Dataset:
     info = dataset_info(name)
+    if info.name == "store":
+        from .store import load_store
+        return load_store(data_root, image_size)
     if info.native_size is not None and image_size not in (None, info.native_size):
         raise FastDMError(f"dataset {info.name} has {info.native_size}x{info.native_size} images; "
                           f"--image-size {image_size} applies only to tinyimagenet and imagefolder "
@@ -83,5 +99,6 @@ def load_dataset(name: str, data_root: str | None = None, download: bool = False
     else:
         from .torchvision_sets import load_torchvision
         train, test, classes = load_torchvision(info.name, data_root, download)
+    from .images import Dataset
     model = "ConvNet" if info.name == "digits" else default_model_for_size(size)
     return Dataset(info.name, train, test, classes, mean, std, model, info.strategy)

@@ -11,10 +11,10 @@ import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
 
-import numpy as np
 import torch
 
 from ..errors import FastDMError
+from .decode import decode_array
 from .images import ClassImages
 
 log = logging.getLogger("fastdm")
@@ -25,22 +25,8 @@ MAX_BAD_FRACTION = 0.02
 
 def decode_image(path: str, size: int) -> torch.Tensor | None:
     """One file -> uint8 [3, size, size], or None when it cannot be decoded."""
-    from PIL import Image
-
-    try:
-        with Image.open(path) as im:
-            im = im.convert("RGB")
-            w, h = im.size
-            if (w, h) != (size, size):
-                scale = size / min(w, h)
-                nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
-                im = im.resize((nw, nh), Image.BICUBIC)
-                left, top = (nw - size) // 2, (nh - size) // 2
-                im = im.crop((left, top, left + size, top + size))
-            arr = np.asarray(im, dtype=np.uint8)
-    except Exception:  # PIL raises many types for damaged files; all mean "skip it"
-        return None
-    return torch.from_numpy(arr.copy()).permute(2, 0, 1)
+    arr = decode_array(path, size)
+    return None if arr is None else torch.from_numpy(arr)
 
 
 def decode_files(files: list[tuple[str, int]], size: int, num_classes: int, what: str,
@@ -78,6 +64,14 @@ def _require_dir(path: str, hint: str) -> None:
 
 
 def tinyimagenet_splits(root: str | None, size: int, progress: bool = True):
+    train_files, val_files, names = tinyimagenet_files(root)
+    train = decode_files(train_files, size, len(names), "tinyimagenet train", progress)
+    test = decode_files(val_files, size, len(names), "tinyimagenet val", progress)
+    return train, test, names
+
+
+def tinyimagenet_files(root: str | None):
+    """(train files, val files, class names): files as (path, class) in listing order."""
     if root is None:
         raise FastDMError("dataset tinyimagenet needs --data-root DIR (the tiny-imagenet-200 folder "
                           "or its parent)")
@@ -108,10 +102,7 @@ def tinyimagenet_splits(root: str | None, size: int, progress: bool = True):
             if len(parts) < 2 or parts[1] not in index:
                 raise FastDMError(f"{ann} line {n}: expected 'file<TAB>wnid' with a wnid from train/")
             val_files.append((os.path.join(root, "val", "images", parts[0]), index[parts[1]]))
-    names = _tinyimagenet_names(root, wnids)
-    train = decode_files(train_files, size, len(wnids), "tinyimagenet train", progress)
-    test = decode_files(val_files, size, len(wnids), "tinyimagenet val", progress)
-    return train, test, names
+    return train_files, val_files, _tinyimagenet_names(root, wnids)
 
 
 def _tinyimagenet_names(root: str, wnids: list[str]) -> list[str]:
@@ -128,10 +119,17 @@ def _tinyimagenet_names(root: str, wnids: list[str]) -> list[str]:
 
 
 def imagefolder_splits(root: str | None, size: int, progress: bool = True):
+    (train_files, val_files), classes = imagefolder_files(root)
+    return (decode_files(train_files, size, len(classes), "imagefolder train", progress),
+            decode_files(val_files, size, len(classes), "imagefolder val", progress), classes)
+
+
+def imagefolder_files(root: str | None, what: str = "imagefolder"):
+    """([train files, val files], class names) of a train/<class>/*, val/<class>/* tree."""
     if root is None:
-        raise FastDMError("dataset imagefolder needs --data-root DIR with train/<class>/* and "
+        raise FastDMError(f"dataset {what} needs --data-root DIR with train/<class>/* and "
                           "val/<class>/*")
-    hint = "an imagefolder --data-root needs train/<class>/<images> and val/<class>/<images>"
+    hint = f"an {what} folder needs train/<class>/<images> and val/<class>/<images>"
     for sub in ("train", "val"):
         _require_dir(os.path.join(root, sub), hint)
     classes = sorted(d for d in os.listdir(os.path.join(root, "train"))
@@ -149,5 +147,5 @@ def imagefolder_splits(root: str | None, size: int, progress: bool = True):
                            if os.path.isdir(os.path.join(root, sub, d))) - set(classes))
         if extra:
             raise FastDMError(f"{root}/{sub} has class folders missing from train/: {extra[:5]}")
-        splits.append(decode_files(files, size, len(classes), f"imagefolder {sub}", progress))
-    return splits[0], splits[1], classes
+        splits.append(files)
+    return splits, classes

@@ -19,6 +19,7 @@ class ClassImages:
     images: torch.Tensor
     labels: torch.Tensor
     num_classes: int
+    mapped: bool = False  # images memory-mapped from a store file (fastdm.data.store)
     counts: torch.Tensor = field(init=False)
     offsets: torch.Tensor = field(init=False)
 

@@ -4,9 +4,12 @@ Every iteration draws fresh weights *in place* (fastdm.models.init_parameters_),
 compiled graph reads the parameters as inputs, so new weights never trigger a recompilation;
 only new input shapes do (a chunk's real batch, its synthetic batch, a smaller last chunk),
 and dynamo turns those into one dynamic-shape graph after the second size.
+Evaluation compiles its training step the same way: one model (SharedCompiled) or one vmapped
+stack of models per evaluation, whatever the number of models trained.
 """
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import shutil
@@ -47,12 +50,44 @@ def compiled_embed(net: torch.nn.Module, device: torch.device, mode: str, image_
     """(embed function, compiled?): ``net.embed``, compiled when ``mode`` asks for it
     (auto|on|off) and it can run here. 'on' that cannot run is an error; 'auto' that cannot is
     a logged warning."""
-    if not wants_compile(mode, device, image_size):
+    if not resolve_compile(mode, device, image_size):
         return net.embed, False
+    return torch.compile(net.embed, backend=backend, fullgraph=True), True
+
+
+def resolve_compile(mode: str, device: torch.device, image_size, what: str = "the embedder") -> bool:
+    """Whether to compile for ``mode`` (auto|on|off): wants_compile, and able to ('on' that
+    cannot is a FastDMError, 'auto' that cannot a logged warning)."""
+    if mode not in ("auto", "on", "off"):
+        raise FastDMError(f"--compile must be auto, on or off, got '{mode}'")
+    if not wants_compile(mode, device, image_size):
+        return False
     why = compile_unavailable(device)
     if why is not None:
         if mode == "on":
             raise FastDMError(f"--compile on: {why}; use --compile off")
-        log.warning("not compiling the embedder: %s (eager PyTorch instead)", why)
-        return net.embed, False
-    return torch.compile(net.embed, backend=backend, fullgraph=True), True
+        log.warning("not compiling %s: %s (eager PyTorch instead)", what, why)
+        return False
+    return True
+
+
+class SharedCompiled:
+    """One compiled copy of a model that models of the same architecture, trained one after
+    another, take turns in: ``load`` copies a model's weights into it in place, ``store``
+    copies them back. A compiled module per model would compile again for each (dynamo guards
+    on the module), and fall back to eager after its cache limit."""
+
+    def __init__(self, net: torch.nn.Module, backend: str = "inductor"):
+        self.net = copy.deepcopy(net)
+        self.fn = torch.compile(self.net, backend=backend, fullgraph=True)
+
+    @torch.no_grad()
+    def load(self, net: torch.nn.Module) -> None:
+        for mine, theirs in zip(self.net.state_dict().values(), net.state_dict().values()):
+            mine.copy_(theirs)
+        self.net.train(net.training)
+
+    @torch.no_grad()
+    def store(self, net: torch.nn.Module) -> None:
+        for mine, theirs in zip(self.net.state_dict().values(), net.state_dict().values()):
+            theirs.copy_(mine)

@@ -1,0 +1,42 @@
+"""Numeric precision of the embedder's forward passes.
+
+fp32 is the reference's arithmetic (and the default on the CPU, where fastdm reproduces the
+reference). bf16 runs the embedder under torch.autocast (convolutions and linear layers in
+bf16; normalisation, reductions and the loss in fp32: autocast keeps GroupNorm in fp32, the
+per-class sums and the MMD accumulate in fp32 whatever the feature dtype). auto: bf16 on CUDA
+GPUs that support it, fp32 elsewhere.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+
+import torch
+
+from .errors import FastDMError
+
+log = logging.getLogger("fastdm")
+
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
+def resolve_precision(mode: str, device: torch.device) -> str:
+    """'fp32' or 'bf16' for ``mode`` (auto|fp32|bf16) on ``device``."""
+    if mode not in PRECISIONS:
+        raise FastDMError(f"--precision must be one of {', '.join(PRECISIONS)}, got '{mode}'")
+    device = torch.device(device)
+    bf16_ok = device.type == "cpu" or (device.type == "cuda" and torch.cuda.is_bf16_supported())
+    if mode == "auto":
+        if device.type == "cuda" and not bf16_ok:
+            log.warning("this GPU has no bf16 support: the embedder runs in fp32")
+        return "bf16" if device.type == "cuda" and bf16_ok else "fp32"
+    if mode == "bf16" and not bf16_ok:
+        raise FastDMError(f"--precision bf16: {device} does not support bf16; use --precision fp32")
+    return mode
+
+
+def autocast(precision: str, device: torch.device):
+    """The context the embedder's forward runs in."""
+    if precision == "bf16":
+        return torch.autocast(torch.device(device).type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()

@@ -1,0 +1,209 @@
+"""fastdm prepare: a generated image folder (JPEG/PNG, modes L/RGB/RGBA/CMYK, mixed sizes, one
+corrupt file) -> a uint8 store holding exactly the documented decode + resize; interrupted and
+resumed gives the identical store; parallel workers give the same bytes; the reader and
+--dataset store."""
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from fastdm.cli import main
+from fastdm.data import load_dataset
+from fastdm.data import prepare as prep
+from fastdm.errors import FastDMError
+
+MODES = ("RGB", "L", "RGBA", "CMYK")
+SIZES = ((20, 30), (40, 17), (16, 16), (33, 50), (9, 12))
+
+
+def make_folder(root, classes=("cat", "dog", "eel"), per_class=(7, 5, 6), val_per_class=2, seed=0):
+    rng = np.random.default_rng(seed)
+    k = 0
+    for split, counts in (("train", per_class), ("val", [val_per_class] * len(classes))):
+        for c, n in zip(classes, counts):
+            os.makedirs(root / split / c)
+            for i in range(n):
+                mode, (w, h) = MODES[k % len(MODES)], SIZES[k % len(SIZES)]
+                k += 1
+                bands = {"L": 1, "RGB": 3, "RGBA": 4, "CMYK": 4}[mode]
+                arr = rng.integers(0, 256, (h, w, bands), dtype=np.uint8)
+                im = Image.fromarray(arr[..., 0] if bands == 1 else arr, mode)
+                ext = "png" if mode in ("L", "RGBA") else "jpg"
+                im.save(root / split / c / f"img{i:03d}.{ext}")
+    (root / "train" / classes[0] / "broken.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
+    return root
+
+
+def expected_image(path, size):
+    """The documented decode: RGB, shorter side -> size (bicubic), centre crop."""
+    with Image.open(path) as im:
+        im = im.convert("RGB")
+        w, h = im.size
+        if (w, h) != (size, size):
+            s = size / min(w, h)
+            nw, nh = max(size, round(w * s)), max(size, round(h * s))
+            im = im.resize((nw, nh), Image.BICUBIC)
+            left, top = (nw - size) // 2, (nh - size) // 2
+            im = im.crop((left, top, left + size, top + size))
+        return np.asarray(im).transpose(2, 0, 1)
+
+
+@pytest.fixture
+def src(tmp_path):
+    return make_folder(tmp_path / "src")
+
+
+@pytest.fixture
+def small_shards(monkeypatch):
+    monkeypatch.setattr(prep, "SHARD", 4)  # several shards per split, a partial last one
+
+
+def store_bytes(root):
+    return {name: (root / name).read_bytes() for name in sorted(os.listdir(root))
+            if name != "index.json"}
+
+
+def test_store_holds_the_documented_decode(src, tmp_path, small_shards, caplog):
+    out = tmp_path / "store"
+    index = prep.prepare_store("imagefolder", str(src), str(out), image_size=12, workers=0,
+                               max_bad_fraction=0.1, progress=False)
+    assert sorted(os.listdir(out)) == ["index.json", "train.files.txt", "train.npy",
+                                       "val.files.txt", "val.npy"]
+    assert index["classes"] == ["cat", "dog", "eel"] and index["image_size"] == 12
+    assert index["splits"]["train"]["skipped"] == [os.path.join("train", "cat", "broken.jpg")]
+    assert "broken.jpg" in caplog.text
+    for split, counts in (("train", [7, 5, 6]), ("val", [2, 2, 2])):
+        meta = index["splits"][split]
+        assert meta["counts"] == counts and meta["offsets"] == list(np.cumsum([0] + counts[:-1]))
+        arr = np.load(out / f"{split}.npy")
+        assert arr.dtype == np.uint8 and arr.shape == (sum(counts), 3, 12, 12)
+        lines = (out / f"{split}.files.txt").read_text().splitlines()
+        assert len(lines) == len(arr)
+        labels = [int(line.split("\t")[1]) for line in lines]
+        assert labels == sorted(labels)  # class-sorted
+        for row, line in zip(arr, lines):
+            rel, _ = line.split("\t")
+            np.testing.assert_array_equal(row, expected_image(src / rel, 12))
+    on_disk = json.loads((out / "index.json").read_text())
+    assert on_disk["format"] == "fastdm.store" and on_disk["layout"].startswith("NCHW")
+
+
+def test_interrupted_prepare_resumes_to_the_identical_store(src, tmp_path, small_shards):
+    clean = tmp_path / "clean"
+    prep.prepare_store("imagefolder", str(src), str(clean), 10, workers=0, max_bad_fraction=0.1,
+                       progress=False)
+
+    def stop_after_two(done):
+        if done == 2:
+            raise KeyboardInterrupt
+    out = tmp_path / "store"
+    with pytest.raises(KeyboardInterrupt):
+        prep.prepare_store("imagefolder", str(src), str(out), 10, workers=0, max_bad_fraction=0.1,
+                           progress=False, on_shard=stop_after_two)
+    partial = tmp_path / "store.partial"
+    assert not out.exists() and partial.is_dir()  # complete or not at all
+    (partial / "train-0000002.npy.tmp123").write_bytes(b"half a shard")  # a write cut short
+    with pytest.raises(FastDMError, match="unfinished prepare"):
+        load_dataset("store", str(out))
+    resumed = []
+    prep.prepare_store("imagefolder", str(src), str(out), 10, workers=0, max_bad_fraction=0.1,
+                       progress=False, on_shard=resumed.append)
+    assert resumed and resumed[0] == 3  # the two finished shards were not decoded again
+    assert not partial.exists()
+    assert store_bytes(out) == store_bytes(clean)
+
+
+def test_worker_processes_write_the_same_store(src, tmp_path, small_shards):
+    a, b = tmp_path / "a", tmp_path / "b"
+    prep.prepare_store("imagefolder", str(src), str(a), 10, workers=0, max_bad_fraction=0.1,
+                       progress=False)
+    prep.prepare_store("imagefolder", str(src), str(b), 10, workers=2, max_bad_fraction=0.1,
+                       progress=False)
+    assert store_bytes(a) == store_bytes(b)
+
+
+def test_rerun_does_nothing_and_mismatches_are_errors(src, tmp_path, small_shards):
+    out = tmp_path / "store"
+    prep.prepare_store("imagefolder", str(src), str(out), 10, workers=0, max_bad_fraction=0.1,
+                       progress=False)
+    before = {n: os.stat(out / n).st_mtime_ns for n in os.listdir(out)}
+    calls = []
+    prep.prepare_store("imagefolder", str(src), str(out), 10, workers=0, max_bad_fraction=0.1,
+                       progress=False, on_shard=calls.append)
+    assert calls == [] and before == {n: os.stat(out / n).st_mtime_ns for n in os.listdir(out)}
+    with pytest.raises(FastDMError, match="already holds a store"):
+        prep.prepare_store("imagefolder", str(src), str(out), 16, workers=0, progress=False)
+    with pytest.raises(FastDMError, match="could not be decoded"):  # 1 of 18 > 2 %
+        prep.prepare_store("imagefolder", str(src), str(tmp_path / "strict"), 10, workers=0,
+                           progress=False)
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(FastDMError, match="not a fastdm store"):
+        prep.prepare_store("imagefolder", str(src), str(tmp_path / "file"), 10, progress=False)
+    with pytest.raises(FastDMError, match="not a folder"):
+        prep.prepare_store("imagefolder", str(tmp_path / "nope"), str(tmp_path / "s2"), 10)
+    with pytest.raises(FastDMError, match="must be one of"):
+        prep.prepare_store("cifar10", str(src), str(tmp_path / "s3"), 10)
+
+
+def test_store_dataset_equals_the_in_memory_loader(src, tmp_path, monkeypatch):
+    from fastdm.data import folders
+    monkeypatch.setattr(folders, "MAX_BAD_FRACTION", 0.1)  # the folder has 1 corrupt file in 19
+    out = tmp_path / "store"
+    prep.prepare_store("imagefolder", str(src), str(out), 12, workers=0, max_bad_fraction=0.1,
+                       progress=False)
+    store = load_dataset("store", str(out))
+    ref = load_dataset("imagefolder", str(src), image_size=12, progress=False)
+    assert store.name == "store" and list(store.classes) == list(ref.classes)
+    assert (store.mean, store.std, store.default_model) == (ref.mean, ref.std, ref.default_model)
+    for a, b in ((store.train, ref.train), (store.test, ref.test)):
+        assert torch.equal(a.images, b.images) and torch.equal(a.labels, b.labels)
+    with pytest.raises(FastDMError, match="12 px"):
+        load_dataset("store", str(out), image_size=16)
+    with pytest.raises(FastDMError, match="not a fastdm store"):
+        load_dataset("store", str(tmp_path))
+    with pytest.raises(FastDMError, match="needs --data-root"):
+        load_dataset("store")
+
+
+def test_cli_prepare_condense_evaluate(src, tmp_path, capsys):
+    store = tmp_path / "store"
+    assert main(["prepare", "--dataset", "imagefolder", "--src", str(src), "--out", str(store),
+                 "--image-size", "16", "--workers", "0", "--max-bad-fraction", "0.1",
+                 "--no-progress"]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["train_images"] == 18 and summary["skipped"] == 1
+    run = tmp_path / "run"
+    assert main(["condense", "--dataset", "store", "--data-root", str(store), "--ipc", "1",
+                 "--iterations", "2", "--batch-real", "4", "--model", "ConvNetW32", "--out", str(run),
+                 "--no-progress"]) == 0
+    capsys.readouterr()
+    assert main(["evaluate", str(run / "synset.pt"), "--models", "1", "--epochs", "1",
+                 "--no-progress"]) == 0
+    res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert res["dataset"] == "store" and 0 <= res["acc_mean"] <= 1
+    assert main(["prepare", "--dataset", "imagefolder", "--src", str(tmp_path / "missing"),
+                 "--out", str(tmp_path / "x"), "--no-progress"]) == 2
+    assert "not a folder" in capsys.readouterr().err
+
+
+def test_tinyimagenet_and_imagenet_layouts(tmp_path):
+    from test_data import _tiny_imagenet
+    _tiny_imagenet(tmp_path / "tin", per_class=5, val_per_class=3)
+    out = tmp_path / "tin_store"
+    index = prep.prepare_store("tinyimagenet", str(tmp_path / "tin"), str(out), 16, workers=0,
+                               progress=False)
+    ref = load_dataset("tinyimagenet", str(tmp_path / "tin"), image_size=16, progress=False)
+    store = load_dataset("store", str(out))
+    assert index["classes"] == list(ref.classes) and index["dataset"] == "tinyimagenet"
+    for a, b in ((store.train, ref.train), (store.test, ref.test)):
+        assert torch.equal(a.images, b.images) and torch.equal(a.labels, b.labels)
+    # imagenet: class folders in train/ and val/, names from LOC_synset_mapping.txt
+    src = make_folder(tmp_path / "inet", classes=("n0001", "n0002"), per_class=(3, 4))
+    (src / "train" / "n0001" / "broken.jpg").unlink()
+    (src / "LOC_synset_mapping.txt").write_text("n0001 tench, Tinca tinca\nn0002 goldfish\n")
+    index = prep.prepare_store("imagenet", str(src), str(tmp_path / "inet_store"), 8, workers=0,
+                               progress=False)
+    assert index["classes"] == ["tench", "goldfish"] and index["splits"]["train"]["counts"] == [3, 4]
