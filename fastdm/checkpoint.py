@@ -1,6 +1,15 @@
-"""The state of a condensation run and its checkpoints (written atomically)."""
+"""The state of a condensation run and its checkpoints (written atomically).
+
+One process writes OUT/checkpoint.pt. Several (fastdm.distributed) write one file per rank,
+OUT/checkpoint-itN-rankR-ofW.pt (its classes' images and momentum), then, once every rank's
+file is in, rank 0 writes OUT/checkpoint.json naming them and removes older ones: the
+manifest only ever names a complete set. Either kind resumes with any number of processes:
+each takes its classes' rows from the files that hold them.
+"""
 from __future__ import annotations
 
+import glob
+import json
 import os
 from dataclasses import dataclass, field
 
@@ -9,7 +18,7 @@ import torch
 from . import __version__
 from .config import CondenseConfig
 from .errors import FastDMError
-from .io import atomic_torch_save
+from .io import atomic_json_dump, atomic_torch_save
 
 CHECKPOINT_FORMAT = "fastdm-checkpoint"
 
@@ -30,19 +39,51 @@ def checkpoint_path(out: str) -> str:
     return os.path.join(out, "checkpoint.pt")
 
 
-def save_checkpoint(out: str, cfg: CondenseConfig, state: RunState) -> None:
-    atomic_torch_save({
-        "format": CHECKPOINT_FORMAT, "version": 1, "fastdm": __version__, "config": cfg.to_dict(),
-        "iteration": state.iteration, "images": state.images.detach().cpu(),
-        "momentum": None if state.momentum is None else state.momentum.cpu(),
-        "losses": list(state.losses), "elapsed": state.elapsed,
-    }, checkpoint_path(out))
+def manifest_path(out: str) -> str:
+    return os.path.join(out, "checkpoint.json")
 
 
-def _read(out: str) -> dict:
-    path = checkpoint_path(out)
-    if not os.path.isfile(path):
-        raise FastDMError(f"--resume: no checkpoint at {path}; run without --resume to start")
+def has_checkpoint(out: str) -> bool:
+    return os.path.exists(checkpoint_path(out)) or os.path.exists(manifest_path(out))
+
+
+def _payload(cfg: CondenseConfig, state: RunState, classes) -> dict:
+    return {"format": CHECKPOINT_FORMAT, "version": 1, "fastdm": __version__, "config": cfg.to_dict(),
+            "iteration": state.iteration, "images": state.images.detach().cpu(),
+            "momentum": None if state.momentum is None else state.momentum.cpu(),
+            "losses": list(state.losses), "elapsed": state.elapsed, "classes": list(classes)}
+
+
+def save_checkpoint(out: str, cfg: CondenseConfig, state: RunState, dist=None, classes=None) -> None:
+    """One process: checkpoint.pt. Ranks: every rank calls this at the same iteration."""
+    classes = classes or (0, state.images.shape[0] // cfg.ipc)
+    if dist is None:
+        atomic_torch_save(_payload(cfg, state, classes), checkpoint_path(out))
+        _remove(out, keep=set())  # a sharded checkpoint of an earlier run is superseded
+        return
+    from . import distributed
+    name = f"checkpoint-it{state.iteration:08d}-rank{dist.rank}-of{dist.world}.pt"
+    atomic_torch_save(_payload(cfg, state, classes), os.path.join(out, name))
+    distributed.barrier()  # every rank's file is in
+    if dist.main:
+        files = [f"checkpoint-it{state.iteration:08d}-rank{r}-of{dist.world}.pt" for r in range(dist.world)]
+        atomic_json_dump({"format": CHECKPOINT_FORMAT, "iteration": state.iteration,
+                          "world": dist.world, "files": files}, manifest_path(out))
+        _remove(out, keep=set(files))
+        if os.path.exists(checkpoint_path(out)):
+            os.remove(checkpoint_path(out))
+    distributed.barrier()
+
+
+def _remove(out: str, keep: set) -> None:
+    for path in glob.glob(os.path.join(out, "checkpoint-it*-rank*-of*.pt")):
+        if os.path.basename(path) not in keep:
+            os.remove(path)
+    if not keep and os.path.exists(manifest_path(out)):
+        os.remove(manifest_path(out))
+
+
+def _load(path: str) -> dict:
     try:
         ck = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
@@ -53,21 +94,63 @@ def _read(out: str) -> dict:
     return ck
 
 
+def _files(out: str) -> list[str]:
+    """The checkpoint files of OUT's latest complete checkpoint."""
+    if os.path.isfile(manifest_path(out)):
+        try:
+            with open(manifest_path(out)) as fh:
+                files = json.load(fh)["files"]
+        except (OSError, ValueError, KeyError) as e:
+            raise FastDMError(f"--resume: {manifest_path(out)} cannot be read ({e})") from None
+        paths = [os.path.join(out, f) for f in files]
+        missing = [p for p in paths if not os.path.isfile(p)]
+        if missing:
+            raise FastDMError(f"--resume: {manifest_path(out)} names missing files {missing[:3]}")
+        return paths
+    if os.path.isfile(checkpoint_path(out)):
+        return [checkpoint_path(out)]
+    raise FastDMError(f"--resume: no checkpoint in {out} (checkpoint.pt or checkpoint.json); run "
+                      f"without --resume to start")
+
+
+def _read(out: str) -> dict:
+    return _load(_files(out)[0])
+
+
 def saved_config(out: str) -> dict:
     """The settings recorded in OUT's checkpoint."""
     return dict(_read(out)["config"])
 
 
-def load_checkpoint(out: str, cfg: CondenseConfig, device) -> RunState:
-    """The saved state, after checking that every setting that shapes the result agrees."""
-    ck = _read(out)
-    saved = CondenseConfig.from_dict(ck["config"]).to_dict()
+def load_checkpoint(out: str, cfg: CondenseConfig, device, classes=None) -> RunState:
+    """The saved state of classes [lo, hi) (default all), after checking that every setting
+    that shapes the result agrees; from one file or from the per-rank files that hold them."""
+    paths = _files(out)
+    first = _load(paths[0])
+    saved = CondenseConfig.from_dict(first["config"]).to_dict()
     now = cfg.to_dict()
     diff = [f"{k}: {saved.get(k)!r} -> {now.get(k)!r}" for k in CondenseConfig.RESULT_KEYS
             if saved.get(k) != now.get(k)]
     if diff:
         raise FastDMError(f"--resume: the settings differ from the checkpoint's ({'; '.join(diff)}); "
                           f"use the original settings or another --out")
-    mom = ck["momentum"]
-    return RunState(images=ck["images"].to(device), momentum=None if mom is None else mom.to(device),
-                    iteration=int(ck["iteration"]), losses=list(ck["losses"]), elapsed=float(ck["elapsed"]))
+    ipc = cfg.ipc
+    lo, hi = classes or (0, None)
+    images, moms = [], []
+    for i, path in enumerate(paths):
+        ck = first if i == 0 else _load(path)
+        c0, c1 = ck.get("classes") or (0, ck["images"].shape[0] // ipc)
+        hi_ = c1 if hi is None else hi
+        a, b = max(lo, c0), min(hi_, c1)
+        if a >= b:
+            continue
+        rows = slice((a - c0) * ipc, (b - c0) * ipc)
+        images.append(ck["images"][rows])
+        moms.append(None if ck["momentum"] is None else ck["momentum"][rows])
+        if int(ck["iteration"]) != int(first["iteration"]):
+            raise FastDMError(f"--resume: {path} is at iteration {ck['iteration']}, "
+                              f"{paths[0]} at {first['iteration']}: the checkpoint is inconsistent")
+    mom = None if any(m is None for m in moms) else torch.cat(moms).to(device)
+    return RunState(images=torch.cat(images).to(device), momentum=mom,
+                    iteration=int(first["iteration"]), losses=list(first["losses"]),
+                    elapsed=float(first["elapsed"]))

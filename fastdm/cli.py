@@ -151,11 +151,24 @@ def main(argv=None) -> int:
             return cmd_prepare(args)
         return cmd_info()
     except FastDMError as err:
-        print(f"fastdm: error: {err}", file=sys.stderr)
+        print(f"fastdm: error: {_rank_prefix()}{err}", file=sys.stderr)
         return 2
+    except Exception as err:
+        if not _rank_prefix():
+            raise
+        # torchrun: name the failed rank in one line (the launcher then stops the others)
+        print(f"fastdm: error: {_rank_prefix()}failed: {type(err).__name__}: {err}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("fastdm: interrupted", file=sys.stderr)
         return 130
+
+
+def _rank_prefix() -> str:
+    from .distributed import launched
+    if not launched():
+        return ""
+    return f"rank {os.environ.get('RANK', '0')} of {os.environ['WORLD_SIZE']}: "
 
 
 def cmd_info() -> int:
@@ -172,7 +185,7 @@ _CONDENSE_KEYS = ("dataset", "data_root", "download", "ipc", "iterations", "batc
 
 
 def cmd_condense(args) -> int:
-    from .checkpoint import checkpoint_path, saved_config
+    from .checkpoint import saved_config
     from .condense import Interrupted, condense_dataset
     from .config import CondenseConfig
 
@@ -196,10 +209,12 @@ def cmd_condense(args) -> int:
                   f"was written; nothing to resume: rerun without --resume", file=sys.stderr)
         else:
             print(f"fastdm: interrupted; checkpoint at iteration {stop.saved} in "
-                  f"{checkpoint_path(stop.out)}; continue with: fastdm condense --out {stop.out} --resume",
+                  f"{stop.out}; continue with: fastdm condense --out {stop.out} --resume",
                   file=sys.stderr)
         return 130
     m, out = res["metrics"], res["out"]
+    if m is None:  # a rank other than 0 of a distributed run: rank 0 reports
+        return 0
     per_it = m["timings"]["per_iteration_s"]
     print(f"wrote {out}/synset.pt, grid.png, loss.png, metrics.json ({m['iterations']} iterations"
           + (f", {per_it:.3f} s/iteration)" if per_it else ")"))

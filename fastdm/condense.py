@@ -12,6 +12,7 @@ loss value is logged).
 """
 from __future__ import annotations
 
+import glob
 import logging
 import math
 import os
@@ -24,7 +25,8 @@ import torch
 from . import __version__, rng
 from .augment import DSAParams, parse_strategy, sample_siamese
 from .backend import backend_for
-from .checkpoint import RunState, checkpoint_path, load_checkpoint, save_checkpoint
+from . import distributed
+from .checkpoint import RunState, has_checkpoint, load_checkpoint, save_checkpoint
 from .config import CondenseConfig
 from .data import Dataset, load_dataset
 from .data.stream import RealStream, choose_tier
@@ -49,7 +51,9 @@ CHUNK_BUDGET = {"cpu": 512, "cuda": 16384}
 
 class DMEngine:
     def __init__(self, config: CondenseConfig, data: Dataset, device: torch.device | str = "cpu",
-                 compile_backend: str = "inductor"):
+                 compile_backend: str = "inductor", classes: tuple[int, int] | None = None):
+        """``classes``: the range [lo, hi) this engine condenses (a rank's shard, see
+        fastdm.distributed); default all. Its images are that range's, in class order."""
         self.cfg = config
         self.data = data
         self.device = torch.device(device)
@@ -58,6 +62,8 @@ class DMEngine:
         self.backends = {op: backend_for(op, self.device) for op in ("dsa", "mmd")}
         self.dsa = DSAParams(aug_mode=config.aug_mode)
         self.C = data.num_classes
+        self.lo, self.hi = classes if classes is not None else (0, self.C)
+        self.K = self.hi - self.lo  # classes owned
         self.ipc = config.ipc
         self.hw = data.image_size
         self.net = build_model(config.model, data.channels, self.C, self.hw, config.seed, rng.NET,
@@ -98,16 +104,19 @@ class DMEngine:
     # -- set-up -----------------------------------------------------------------------------
     def _chunk_size(self) -> int:
         if self.batchnorm:
+            if self.K != self.C:
+                raise FastDMError(f"model {self.cfg.model} has BatchNorm, whose statistics mix all "
+                                  f"classes: it cannot be sharded over processes; run one process")
             if self.cfg.class_chunk not in (None, self.C):
                 log.warning("model %s has BatchNorm: all %d classes go through it in one batch "
                             "(--class-chunk ignored)", self.cfg.model, self.C)
             return self.C
         if self.cfg.class_chunk:
-            return min(self.cfg.class_chunk, self.C)
+            return min(self.cfg.class_chunk, self.K)
         per_class = (min(self.cfg.batch_real, int(self.data.train.counts.max())) + self.ipc)
         pixels = per_class * self.hw[0] * self.hw[1] / 1024.0
         budget = CHUNK_BUDGET["cuda" if self.device.type == "cuda" else "cpu"]
-        return max(1, min(self.C, int(budget // max(pixels, 1e-9))))
+        return max(1, min(self.K, int(budget // max(pixels, 1e-9))))
 
     @property
     def real(self) -> torch.Tensor:
@@ -116,22 +125,24 @@ class DMEngine:
 
     def initial_state(self) -> RunState:
         cfg, dev = self.cfg, self.device
-        shape = (self.C * self.ipc, self.data.channels, *self.hw)
-        if cfg.init == "noise":
-            idx = torch.arange(math.prod(shape), device=dev)
+        shape = (self.K * self.ipc, self.data.channels, *self.hw)
+        if cfg.init == "noise":  # element indices of the whole set: the same noise in any shard
+            start = self.lo * self.ipc * math.prod(shape[1:])
+            idx = torch.arange(start, start + math.prod(shape), device=dev)
             images = rng.normal(cfg.seed, rng.NOISE, idx, device=dev).view(shape)
         else:
-            classes = torch.arange(self.C, device=dev)
-            pos, valid = rng.sample_without_replacement(self.counts, self.ipc, cfg.seed, rng.INIT,
-                                                        classes=classes)
+            lo, hi = self.lo, self.hi
+            classes = torch.arange(lo, hi, device=dev)
+            pos, valid = rng.sample_without_replacement(self.counts[lo:hi], self.ipc, cfg.seed,
+                                                        rng.INIT, classes=classes)
             assert bool(valid.all())  # config validation guarantees ipc <= smallest class
-            idx = (self.offsets[:, None] + pos).reshape(-1)
+            idx = (self.offsets[lo:hi, None] + pos).reshape(-1)
             images = self.data.normalize(self.real[idx.to(self.real.device)], dev)
         return RunState(images=images.contiguous(), momentum=None)
 
     # -- one iteration ----------------------------------------------------------------------
     def chunks(self) -> list[tuple[int, int]]:
-        return [(c0, min(self.C, c0 + self.chunk)) for c0 in range(0, self.C, self.chunk)]
+        return [(c0, min(self.hi, c0 + self.chunk)) for c0 in range(self.lo, self.hi, self.chunk)]
 
     def loss_and_grad(self, images: torch.Tensor, it: int,
                       value: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
@@ -140,7 +151,7 @@ class DMEngine:
         returned loss then lacks that term)."""
         cfg, dev = self.cfg, self.device
         init_parameters_(self.net, cfg.seed, rng.NET, it)
-        classes = torch.arange(self.C, device=dev)
+        classes = torch.arange(self.lo, self.hi, device=dev)
         table = sample_siamese(self.ops, self.dsa, self.hw, cfg.seed, rng.AUG, it, keys=classes)
         grad = torch.empty_like(images)
         total = torch.zeros((), device=dev)
@@ -149,7 +160,7 @@ class DMEngine:
         self.stream.plan([(it, c0, c1) for c0, c1 in chunks] +
                          [(it + 1, c0, c1) for c0, c1 in chunks[:self.stream.depth]])
         for c0, c1 in chunks:
-            rows = slice(c0 * self.ipc, c1 * self.ipc)
+            rows = slice((c0 - self.lo) * self.ipc, (c1 - self.lo) * self.ipc)
             loss, grad[rows] = self.chunk_loss(images[rows], table, it, c0, c1, value)
             total += loss
         return total, grad
@@ -198,7 +209,7 @@ class DMEngine:
         """Loss of classes [c0, c1) (summed) and d loss / d syn for their synthetic images."""
         cfg = self.cfg
         k = c1 - c0
-        rows = table.rows(torch.arange(c0, c1, device=self.device))
+        rows = table.rows(torch.arange(c0 - self.lo, c1 - self.lo, device=self.device))
         real, n_real = self.stream.take((it, c0, c1))
         g_real = torch.repeat_interleave(torch.arange(k, device=self.device), n_real,
                                          output_size=int(self.n_real_host[c0:c1].sum()))  # no sync
@@ -246,10 +257,13 @@ class Interrupted(KeyboardInterrupt):
 
 
 def run(engine: DMEngine, state: RunState, out: str | None = None, progress: bool = True,
-        on_iteration=None) -> RunState:
+        on_iteration=None, dist=None) -> RunState:
     """Iterate up to cfg.iterations, checkpointing every cfg.checkpoint_every iterations and at
     the end. Ctrl-C (or SIGTERM) finishes the current iteration, saves a checkpoint and raises
-    Interrupted; a second Ctrl-C stops at once, keeping the last checkpoint (if any)."""
+    Interrupted; a second Ctrl-C stops at once, keeping the last checkpoint (if any).
+    With ``dist`` (this rank of several): losses are summed over ranks at log points, and an
+    interruption stops at once (the ranks may be at different iterations between log points),
+    keeping the last complete checkpoint."""
     from tqdm import tqdm
 
     cfg = engine.cfg
@@ -260,17 +274,20 @@ def run(engine: DMEngine, state: RunState, out: str | None = None, progress: boo
     stop = []
     in_step = False
     # the iteration of the checkpoint on disk (a resumed run starts from it)
-    saved = [state.iteration if out and os.path.exists(checkpoint_path(out)) else None]
+    saved = [state.iteration if out and has_checkpoint(out) else None]
 
     def save():
         flush()
-        save_checkpoint(out, cfg, state)
+        save_checkpoint(out, cfg, state, dist, (engine.lo, engine.hi))
         saved[0] = state.iteration
 
     def flush():  # None: an iteration whose loss value was not computed (see DMEngine.step)
         if pending:
             done = [v for v in pending if v is not None]
-            values = iter((torch.stack(done) / engine.C).tolist() if done else [])
+            total = torch.stack(done) if done else None
+            if dist is not None and total is not None:  # every rank flushes at the same points
+                distributed.all_sum(total)
+            values = iter((total / engine.C).tolist() if done else [])
             state.losses.extend(None if v is None else next(values) for v in pending)
             pending.clear()
 
@@ -282,12 +299,14 @@ def run(engine: DMEngine, state: RunState, out: str | None = None, progress: boo
                     "(Ctrl-C again to stop at once)", state.iteration + 1)
 
     handlers = {}
-    if _main_thread():
+    if _main_thread() and dist is None:
         for sig in (signal.SIGINT, signal.SIGTERM):
             handlers[sig] = signal.signal(sig, on_signal)
     try:
         while state.iteration < total:
             t0 = time.perf_counter()
+            if dist is not None:
+                distributed.fault_injection(dist.rank, state.iteration)
             in_step = True
             nxt = state.iteration + 1
             want = nxt % cfg.log_every == 0 or nxt == total
@@ -307,7 +326,10 @@ def run(engine: DMEngine, state: RunState, out: str | None = None, progress: boo
             if stop:
                 raise KeyboardInterrupt
     except KeyboardInterrupt:
-        if in_step:  # stopped inside an update: the state may be half-written, keep the last save
+        if dist is not None:
+            log.warning("rank %d interrupted at iteration %d; the last complete checkpoint stays",
+                        dist.rank, state.iteration)
+        elif in_step:  # stopped inside an update: the state may be half-written, keep the last save
             log.warning("stopped inside iteration %d without saving", state.iteration + 1)
         else:
             flush()
@@ -350,12 +372,29 @@ def condense_dataset(config: CondenseConfig, out: str | None = None, resume: boo
     """Run DM for ``config`` and write OUT/synset.pt, grid.png, loss.png, metrics.json.
 
     Returns ``{"out", "synset", "metrics"}``. Raises FastDMError for bad input and
-    Interrupted (see run) on Ctrl-C.
+    Interrupted (see run) on Ctrl-C. Started by torchrun with several processes, each condenses
+    its shard of the classes (fastdm.distributed) and rank 0 writes the outputs; the other
+    ranks return synset and metrics None.
     """
     if resume and overwrite:
         raise FastDMError("--resume and --overwrite contradict each other; pass one")
     if out is not None and os.path.exists(out) and not os.path.isdir(out):
         raise FastDMError(f"--out {out} is a file, not a folder; choose another --out")
+    dist = None
+    if distributed.launched():  # torchrun: this process condenses its shard of the classes
+        dist, dev_name = distributed.init(config.device)
+        config = CondenseConfig(**{**config.to_dict(), "device": dev_name})
+        if not dist.main:
+            log.setLevel(logging.WARNING)
+            progress = False
+    try:
+        return _condense(config, out, resume, overwrite, progress, dist)
+    finally:
+        if dist is not None:
+            distributed.shutdown()
+
+
+def _condense(config: CondenseConfig, out, resume: bool, overwrite: bool, progress: bool, dist) -> dict:
     t_start = time.perf_counter()
     data = load_dataset(config.dataset, config.data_root, bool(config.download), config.image_size,
                         progress=progress)
@@ -363,29 +402,43 @@ def condense_dataset(config: CondenseConfig, out: str | None = None, resume: boo
     cfg = config.resolved(data)
     device = resolve_device(cfg.device)
     out = out or os.path.join("runs", f"{cfg.dataset}_ipc{cfg.ipc}")
-    if os.path.exists(checkpoint_path(out)) and not (resume or overwrite):
-        raise FastDMError(f"{out} already holds a run (checkpoint.pt); pass --resume to continue it, "
+    if has_checkpoint(out) and not (resume or overwrite):
+        raise FastDMError(f"{out} already holds a run (a checkpoint); pass --resume to continue it, "
                           f"--overwrite to start afresh, or another --out")
-    engine = DMEngine(cfg, data, device)
-    state = load_checkpoint(out, cfg, device) if resume else engine.initial_state()
+    classes = distributed.shard(data.num_classes, dist.rank, dist.world) if dist else None
+    engine = DMEngine(cfg, data, device, classes=classes)
+    state = load_checkpoint(out, cfg, device, classes) if resume else engine.initial_state()
     if state.iteration > cfg.iterations:
         raise FastDMError(f"the checkpoint in {out} is at iteration {state.iteration}, past "
                           f"--iterations {cfg.iterations}; pass --iterations {state.iteration} or more")
-    if overwrite:  # no file of the old run may survive next to the new one
-        for name in OUTPUT_FILES + ("checkpoint.pt",):
-            if os.path.exists(os.path.join(out, name)):
-                os.remove(os.path.join(out, name))
-    try:
-        os.makedirs(out, exist_ok=True)
-    except OSError as e:
-        raise FastDMError(f"cannot create --out {out}: {e.strerror or e}") from None
+    if dist is None or dist.main:
+        if overwrite:  # no file of the old run may survive next to the new one
+            for name in OUTPUT_FILES + ("checkpoint.pt", "checkpoint.json"):
+                if os.path.exists(os.path.join(out, name)):
+                    os.remove(os.path.join(out, name))
+            for path in glob.glob(os.path.join(out, "checkpoint-it*-rank*-of*.pt")):
+                os.remove(path)
+        try:
+            os.makedirs(out, exist_ok=True)
+        except OSError as e:
+            raise FastDMError(f"cannot create --out {out}: {e.strerror or e}") from None
+    if dist is not None:
+        distributed.barrier()  # the folder is ready for every rank's checkpoints
     log.info("condensing %s: %d classes x ipc %d, %s%s%s on %s, iterations %d..%d, class chunk %d, out %s",
              cfg.dataset, data.num_classes, cfg.ipc, cfg.model, " (compiled)" if engine.compiled else "",
              # precision shown only when it is not the reference's fp32
              "" if engine.precision == "fp32" else f" in {engine.precision}",
              device, state.iteration, cfg.iterations, engine.chunk, out)
+    if dist is not None:
+        log.info("%d processes; rank 0 condenses classes %d..%d", dist.world, engine.lo, engine.hi - 1)
     t_run = time.perf_counter()
-    run(engine, state, out, progress=progress)
+    run(engine, state, out, progress=progress, dist=dist)
+    if dist is not None:  # rank 0 assembles the whole set (rank order = class order)
+        images = distributed.gather_rows(state.images, dist)
+        if not dist.main:
+            return {"out": out, "synset": None, "metrics": None}
+        state = RunState(images=images, momentum=None, iteration=state.iteration,
+                         losses=state.losses, elapsed=state.elapsed)
     synset = synset_dict(cfg, data, state)
     atomic_torch_save(synset, os.path.join(out, "synset.pt"))
     save_run_pictures(out, state.images, data.denormalize, data.num_classes, cfg.ipc, state.losses,
@@ -397,6 +450,7 @@ def condense_dataset(config: CondenseConfig, out: str | None = None, resume: boo
         "class_chunk": engine.chunk, "backends": engine.backends, "compiled": engine.compiled,
         "precision": engine.precision, "channels_last": cfg.channels_last,
         "real_tier": engine.real_tier, "real_batches": dict(engine.stream.stats),
+        "processes": 1 if dist is None else dist.world,
         "iterations": done,
         "timings": {"load_data_s": round(t_data, 3), "this_session_s": round(time.perf_counter() - t_run, 3),
                     "iterations_s": round(state.elapsed, 3),

@@ -1,0 +1,104 @@
+"""Condensation over several processes (torchrun): classes are sharded across ranks.
+
+DM's classes are independent: rank r owns the contiguous class range shard(C, r, world), its
+part of the synthetic set and of the momentum buffer, samples only its classes' real images
+and derives every draw from (seed, iteration, class), as a single process does. The only
+communication: the summed loss at log points (one all_reduce per log interval), barriers at
+checkpoints, and gathering the synthetic set on rank 0 at the end. NCCL on GPUs (device
+cuda:LOCAL_RANK), gloo on the CPU.
+"""
+from __future__ import annotations
+
+import datetime
+import logging
+import os
+from dataclasses import dataclass
+
+import torch
+
+from .errors import FastDMError
+
+log = logging.getLogger("fastdm")
+
+
+@dataclass(frozen=True)
+class Dist:
+    rank: int
+    world: int
+    local_rank: int
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def launched() -> bool:
+    """Started by torchrun (or another launcher that sets the env:// variables) with > 1 process."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def init(device_name: str | None) -> tuple[Dist, str]:
+    """Join the process group; returns (Dist, the device name this rank uses)."""
+    import torch.distributed as td
+
+    world = int(os.environ["WORLD_SIZE"])
+    rank, local = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
+    want = (device_name or "auto").lower()
+    cuda = want.startswith("cuda") or (want == "auto" and torch.cuda.is_available())
+    if cuda:
+        if not torch.cuda.is_available():
+            raise FastDMError("--device cuda was asked for but torch sees no CUDA device")
+        if local >= torch.cuda.device_count():
+            raise FastDMError(f"rank {rank} has LOCAL_RANK {local} but this node has "
+                              f"{torch.cuda.device_count()} GPU(s): use --nproc-per-node "
+                              f"{torch.cuda.device_count()} or fewer")
+        torch.cuda.set_device(local)
+        device_name = f"cuda:{local}"
+    else:
+        device_name = "cpu"
+    if not td.is_initialized():
+        td.init_process_group("nccl" if cuda else "gloo",
+                              timeout=datetime.timedelta(seconds=float(os.environ.get(
+                                  "FASTDM_DIST_TIMEOUT", "1800"))))
+    return Dist(rank, world, local), device_name
+
+
+def shard(num_classes: int, rank: int, world: int) -> tuple[int, int]:
+    """Rank ``rank``'s classes [lo, hi): contiguous, sizes differing by at most one."""
+    if world > num_classes:
+        raise FastDMError(f"{world} processes for {num_classes} classes: every rank needs at least "
+                          f"one class; use --nproc-per-node (x nodes) <= {num_classes}")
+    return rank * num_classes // world, (rank + 1) * num_classes // world
+
+
+def all_sum(t: torch.Tensor) -> torch.Tensor:
+    import torch.distributed as td
+    td.all_reduce(t)
+    return t
+
+
+def barrier() -> None:
+    import torch.distributed as td
+    td.barrier()
+
+
+def gather_rows(local: torch.Tensor, dist: Dist) -> torch.Tensor | None:
+    """Every rank's rows concatenated in rank order, on rank 0 (None elsewhere)."""
+    import torch.distributed as td
+    parts = [None] * dist.world if dist.main else None
+    td.gather_object(local.detach().cpu(), parts, dst=0)
+    return torch.cat(parts) if dist.main else None
+
+
+def shutdown() -> None:
+    import torch.distributed as td
+    if td.is_initialized():
+        td.destroy_process_group()
+
+
+def fault_injection(rank: int, iteration: int) -> None:
+    """FASTDM_FAIL_RANK=r FASTDM_FAIL_AT=i makes rank r fail before iteration i: the tests'
+    way to check that a failed rank stops the job with a clear error."""
+    if os.environ.get("FASTDM_FAIL_RANK") == str(rank) and \
+            int(os.environ.get("FASTDM_FAIL_AT", "-1")) == iteration:
+        raise RuntimeError(f"injected failure (FASTDM_FAIL_RANK={rank}, FASTDM_FAIL_AT={iteration})")
