@@ -207,6 +207,10 @@ def cmd_condense(args) -> int:
         if stop.saved is None:
             print(f"fastdm: interrupted during iteration {stop.iteration + 1}, before any checkpoint "
                   f"was written; nothing to resume: rerun without --resume", file=sys.stderr)
+        elif _rank_prefix():
+            if os.environ.get("RANK", "0") == "0":
+                print(f"fastdm: interrupted; checkpoint at iteration {stop.saved} in {stop.out}; "
+                      f"continue with the same torchrun command with --resume", file=sys.stderr)
         else:
             print(f"fastdm: interrupted; checkpoint at iteration {stop.saved} in "
                   f"{stop.out}; continue with: fastdm condense --out {stop.out} --resume",

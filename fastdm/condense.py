@@ -261,8 +261,9 @@ def run(engine: DMEngine, state: RunState, out: str | None = None, progress: boo
     """Iterate up to cfg.iterations, checkpointing every cfg.checkpoint_every iterations and at
     the end. Ctrl-C (or SIGTERM) finishes the current iteration, saves a checkpoint and raises
     Interrupted; a second Ctrl-C stops at once, keeping the last checkpoint (if any).
-    With ``dist`` (this rank of several): losses are summed over ranks at log points, and an
-    interruption stops at once (the ranks may be at different iterations between log points),
+    With ``dist`` (this rank of several): losses are summed over ranks at log points, and the
+    ranks agree on stopping there too (they are in step only at log points): Ctrl-C/SIGTERM
+    runs on to the next log point, where every rank saves; a second one stops at once,
     keeping the last complete checkpoint."""
     from tqdm import tqdm
 
@@ -272,6 +273,7 @@ def run(engine: DMEngine, state: RunState, out: str | None = None, progress: boo
                unit="it", disable=not progress or None, dynamic_ncols=True)
     pending = []  # loss tensors not yet copied to the host (one sync per log interval)
     stop = []
+    agreed = False  # dist: every rank has agreed to stop at this log point
     in_step = False
     # the iteration of the checkpoint on disk (a resumed run starts from it)
     saved = [state.iteration if out and has_checkpoint(out) else None]
@@ -292,14 +294,23 @@ def run(engine: DMEngine, state: RunState, out: str | None = None, progress: boo
             pending.clear()
 
     def on_signal(signum, frame):
-        if stop or not in_step:
+        # under torchrun one Ctrl-C arrives twice (from the terminal and forwarded by the
+        # launcher): a signal within 2 s of the first is the same request
+        if dist is not None and stop and time.monotonic() - stop[0] < 2:
+            return
+        if stop or (not in_step and dist is None):
             raise KeyboardInterrupt
-        stop.append(signum)
-        log.warning("interrupted: finishing iteration %d, then saving a checkpoint "
-                    "(Ctrl-C again to stop at once)", state.iteration + 1)
+        stop.append(time.monotonic())
+        if dist is None:
+            log.warning("interrupted: finishing iteration %d, then saving a checkpoint "
+                        "(Ctrl-C again to stop at once)", state.iteration + 1)
+        else:
+            log.warning("rank %d interrupted: running on to the next log point (every %d "
+                        "iterations), where all ranks save a checkpoint (again to stop at once)",
+                        dist.rank, cfg.log_every)
 
     handlers = {}
-    if _main_thread() and dist is None:
+    if _main_thread():
         for sig in (signal.SIGINT, signal.SIGTERM):
             handlers[sig] = signal.signal(sig, on_signal)
     try:
@@ -316,6 +327,9 @@ def run(engine: DMEngine, state: RunState, out: str | None = None, progress: boo
             if want:
                 flush()
                 bar.set_postfix(loss=f"{state.losses[-1]:.4f}")
+                if dist is not None:  # any rank asked to stop: all stop here, in step
+                    flag = torch.tensor([float(bool(stop))], device=engine.device)
+                    agreed = bool(distributed.all_sum(flag).item() > 0)
             synchronize(engine.device)
             state.elapsed += time.perf_counter() - t0
             bar.update(1)
@@ -323,11 +337,11 @@ def run(engine: DMEngine, state: RunState, out: str | None = None, progress: boo
                 save()
             if on_iteration is not None:
                 on_iteration(state)
-            if stop:
+            if (stop and dist is None) or agreed:
                 raise KeyboardInterrupt
     except KeyboardInterrupt:
-        if dist is not None:
-            log.warning("rank %d interrupted at iteration %d; the last complete checkpoint stays",
+        if dist is not None and not agreed:
+            log.warning("rank %d stopped at iteration %d; the last complete checkpoint stays",
                         dist.rank, state.iteration)
         elif in_step:  # stopped inside an update: the state may be half-written, keep the last save
             log.warning("stopped inside iteration %d without saving", state.iteration + 1)
