@@ -235,6 +235,11 @@ def cmd_prepare(args) -> int:
 
     if args.workers is not None and args.workers < 0:
         raise FastDMError(f"--workers must be >= 0, got {args.workers}")
+
+    def on_term(signum, frame):  # kill/timeout/docker stop: stop like Ctrl-C (workers too)
+        raise KeyboardInterrupt
+    import signal
+    signal.signal(signal.SIGTERM, on_term)
     try:
         index = prepare_store(args.dataset, args.src, args.out, args.image_size, args.workers,
                               args.max_bad_fraction, progress=not args.no_progress)

@@ -118,6 +118,10 @@ class DMEngine:
         budget = CHUNK_BUDGET["cuda" if self.device.type == "cuda" else "cpu"]
         return max(1, min(self.K, int(budget // max(pixels, 1e-9))))
 
+    def close(self) -> None:
+        """Stop the real-image stream's worker threads (the engine cannot take batches after)."""
+        self.stream.close()
+
     @property
     def real(self) -> torch.Tensor:
         """The uint8 training set where the real tier keeps it."""
@@ -157,8 +161,8 @@ class DMEngine:
         total = torch.zeros((), device=dev)
         chunks = self.chunks()
         # this iteration's real batches, then the next one's first: gathered ahead on host tiers
-        self.stream.plan([(it, c0, c1) for c0, c1 in chunks] +
-                         [(it + 1, c0, c1) for c0, c1 in chunks[:self.stream.depth]])
+        ahead = chunks[:self.stream.depth] if it + 1 < cfg.iterations else []
+        self.stream.plan([(it, c0, c1) for c0, c1 in chunks] + [(it + 1, c0, c1) for c0, c1 in ahead])
         for c0, c1 in chunks:
             rows = slice((c0 - self.lo) * self.ipc, (c1 - self.lo) * self.ipc)
             loss, grad[rows] = self.chunk_loss(images[rows], table, it, c0, c1, value)
@@ -446,7 +450,10 @@ def _condense(config: CondenseConfig, out, resume: bool, overwrite: bool, progre
     if dist is not None:
         log.info("%d processes; rank 0 condenses classes %d..%d", dist.world, engine.lo, engine.hi - 1)
     t_run = time.perf_counter()
-    run(engine, state, out, progress=progress, dist=dist)
+    try:
+        run(engine, state, out, progress=progress, dist=dist)
+    finally:
+        engine.close()
     if dist is not None:  # rank 0 assembles the whole set (rank order = class order)
         images = distributed.gather_rows(state.images, dist)
         if not dist.main:

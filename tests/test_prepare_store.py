@@ -207,3 +207,58 @@ def test_tinyimagenet_and_imagenet_layouts(tmp_path):
     index = prep.prepare_store("imagenet", str(src), str(tmp_path / "inet_store"), 8, workers=0,
                                progress=False)
     assert index["classes"] == ["tench", "goldfish"] and index["splits"]["train"]["counts"] == [3, 4]
+
+
+def test_interrupted_after_assembly_or_in_cleanup_finishes(src, tmp_path, small_shards, monkeypatch):
+    clean = tmp_path / "clean"
+    prep.prepare_store("imagefolder", str(src), str(clean), 10, workers=0, max_bad_fraction=0.1,
+                       progress=False)
+    real_build = prep._build
+
+    def build_then_stop(*a, **k):
+        real_build(*a, **k)
+        raise KeyboardInterrupt
+    for also_lost in ((), ("prepare.json",), ("prepare.json", "train.skipped.json")):
+        out = tmp_path / f"store{len(also_lost)}"
+        monkeypatch.setattr(prep, "_build", build_then_stop)
+        with pytest.raises(KeyboardInterrupt):
+            prep.prepare_store("imagefolder", str(src), str(out), 10, workers=0,
+                               max_bad_fraction=0.1, progress=False)
+        partial = tmp_path / f"store{len(also_lost)}.partial"
+        for name in also_lost:  # cleanup got this far before the interruption
+            (partial / name).unlink()
+        monkeypatch.setattr(prep, "_build", real_build)
+        calls = []
+        prep.prepare_store("imagefolder", str(src), str(out), 10, workers=0, max_bad_fraction=0.1,
+                           progress=False, on_shard=calls.append)
+        assert calls == [] and store_bytes(out) == store_bytes(clean), also_lost
+
+
+def test_orphaned_workers_cannot_write_into_another_run(src, tmp_path, small_shards):
+    from fastdm.data.decode import decode_array, decode_shard
+    partial = tmp_path / "x.partial"
+    partial.mkdir()
+    (partial / "prepare.json").write_text(json.dumps({"token": "new-run"}))
+    paths = [str(p) for p in sorted((src / "train" / "dog").iterdir())]
+    decode_shard(paths, 8, str(partial / "train-0000000.npy"), str(partial / "train-0000000.json"),
+                 str(partial / "prepare.json"), "old-run")
+    assert sorted(os.listdir(partial)) == ["prepare.json"]  # nothing written, no temp left
+    decode_shard(paths, 8, str(partial / "train-0000000.npy"), str(partial / "train-0000000.json"),
+                 str(partial / "prepare.json"), "new-run")
+    assert sorted(os.listdir(partial)) == ["prepare.json", "train-0000000.json", "train-0000000.npy"]
+    with pytest.raises(FastDMError, match="cannot read"):  # an I/O error is not a bad image
+        decode_array(str(tmp_path), 8)
+
+
+def test_one_prepare_per_out_and_stale_partials(src, tmp_path):
+    from fastdm.data.store import write_store
+    out = tmp_path / "store"
+    with prep._exclusive(str(out)):
+        with pytest.raises(FastDMError, match="another fastdm prepare"):
+            prep.prepare_store("imagefolder", str(src), str(out), 10, workers=0, progress=False)
+    (tmp_path / "w.partial").mkdir()
+    arr = np.zeros((3, 3, 4, 4), np.uint8)
+    with pytest.raises(FastDMError, match="exists"):
+        write_store(str(tmp_path / "w"), {"train": (arr, [3]), "val": (arr, [3])}, ["a"])
+    with pytest.raises(FastDMError, match="differ in size"):
+        write_store(str(tmp_path / "w2"), {"train": (arr, [3]), "val": (np.zeros((3, 3, 8, 8), np.uint8), [3])}, ["a"])

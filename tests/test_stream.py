@@ -90,6 +90,28 @@ def test_stream_without_plan_and_with_stale_plan():
     st.close()
 
 
+def test_buffers_are_reused_across_chunk_sizes():
+    images = torch.arange(400, dtype=torch.uint8).view(100, 1, 2, 2)
+    st = RealStream(images, CPU, "memory", lambda key: (torch.arange(key[1]) + key[0], torch.tensor([key[1]])))
+    for it in range(20):  # chunks of 10, 10 and 3 images, as a last smaller chunk gives
+        keys = [(it, 10), (it + 1, 10), (it + 2, 3)]
+        st.plan(keys)
+        for k in keys:
+            got, _ = st.take(k)
+            assert torch.equal(got, images[k[0]:k[0] + k[1]])
+    assert st.stats["buffers"] <= st.depth + 2, st.stats
+    st.close()
+
+
+def test_a_failed_gather_names_its_batch():
+    st = RealStream(torch.zeros(4, 1, 2, 2, dtype=torch.uint8), CPU, "memory",
+                    lambda key: (torch.tensor([99]), torch.tensor([1])))
+    st.plan([(0, 1)])
+    with pytest.raises(FastDMError, match=r"gathering the real images of \(0, 1\) failed"):
+        st.take((0, 1))
+    st.close()
+
+
 def test_sampler_is_class_balanced_without_replacement(toy_dataset):
     cfg = CondenseConfig(dataset="toy", ipc=1, batch_real=10, model="ConvNetW32").resolved(toy_dataset)
     e = DMEngine(cfg, toy_dataset, "cpu")

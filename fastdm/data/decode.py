@@ -7,9 +7,12 @@ shrinking, i.e. antialiased) and centre-cropped to a square.
 """
 from __future__ import annotations
 
+import json
 import os
 
 import numpy as np
+
+from ..errors import FastDMError
 
 
 def decode_array(path: str, size: int) -> np.ndarray | None:
@@ -29,17 +32,23 @@ def decode_array(path: str, size: int) -> np.ndarray | None:
                 left, top = (nw - size) // 2, (nh - size) // 2
                 im = im.crop((left, top, left + size, top + size))
             arr = np.asarray(im, dtype=np.uint8)
-    except Exception:  # PIL raises many types for damaged files; all mean "skip it"
+    except MemoryError:
+        raise
+    except OSError as e:
+        if e.errno is not None:  # the file system failed (EIO, EACCES, ENOENT): not a bad image
+            raise FastDMError(f"cannot read {path}: {e.strerror or e}") from None
+        return None  # PIL's own OSErrors (truncated, cannot identify) carry no errno
+    except Exception:  # PIL raises many types for damaged content; all mean "skip it"
         return None
     return np.ascontiguousarray(arr.transpose(2, 0, 1))
 
 
-def decode_shard(paths: list[str], size: int, npy: str, marker: str) -> None:
+def decode_shard(paths: list[str], size: int, npy: str, marker: str, record: str, token: str) -> None:
     """Decode ``paths`` into npy (uint8 [n_ok, 3, size, size]); marker (JSON) lists the
     positions that could not be decoded. Each appears under its name only when complete
-    (written under a temporary name, then renamed); the marker last."""
-    import json
-
+    (written under a temporary name, fsynced, renamed), the marker last; and only while the
+    prepare that asked for it (``token`` in ``record``) still owns the folder: a worker
+    orphaned by a killed prepare must not write into a later one."""
     arrays, bad = [], []
     for i, p in enumerate(paths):
         a = decode_array(p, size)
@@ -48,9 +57,32 @@ def decode_shard(paths: list[str], size: int, npy: str, marker: str) -> None:
         else:
             arrays.append(a)
     out = np.stack(arrays) if arrays else np.zeros((0, 3, size, size), np.uint8)
-    for path, write in ((npy, lambda fh: np.save(fh, out)),
-                        (marker, lambda fh: fh.write(json.dumps({"files": len(paths), "bad": bad}).encode()))):
+    meta = json.dumps({"files": len(paths), "bad": bad, "token": token}).encode()
+    for path, write in ((npy, lambda fh: np.save(fh, out)), (marker, lambda fh: fh.write(meta))):
         tmp = f"{path}.tmp{os.getpid()}"
         with open(tmp, "wb") as fh:
             write(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        if not _owns(record, token):
+            os.remove(tmp)
+            return
         os.replace(tmp, path)
+
+
+def _owns(record: str, token: str) -> bool:
+    try:
+        with open(record) as fh:
+            return json.load(fh).get("token") == token
+    except (OSError, ValueError):
+        return False
+
+
+def worker_init() -> None:
+    """Decode workers die with the prepare that started them (Linux: PR_SET_PDEATHSIG)."""
+    try:
+        import ctypes
+        import signal
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # 1: PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # not Linux: the token check still guards the folder
+        pass

@@ -18,10 +18,12 @@ bilinear: sharper at the same cost; the crop keeps the aspect ratio (no distorti
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import os
+import secrets
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from multiprocessing import get_context
 
@@ -29,7 +31,7 @@ import numpy as np
 
 from ..errors import FastDMError
 from ..io import atomic_json_dump
-from .decode import decode_shard
+from .decode import decode_shard, worker_init
 from .folders import imagefolder_files, tinyimagenet_files
 from .store import INDEX, SPLITS, STORE_FORMAT, STORE_VERSION, is_store, read_index
 
@@ -77,10 +79,13 @@ def _imagenet_names(src: str, wnids: list[str]) -> list[str]:
 
 
 def _fingerprint(files: dict, src: str) -> str:
+    """The source listing, with each file's size and modification time: a resume against a
+    changed source (a file added, removed or replaced) is refused."""
     h = hashlib.sha256()
     for s in SPLITS:
         for path, label in files[s]:
-            h.update(f"{s}\t{os.path.relpath(path, src)}\t{label}\n".encode())
+            st = os.stat(path)
+            h.update(f"{s}\t{os.path.relpath(path, src)}\t{label}\t{st.st_size}\t{st.st_mtime_ns}\n".encode())
     return h.hexdigest()
 
 
@@ -89,8 +94,8 @@ def prepare_store(dataset: str, src: str, out: str, image_size: int = 64, worker
                   max_bad_fraction: float = MAX_BAD_FRACTION, progress: bool = True,
                   on_shard=None) -> dict:
     """Write the store ``out`` (see the module docstring); returns its index. ``workers``:
-    decoding processes (default: one per CPU; 0 decodes in this process). ``on_shard(n)`` is
-    called after each finished shard (n shards done so far)."""
+    decoding processes (default: one per usable CPU; 0 decodes in this process).
+    ``on_shard(n)`` is called after each finished shard (n shards done so far)."""
     if not isinstance(image_size, int) or image_size < 1:
         raise FastDMError(f"--image-size must be a positive integer, got {image_size}")
     if not 0 <= max_bad_fraction <= 1:
@@ -111,30 +116,45 @@ def prepare_store(dataset: str, src: str, out: str, image_size: int = 64, worker
     settings["fingerprint"] = _fingerprint(files, src)
     settings["shard"] = SHARD
     partial = out + ".partial"
-    _start_or_resume(partial, settings)
+    with _exclusive(out):
+        token = _start_or_resume(partial, settings)
+        index_path = os.path.join(partial, INDEX)
+        if os.path.exists(index_path):  # complete before an interruption: only the rename is left
+            with open(index_path) as fh:
+                index = json.load(fh)
+        else:
+            index = _build(partial, files, names, dataset, settings, image_size, src, workers,
+                           max_bad_fraction, progress, on_shard, token)
+        # the resume record goes last: until the rename, a rerun can tell this folder is its own
+        for name in os.listdir(partial):
+            if name.endswith(".skipped.json"):
+                os.remove(os.path.join(partial, name))
+        os.remove(os.path.join(partial, "prepare.json"))
+        os.replace(partial, out)
+    log.info("store %s: %s", out, ", ".join(f"{s} {index['splits'][s]['images']} images"
+                                            for s in SPLITS))
+    return index
 
+
+def _build(partial, files, names, dataset, settings, image_size, src, workers, max_bad_fraction,
+           progress, on_shard, token) -> dict:
     shards = [(s, i, [p for p, _ in files[s][i:i + SHARD]])
               for s in SPLITS if not os.path.exists(os.path.join(partial, f"{s}.npy"))
               for i in range(0, len(files[s]), SHARD)]
     todo = [sh for sh in shards if not os.path.exists(_marker(partial, sh))]
     _decode_all(todo, sum(len(sh[2]) for sh in shards), image_size, partial, workers, progress,
-                on_shard, done=len(shards) - len(todo))
-
+                on_shard, len(shards) - len(todo), token)
     index = {"format": STORE_FORMAT, "version": STORE_VERSION, "dataset": dataset,
              "image_size": image_size, "channels": 3, "layout": "NCHW uint8, sorted by class",
              "resize": RESIZE, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225],
              "classes": names, "prepare": settings, "splits": {}}
     for s in SPLITS:
         index["splits"][s] = _assemble(partial, s, files[s], len(names), image_size, src,
-                                       max_bad_fraction)
-    atomic_json_dump(index, os.path.join(partial, INDEX))
-    for name in os.listdir(partial):  # shards and the resume record: the store is complete
-        if name.startswith(tuple(f"{s}-" for s in SPLITS)) or name == "prepare.json" \
-                or name.endswith(".skipped.json"):
+                                       max_bad_fraction, token)
+    for name in os.listdir(partial):  # the shards are in the arrays now
+        if name.startswith(tuple(f"{s}-" for s in SPLITS)):
             os.remove(os.path.join(partial, name))
-    os.replace(partial, out)
-    log.info("store %s: %s", out, ", ".join(f"{s} {index['splits'][s]['images']} images"
-                                            for s in SPLITS))
+    atomic_json_dump(index, os.path.join(partial, INDEX))
     return index
 
 
@@ -143,39 +163,77 @@ def _marker(partial: str, shard) -> str:
     return os.path.join(partial, f"{split}-{start // SHARD:07d}.json")
 
 
-def _start_or_resume(partial: str, settings: dict) -> None:
+@contextlib.contextmanager
+def _exclusive(out: str):
+    """One prepare per --out at a time (a second would share the partial folder)."""
+    import fcntl
+
+    path = out + ".partial.lock"
+    fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            raise FastDMError(f"another fastdm prepare is writing {out} (it holds {path}); wait "
+                              f"for it or stop it") from None
+        yield
+        os.remove(path)
+    finally:
+        os.close(fd)
+
+
+def _start_or_resume(partial: str, settings: dict) -> str:
+    """Create the partial folder with its resume record, or check an existing one; returns
+    the run token the decode workers must find in the record."""
     record = os.path.join(partial, "prepare.json")
     if os.path.isdir(partial):
-        try:
-            with open(record) as fh:
-                before = json.load(fh)
-        except (OSError, ValueError):
-            before = None
-        if before != settings:
+        before = None
+        for path, key in ((record, None), (os.path.join(partial, INDEX), "prepare")):
+            try:
+                with open(path) as fh:
+                    before = json.load(fh)
+                before = before[key] if key else before
+                break
+            except (OSError, ValueError, KeyError):
+                continue
+        if before is None or {k: before.get(k) for k in settings} != settings:
+            what = before and {k: before.get(k) for k in ("dataset", "source", "image_size")}
             raise FastDMError(f"{partial} holds an unfinished prepare with other settings or "
-                              f"another source listing ({before and {k: before.get(k) for k in ('dataset', 'source', 'image_size')}}); "
-                              f"remove {partial} to start afresh")
+                              f"another source listing ({what}); remove {partial} to start afresh")
         for name in os.listdir(partial):  # a write cut short by the interruption
             if ".tmp" in name:
                 os.remove(os.path.join(partial, name))
         log.info("resuming the unfinished prepare in %s", partial)
-        return
-    os.makedirs(partial)
-    atomic_json_dump(settings, record)
+        if not os.path.exists(record):  # complete already; the record went first
+            atomic_json_dump({**settings, "token": "done"}, record)
+        with open(record) as fh:
+            return json.load(fh)["token"]
+    token = secrets.token_hex(8)
+    fresh = f"{partial}.new{os.getpid()}"
+    os.makedirs(fresh)
+    atomic_json_dump({**settings, "token": token}, os.path.join(fresh, "prepare.json"))
+    os.replace(fresh, partial)  # the folder appears with its record
+    return token
 
 
 def _decode_all(todo, total: int, size: int, partial: str, workers, progress: bool, on_shard,
-                done: int) -> None:
+                done: int, token: str) -> None:
     from tqdm import tqdm
 
     finished = total - sum(len(sh[2]) for sh in todo)
     bar = tqdm(total=total, initial=finished, desc="decoding", unit="img",
                disable=not progress or None, dynamic_ncols=True)
-    workers = (os.cpu_count() or 1) if workers is None else workers
+    if workers is None:
+        workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    record = os.path.join(partial, "prepare.json")
+
+    def args(sh):
+        return sh[2], size, _shard_npy(partial, sh), _marker(partial, sh), record, token
+
     try:
         if workers == 0 or len(todo) <= 1:
             for sh in todo:
-                decode_shard(sh[2], size, _shard_npy(partial, sh), _marker(partial, sh))
+                decode_shard(*args(sh))
                 done += 1
                 bar.update(len(sh[2]))
                 if on_shard is not None:
@@ -183,23 +241,25 @@ def _decode_all(todo, total: int, size: int, partial: str, workers, progress: bo
             return
         # spawn: the workers need only PIL and numpy, and fork after torch's thread pools
         # started is unsafe
-        with ProcessPoolExecutor(min(workers, len(todo)), mp_context=get_context("spawn")) as pool:
-            pending = {pool.submit(decode_shard, sh[2], size, _shard_npy(partial, sh),
-                                   _marker(partial, sh)): sh for sh in todo}
-            try:
-                while pending:
-                    ready, _ = wait(pending, return_when=FIRST_COMPLETED)
-                    for fut in ready:
-                        sh = pending.pop(fut)
-                        fut.result()
-                        done += 1
-                        bar.update(len(sh[2]))
-                        if on_shard is not None:
-                            on_shard(done)
-            except BaseException:
-                for fut in pending:
-                    fut.cancel()
-                raise
+        pool = ProcessPoolExecutor(min(workers, len(todo)), mp_context=get_context("spawn"),
+                                   initializer=worker_init)
+        try:
+            pending = {pool.submit(decode_shard, *args(sh)): sh for sh in todo}
+            while pending:
+                ready, _ = wait(pending, return_when=FIRST_COMPLETED)
+                for fut in ready:
+                    sh = pending.pop(fut)
+                    fut.result()
+                    done += 1
+                    bar.update(len(sh[2]))
+                    if on_shard is not None:
+                        on_shard(done)
+        except BaseException:  # stop now: no shard decoded after the interruption
+            for proc in list(getattr(pool, "_processes", {}).values()):
+                proc.terminate()
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+        pool.shutdown()
     finally:
         bar.close()
 
@@ -209,7 +269,7 @@ def _shard_npy(partial: str, shard) -> str:
 
 
 def _assemble(partial: str, split: str, files: list, num_classes: int, size: int, src: str,
-              max_bad_fraction: float) -> dict:
+              max_bad_fraction: float, token: str) -> dict:
     """Concatenate the split's shards into <split>.npy; write its manifest; return its index."""
     shards = [(split, i, files[i:i + SHARD]) for i in range(0, len(files), SHARD)]
     final = os.path.join(partial, f"{split}.npy")
@@ -217,7 +277,7 @@ def _assemble(partial: str, split: str, files: list, num_classes: int, size: int
     bad = []
     if os.path.exists(final):  # assembled before an interruption; its manifest is beside it
         with open(manifest) as fh:
-            kept = [line.rstrip("\n").split("\t") for line in fh]
+            kept = [line.rstrip("\n").rsplit("\t", 1) for line in fh]
         kept = [(p, int(c)) for p, c in kept]
         meta_path = os.path.join(partial, f"{split}.skipped.json")
         with open(meta_path) as fh:
@@ -227,6 +287,12 @@ def _assemble(partial: str, split: str, files: list, num_classes: int, size: int
         for sh in shards:
             with open(_marker(partial, sh)) as fh:
                 marker = json.load(fh)
+            npy = _shard_npy(partial, sh)
+            rows = np.load(npy, mmap_mode="r").shape[0] if os.path.exists(npy) else -1
+            if marker.get("token") != token or marker["files"] != len(sh[2]) \
+                    or rows != len(sh[2]) - len(marker["bad"]):
+                raise FastDMError(f"shard {npy} does not match its marker (another run's, or "
+                                  f"damaged); delete it and {_marker(partial, sh)} and rerun")
             skip = set(marker["bad"])
             for j, (p, c) in enumerate(sh[2]):
                 (bad if j in skip else kept).append((os.path.relpath(p, src), c) if j not in skip
@@ -245,7 +311,9 @@ def _assemble(partial: str, split: str, files: list, num_classes: int, size: int
             block = np.load(part, mmap_mode="r")
             arr[row:row + len(block)] = block
             row += len(block)
-        assert row == len(kept)
+        if row != len(kept):
+            raise FastDMError(f"assembling {split}: {row} rows for {len(kept)} files; delete "
+                              f"{partial} and prepare again")
         arr.flush()
         del arr
         with open(manifest + ".tmp", "w") as fh:

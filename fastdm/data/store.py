@@ -93,10 +93,14 @@ def write_store(root: str, splits: dict, classes: list[str], mean=(0.485, 0.456,
     from ..io import atomic_json_dump
 
     root = os.path.abspath(root)
-    if os.path.exists(root):
-        raise FastDMError(f"{root} exists; choose another folder")
     partial = root + ".partial"
-    os.makedirs(partial, exist_ok=True)
+    for path in (root, partial):
+        if os.path.exists(path):
+            raise FastDMError(f"{path} exists; choose another folder (or remove it)")
+    sizes = {np.asarray(splits[s][0]).shape[2:] for s in SPLITS}
+    if len(sizes) != 1:
+        raise FastDMError(f"write_store: train and val images differ in size ({sorted(sizes)})")
+    os.makedirs(partial)
     size = None
     index = {"format": STORE_FORMAT, "version": STORE_VERSION, "dataset": dataset, "channels": 3,
              "layout": "NCHW uint8, sorted by class", "resize": "none (written from arrays)",

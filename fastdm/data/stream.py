@@ -4,11 +4,13 @@ chunk's class-balanced batch reaches the device.
 Tiers (``auto`` picks by the set's size against the budgets below; ``--real-tier`` overrides):
 
 * ``gpu``: the whole uint8 set on the GPU; a chunk's images are gathered on the device.
-* ``pinned`` (CUDA): the set in host RAM; worker threads gather each chunk into a pinned buffer
-  from a small ring and copy it to the GPU on a side stream; the compute stream waits on the
-  copy's event, and a buffer is reused only after its copy has finished.
+* ``pinned`` (CUDA): the set in host RAM (pageable: only the chunk buffers are pinned); worker
+  threads gather each chunk into a reused pinned buffer and copy it to the GPU on a side
+  stream; the compute stream waits on the copy's event, and a buffer is reused only after its
+  copy has finished.
 * ``memory`` (CPU runs): the set in RAM, gathered by worker threads.
-* ``disk``: the memory-mapped store, read through the page cache by worker threads.
+* ``disk``: the memory-mapped store, read through the page cache by worker threads (on CUDA,
+  then copied like ``pinned``).
 
 Host tiers gather ahead: which images a chunk needs is a function of (seed, iteration, class)
 (fastdm.rng), so the next chunks' batches (into the next iteration) are gathered while the
@@ -80,28 +82,28 @@ class RealStream:
         self.device, self.tier, self.indices, self.depth = device, tier, indices, depth
         if tier == "gpu":
             self.images = images.to(device)
-        elif tier == "pinned":
-            self.images = images.pin_memory() if not images.is_pinned() else images
-        elif tier == "memory":  # a mapped store is read into RAM once; an in-memory set stays
+        elif tier in ("memory", "pinned"):  # a mapped store is read into RAM once
             self.images = images.clone() if mapped else images
         else:
             self.images = images
+        # host tiers feeding a GPU: pinned chunk buffers, copies on a side stream
+        self.copies = device.type == "cuda" and tier != "gpu"
         self.index_device = device if tier == "gpu" else torch.device("cpu")
         self.pool = None if tier == "gpu" else ThreadPoolExecutor(threads, thread_name_prefix="fastdm-real")
         self.pending: dict = {}
         self.queue: deque = deque()
-        self.stats = {"prefetched": 0, "direct": 0}
-        self.free: deque = deque()      # reusable host buffers (see _buffer)
+        self.stats = {"prefetched": 0, "direct": 0, "buffers": 0}
+        self.free: deque = deque()      # reusable flat host buffers (see _buffer)
         self.taken = None               # the buffer of the batch last handed out
         self.lock = threading.Lock()
-        if tier == "pinned":
+        if self.copies:
             self.copy_stream = torch.cuda.Stream(device)
 
     # -- planning -------------------------------------------------------------------------------
     def plan(self, keys) -> None:
         """The keys about to be taken, in order: gathered ahead, ``depth`` at a time. Batches
         planned before and not in ``keys`` are dropped."""
-        keys = list(keys)
+        keys = list(dict.fromkeys(keys))  # each key once
         for k in [k for k in self.pending if k not in keys]:
             self._drop(self.pending.pop(k))
         self.queue = deque(k for k in keys if k not in self.pending)
@@ -119,14 +121,19 @@ class RealStream:
             self._release(self.taken)
             self.taken = None
         fut = self.pending.pop(key, None)
-        if fut is not None:
-            self.stats["prefetched"] += 1
-            batch = fut.result()
-        else:
-            if key in self.queue:
-                self.queue.remove(key)
-            self.stats["direct"] += 1
-            batch = self._load(key)
+        try:
+            if fut is not None:
+                self.stats["prefetched"] += 1
+                batch = fut.result()
+            else:
+                if key in self.queue:
+                    self.queue.remove(key)
+                self.stats["direct"] += 1
+                batch = self._load(key)
+        except FastDMError:
+            raise
+        except Exception as e:  # name the batch: a bare IndexError from a thread says nothing
+            raise FastDMError(f"gathering the real images of {key} failed: {type(e).__name__}: {e}") from e
         self.taken = batch[3]
         self._fill()
         return self._ready(batch)
@@ -135,43 +142,50 @@ class RealStream:
         for fut in self.pending.values():
             fut.cancel()
         self.pending.clear()
+        self.queue.clear()
         if self.pool is not None:
             self.pool.shutdown(wait=True)
+            self.pool = None
 
     # -- gathering ------------------------------------------------------------------------------
     def _load(self, key):
-        """(images, counts, copy event or None, host buffer or None) for ``key``."""
+        """(images, counts, copy event or None, held host buffer or None) for ``key``."""
         rows, counts = self.indices(key)
         if self.tier == "gpu":
             return torch.index_select(self.images, 0, rows), counts, None, None
-        buf = self._buffer(rows.numel())
+        flat = self._buffer(rows.numel())
+        buf = flat[:rows.numel() * self.images[0].numel()].view(rows.numel(), *self.images.shape[1:])
         torch.index_select(self.images, 0, rows, out=buf)
-        if self.tier != "pinned":
-            return buf, counts, None, buf
+        if not self.copies:
+            return buf, counts, None, flat
         with torch.cuda.stream(self.copy_stream):
             images = buf.to(self.device, non_blocking=True)
             counts = counts.to(self.device, non_blocking=True)
             done = torch.cuda.Event()
             done.record(self.copy_stream)
-        return images, counts, done, (buf, done)
+        return images, counts, done, (flat, done)
 
     def _buffer(self, n: int) -> torch.Tensor:
-        """A host buffer for n images, reused: a fresh allocation per chunk costs page faults
-        on every touch (measured: gathers 1.4-5x slower), and pinned memory is expensive to
-        allocate. Buffers come back when their batch is done with (``_release``)."""
-        per = self.images[0].numel()
+        """A flat host buffer for at least n images, reused: a fresh allocation per chunk costs
+        page faults on every touch (measured: gathers 1.4-5x slower), and pinned memory is
+        expensive to allocate. Buffers come back when their batch is done with (``_release``);
+        one too small for this chunk is given up for a larger one."""
+        need = n * self.images[0].numel()
         with self.lock:
-            old = self.free.popleft() if self.free else None
-        if old is not None and old.numel() < n * per:
-            old = None
-        if old is None:
-            old = torch.empty(n * per, dtype=self.images.dtype)
-            if self.tier == "pinned":
-                old = old.pin_memory()
-        return old.view(-1)[:n * per].view(n, *self.images.shape[1:])
+            at = next((i for i, b in enumerate(self.free) if b.numel() >= need), None)
+            fit = None
+            if at is not None:  # by position: deque.remove would compare tensors elementwise
+                fit = self.free[at]
+                del self.free[at]
+            elif self.free:
+                self.free.popleft()  # too small: let it go
+        if fit is None:
+            fit = torch.empty(need, dtype=self.images.dtype, pin_memory=self.copies)
+            self.stats["buffers"] += 1
+        return fit
 
     def _release(self, held) -> None:
-        """Back to the free list: a taken batch's buffer (pinned: once its copy has finished)."""
+        """Back to the free list: a taken batch's buffer (CUDA: once its copy has finished)."""
         if held is None:
             return
         if isinstance(held, tuple):
@@ -181,12 +195,15 @@ class RealStream:
             self.free.append(held)
 
     def _drop(self, fut) -> None:
+        """A gathered-ahead batch nobody will take: its buffer comes back when it is done
+        (without waiting for a running gather)."""
         if fut.cancel():
             return
-        try:
-            self._release(fut.result()[3])
-        except Exception:  # a failed gather of a batch nobody wants any more
-            pass
+
+        def back(f):
+            if not f.cancelled() and f.exception() is None:
+                self._release(f.result()[3])
+        fut.add_done_callback(back)
 
     def _ready(self, batch):
         images, counts, done, _ = batch
