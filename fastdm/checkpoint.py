@@ -59,7 +59,9 @@ def save_checkpoint(out: str, cfg: CondenseConfig, state: RunState, dist=None, c
     classes = classes or (0, state.images.shape[0] // cfg.ipc)
     if dist is None:
         atomic_torch_save(_payload(cfg, state, classes), checkpoint_path(out))
-        _remove(out, keep=set())  # a sharded checkpoint of an earlier run is superseded
+        # a sharded checkpoint of an earlier run is superseded: the manifest goes first, so a
+        # crash half-way leaves no manifest naming removed files
+        _remove(out, keep=set())
         return
     from . import distributed
     name = f"checkpoint-it{state.iteration:08d}-rank{dist.rank}-of{dist.world}.pt"
@@ -67,20 +69,25 @@ def save_checkpoint(out: str, cfg: CondenseConfig, state: RunState, dist=None, c
     distributed.barrier()  # every rank's file is in
     if dist.main:
         files = [f"checkpoint-it{state.iteration:08d}-rank{r}-of{dist.world}.pt" for r in range(dist.world)]
+        missing = [f for f in files if not os.path.isfile(os.path.join(out, f))]
+        if missing:  # several nodes, each writing into its own local --out
+            raise FastDMError(f"rank 0 does not see {', '.join(missing[:3])} in {out}, written by "
+                              f"the other ranks: with several nodes --out must be on a file system "
+                              f"that every node shares")
         atomic_json_dump({"format": CHECKPOINT_FORMAT, "iteration": state.iteration,
                           "world": dist.world, "files": files}, manifest_path(out))
-        _remove(out, keep=set(files))
         if os.path.exists(checkpoint_path(out)):
             os.remove(checkpoint_path(out))
+        _remove(out, keep=set(files))
     distributed.barrier()
 
 
 def _remove(out: str, keep: set) -> None:
+    if not keep and os.path.exists(manifest_path(out)):
+        os.remove(manifest_path(out))
     for path in glob.glob(os.path.join(out, "checkpoint-it*-rank*-of*.pt")):
         if os.path.basename(path) not in keep:
             os.remove(path)
-    if not keep and os.path.exists(manifest_path(out)):
-        os.remove(manifest_path(out))
 
 
 def _load(path: str) -> dict:
@@ -95,20 +102,27 @@ def _load(path: str) -> dict:
 
 
 def _files(out: str) -> list[str]:
-    """The checkpoint files of OUT's latest complete checkpoint."""
+    """The checkpoint files of OUT's latest complete checkpoint. Both kinds exist only after
+    a save that was cut short while superseding the other kind: the later iteration wins."""
+    single = checkpoint_path(out) if os.path.isfile(checkpoint_path(out)) else None
     if os.path.isfile(manifest_path(out)):
         try:
             with open(manifest_path(out)) as fh:
-                files = json.load(fh)["files"]
-        except (OSError, ValueError, KeyError) as e:
+                manifest = json.load(fh)
+            files, it = manifest["files"], int(manifest["iteration"])
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            if single:
+                return [single]
             raise FastDMError(f"--resume: {manifest_path(out)} cannot be read ({e})") from None
         paths = [os.path.join(out, f) for f in files]
         missing = [p for p in paths if not os.path.isfile(p)]
+        if single and (missing or int(_load(single)["iteration"]) > it):
+            return [single]
         if missing:
             raise FastDMError(f"--resume: {manifest_path(out)} names missing files {missing[:3]}")
         return paths
-    if os.path.isfile(checkpoint_path(out)):
-        return [checkpoint_path(out)]
+    if single:
+        return [single]
     raise FastDMError(f"--resume: no checkpoint in {out} (checkpoint.pt or checkpoint.json); run "
                       f"without --resume to start")
 

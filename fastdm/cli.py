@@ -156,8 +156,15 @@ def main(argv=None) -> int:
     except Exception as err:
         if not _rank_prefix():
             raise
-        # torchrun: name the failed rank in one line (the launcher then stops the others)
-        print(f"fastdm: error: {_rank_prefix()}failed: {type(err).__name__}: {err}", file=sys.stderr)
+        # torchrun: name the failed rank in one line (the launcher then stops the others);
+        # a rank whose collective broke did not fail itself: another rank did, or was killed
+        from .distributed import lost_peer
+        if lost_peer(err):
+            print(f"fastdm: error: {_rank_prefix()}stopped: another rank failed or was killed "
+                  f"(torchrun's summary names the first; this rank saw {type(err).__name__}: "
+                  f"{str(err).splitlines()[0] if str(err) else ''})", file=sys.stderr)
+        else:
+            print(f"fastdm: error: {_rank_prefix()}failed: {type(err).__name__}: {err}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("fastdm: interrupted", file=sys.stderr)

@@ -82,17 +82,24 @@ class DMEngine:
         self.embed, self.compiled = compiled_embed(self.net, self.device, config.compile, self.hw,
                                                    backend=compile_backend)
         self.chunk = self._chunk_size()
-        self.counts = data.train.counts.to(self.device)
-        self.offsets = data.train.offsets.to(self.device)
-        # where the uint8 training set lives (GPU, pinned/plain RAM, or the mapped store) and
-        # how batches reach the device (fastdm.data.stream)
+        # only the owned classes' rows (contiguous: the set is class-sorted): a rank of several
+        # holds and streams its shard alone; offsets are rows within that slice
         train = data.train
-        self.real_tier = choose_tier(train.images.numel(), self.device, config.real_tier, train.mapped)
-        self.stream = RealStream(train.images, self.device, self.real_tier,
+        base = int(train.offsets[self.lo])
+        end = int(train.offsets[self.hi - 1] + train.counts[self.hi - 1])
+        images = train.images if (base, end) == (0, len(train)) else train.images[base:end]
+        self.host_counts, self.host_offsets = train.counts, train.offsets - base
+        self.counts = self.host_counts.to(self.device)
+        self.offsets = self.host_offsets.to(self.device)
+        # where the uint8 training set lives (GPU, pinned/plain RAM, or the mapped store) and
+        # how batches reach the device (fastdm.data.stream); ranks on one node share its RAM
+        self.real_tier = choose_tier(images.numel(), self.device, config.real_tier, train.mapped,
+                                     host_sharers=distributed.local_world() if classes else 1)
+        self.stream = RealStream(images, self.device, self.real_tier,
                                  lambda key: self._indices(*key, device=self.stream.index_device),
                                  mapped=train.mapped)
         if train.mapped or self.real_tier != "memory":
-            log.info("real images: %.2f GB uint8, tier %s", train.images.numel() / 1e9, self.real_tier)
+            log.info("real images: %.2f GB uint8, tier %s", images.numel() / 1e9, self.real_tier)
         # real images per class each iteration, known on the host (no device sync to size the
         # Gaussian MMD's buffers): sample_without_replacement takes min(batch_real, count)
         self.n_real_host = data.train.counts.clamp(max=config.batch_real)
@@ -189,13 +196,21 @@ class DMEngine:
         return self._indices(it, c0, c1, self.device)
 
     def _indices(self, it: int, c0: int, c1: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-        train = self.data.train
-        counts, offsets = (self.counts, self.offsets) if torch.device(device) == self.device else \
-            (train.counts.to(device), train.offsets.to(device))
+        device = torch.device(device)
+        counts, offsets = (self.counts, self.offsets) if device == self.device else \
+            (self.host_counts.to(device), self.host_offsets.to(device))
         classes = torch.arange(c0, c1, device=device)
+        host_counts = self.host_counts[c0:c1]
         pos, valid = rng.sample_without_replacement(counts[c0:c1], self.cfg.batch_real,
-                                                    self.cfg.seed, rng.REAL, it, classes=classes)
-        return (offsets[c0:c1, None] + pos)[valid], valid.sum(1)
+                                                    self.cfg.seed, rng.REAL, it, classes=classes,
+                                                    max_count=int(host_counts.max()))
+        # the valid positions are each row's first min(batch_real, count): pick them by index
+        # arithmetic with the total known on the host (a boolean mask would wait for the GPU)
+        n = valid.sum(1)
+        total = int(self.n_real_host[c0:c1].sum())
+        row = torch.repeat_interleave(torch.arange(c1 - c0, device=device), n, output_size=total)
+        col = torch.arange(total, device=device) - (torch.cumsum(n, 0) - n)[row]
+        return (offsets[c0:c1, None] + pos)[row, col], n
 
     def real_batch(self, it: int, c0: int, c1: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Normalised real images of classes [c0, c1) for iteration ``it`` and their counts."""
@@ -334,7 +349,8 @@ def run(engine: DMEngine, state: RunState, out: str | None = None, progress: boo
                 if dist is not None:  # any rank asked to stop: all stop here, in step
                     flag = torch.tensor([float(bool(stop))], device=engine.device)
                     agreed = bool(distributed.all_sum(flag).item() > 0)
-            synchronize(engine.device)
+            if want:  # the device's queue drains at log points only (no per-iteration sync);
+                synchronize(engine.device)  # elapsed is exact there and at the end
             state.elapsed += time.perf_counter() - t0
             bar.update(1)
             if out and cfg.checkpoint_every and state.iteration % cfg.checkpoint_every == 0:
@@ -398,27 +414,39 @@ def condense_dataset(config: CondenseConfig, out: str | None = None, resume: boo
         raise FastDMError("--resume and --overwrite contradict each other; pass one")
     if out is not None and os.path.exists(out) and not os.path.isdir(out):
         raise FastDMError(f"--out {out} is a file, not a folder; choose another --out")
-    dist = None
+    dist, dev_name = None, None
     if distributed.launched():  # torchrun: this process condenses its shard of the classes
+        # the rank's own device (cuda:LOCAL_RANK) is not a setting: the config keeps the user's
         dist, dev_name = distributed.init(config.device)
-        config = CondenseConfig(**{**config.to_dict(), "device": dev_name})
         if not dist.main:
             log.setLevel(logging.WARNING)
             progress = False
     try:
-        return _condense(config, out, resume, overwrite, progress, dist)
+        return _condense(config, out, resume, overwrite, progress, dist, dev_name)
     finally:
         if dist is not None:
             distributed.shutdown()
 
 
-def _condense(config: CondenseConfig, out, resume: bool, overwrite: bool, progress: bool, dist) -> dict:
+def _load(config: CondenseConfig, progress: bool, dist) -> Dataset:
+    """The dataset; under torchrun a --download happens once per node (local rank 0 first)."""
+    def load():
+        return load_dataset(config.dataset, config.data_root, bool(config.download),
+                            config.image_size, progress=progress)
+    if dist is None or not config.download:
+        return load()
+    data = load() if dist.local_rank == 0 else None
+    distributed.barrier()
+    return data if data is not None else load()
+
+
+def _condense(config: CondenseConfig, out, resume: bool, overwrite: bool, progress: bool, dist,
+              dev_name: str | None = None) -> dict:
     t_start = time.perf_counter()
-    data = load_dataset(config.dataset, config.data_root, bool(config.download), config.image_size,
-                        progress=progress)
+    data = _load(config, progress, dist)
     t_data = time.perf_counter() - t_start
     cfg = config.resolved(data)
-    device = resolve_device(cfg.device)
+    device = resolve_device(dev_name or cfg.device)
     out = out or os.path.join("runs", f"{cfg.dataset}_ipc{cfg.ipc}")
     if has_checkpoint(out) and not (resume or overwrite):
         raise FastDMError(f"{out} already holds a run (a checkpoint); pass --resume to continue it, "
@@ -429,11 +457,14 @@ def _condense(config: CondenseConfig, out, resume: bool, overwrite: bool, progre
     if state.iteration > cfg.iterations:
         raise FastDMError(f"the checkpoint in {out} is at iteration {state.iteration}, past "
                           f"--iterations {cfg.iterations}; pass --iterations {state.iteration} or more")
+    started = state.iteration
     if dist is None or dist.main:
-        if overwrite:  # no file of the old run may survive next to the new one
-            for name in OUTPUT_FILES + ("checkpoint.pt", "checkpoint.json"):
-                if os.path.exists(os.path.join(out, name)):
-                    os.remove(os.path.join(out, name))
+        # no file of the old run may survive next to the new one; a resumed run's outputs are
+        # written anew at its end (until then only its checkpoint stands for it)
+        for name in OUTPUT_FILES + (("checkpoint.pt", "checkpoint.json") if overwrite else ()):
+            if (overwrite or resume) and os.path.exists(os.path.join(out, name)):
+                os.remove(os.path.join(out, name))
+        if overwrite:
             for path in glob.glob(os.path.join(out, "checkpoint-it*-rank*-of*.pt")):
                 os.remove(path)
         try:
@@ -454,14 +485,18 @@ def _condense(config: CondenseConfig, out, resume: bool, overwrite: bool, progre
         run(engine, state, out, progress=progress, dist=dist)
     finally:
         engine.close()
+    mine = {"rank": 0 if dist is None else dist.rank, "classes": [engine.lo, engine.hi],
+            "class_chunk": engine.chunk, "real_tier": engine.real_tier,
+            "real_batches": dict(engine.stream.stats), "iterations_s": round(state.elapsed, 3)}
+    ranks = [mine]
     if dist is not None:  # rank 0 assembles the whole set (rank order = class order)
         images = distributed.gather_rows(state.images, dist)
+        ranks = distributed.gather_objects(mine, dist)
         if not dist.main:
             return {"out": out, "synset": None, "metrics": None}
         state = RunState(images=images, momentum=None, iteration=state.iteration,
                          losses=state.losses, elapsed=state.elapsed)
     synset = synset_dict(cfg, data, state)
-    atomic_torch_save(synset, os.path.join(out, "synset.pt"))
     save_run_pictures(out, state.images, data.denormalize, data.num_classes, cfg.ipc, state.losses,
                       title="DM loss" if cfg.mmd == "linear" else "Gaussian MMD^2")
     done = state.iteration
@@ -472,7 +507,9 @@ def _condense(config: CondenseConfig, out, resume: bool, overwrite: bool, progre
         "precision": engine.precision, "channels_last": cfg.channels_last,
         "real_tier": engine.real_tier, "real_batches": dict(engine.stream.stats),
         "processes": 1 if dist is None else dist.world,
-        "iterations": done,
+        # class_chunk, real_tier, real_batches above are rank 0's; each rank's are here
+        "ranks": ranks,
+        "resumed_from": started, "iterations": done,
         "timings": {"load_data_s": round(t_data, 3), "this_session_s": round(time.perf_counter() - t_run, 3),
                     "iterations_s": round(state.elapsed, 3),
                     "per_iteration_s": round(state.elapsed / done, 5) if done else None,
@@ -481,6 +518,8 @@ def _condense(config: CondenseConfig, out, resume: bool, overwrite: bool, progre
         "loss_history": state.losses,
     }
     atomic_json_dump(metrics, os.path.join(out, "metrics.json"))
+    # last: a synset.pt beside a checkpoint means the run finished and every output is its own
+    atomic_torch_save(synset, os.path.join(out, "synset.pt"))
     return {"out": out, "synset": synset, "metrics": metrics}
 
 

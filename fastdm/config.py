@@ -61,10 +61,12 @@ class CondenseConfig:
     real_tier: str = "auto"              # where the real uint8 set lives (fastdm.data.stream.TIERS)
     checkpoint_every: int = 500
     log_every: int = 10
+    data_fingerprint: str | None = None  # a store's identity (set by resolved): resume checks it
 
     # Settings that change the synthetic set; a resumed run must agree on all of them.
     RESULT_KEYS = ("dataset", "ipc", "batch_real", "image_size", "model", "init", "lr_img",
-                   "momentum", "strategy", "aug_mode", "seed", "mmd", "bandwidths", "bandwidth_scale")
+                   "momentum", "strategy", "aug_mode", "seed", "mmd", "bandwidths", "bandwidth_scale",
+                   "data_fingerprint")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -85,6 +87,7 @@ class CondenseConfig:
         c.iterations = c.iterations if c.iterations is not None else quick.get("iterations", DEFAULT_ITERATIONS)
         c.batch_real = c.batch_real if c.batch_real is not None else quick.get("batch_real", DEFAULT_BATCH_REAL)
         c.image_size = dataset.image_size[0]
+        c.data_fingerprint = dataset.fingerprint
         c.model = c.model or dataset.default_model
         c.strategy = c.strategy if c.strategy is not None else dataset.default_strategy
         if c.lr_img is None:  # spec: CIFAR10 at ipc >= 100 uses 10

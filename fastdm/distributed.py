@@ -37,6 +37,11 @@ def launched() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
+def local_world() -> int:
+    """Processes on this node (torchrun's LOCAL_WORLD_SIZE; 1 outside torchrun)."""
+    return int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+
+
 def init(device_name: str | None) -> tuple[Dist, str]:
     """Join the process group; returns (Dist, the device name this rank uses)."""
     import torch.distributed as td
@@ -58,9 +63,22 @@ def init(device_name: str | None) -> tuple[Dist, str]:
         device_name = "cpu"
     if not td.is_initialized():
         td.init_process_group("nccl" if cuda else "gloo",
-                              timeout=datetime.timedelta(seconds=float(os.environ.get(
-                                  "FASTDM_DIST_TIMEOUT", "1800"))))
+                              timeout=datetime.timedelta(seconds=timeout_s()))
     return Dist(rank, world, local), device_name
+
+
+def timeout_s() -> float:
+    """How long a collective waits for the other ranks before failing (FASTDM_DIST_TIMEOUT,
+    seconds; default 600): ranks meet at every log point, so this bounds how long a job whose
+    rank died on another node (where no connection breaks) hangs."""
+    raw = os.environ.get("FASTDM_DIST_TIMEOUT", "600")
+    try:
+        value = float(raw)
+    except ValueError:
+        value = 0.0
+    if value <= 0:
+        raise FastDMError(f"FASTDM_DIST_TIMEOUT must be a positive number of seconds, got '{raw}'")
+    return value
 
 
 def shard(num_classes: int, rank: int, world: int) -> tuple[int, int]:
@@ -90,6 +108,14 @@ def gather_rows(local: torch.Tensor, dist: Dist) -> torch.Tensor | None:
     return torch.cat(parts) if dist.main else None
 
 
+def gather_objects(obj, dist: Dist) -> list | None:
+    """Every rank's ``obj`` (picklable, small) in rank order, on rank 0 (None elsewhere)."""
+    import torch.distributed as td
+    parts = [None] * dist.world if dist.main else None
+    td.gather_object(obj, parts, dst=0)
+    return parts
+
+
 def shutdown() -> None:
     import torch.distributed as td
     if td.is_initialized():
@@ -97,8 +123,27 @@ def shutdown() -> None:
 
 
 def fault_injection(rank: int, iteration: int) -> None:
-    """FASTDM_FAIL_RANK=r FASTDM_FAIL_AT=i makes rank r fail before iteration i: the tests'
-    way to check that a failed rank stops the job with a clear error."""
+    """FASTDM_FAIL_RANK=r FASTDM_FAIL_AT=i makes rank r fail before iteration i (raise, or
+    with FASTDM_FAIL_HOW=kill die by SIGKILL as the OOM killer would): the tests' way to check
+    that a failed rank stops the job with a clear error."""
     if os.environ.get("FASTDM_FAIL_RANK") == str(rank) and \
             int(os.environ.get("FASTDM_FAIL_AT", "-1")) == iteration:
+        if os.environ.get("FASTDM_FAIL_HOW") == "kill":
+            import signal
+            os.kill(os.getpid(), signal.SIGKILL)
         raise RuntimeError(f"injected failure (FASTDM_FAIL_RANK={rank}, FASTDM_FAIL_AT={iteration})")
+
+
+# what a collective raises when a peer is gone (gloo: connection closed/reset; NCCL: a
+# watchdog timeout or remote error); the exception types differ between torch versions
+_PEER_LOST = ("connection closed", "connection reset", "broken pipe", "timed out", "timeout",
+              "nccl", "gloo", "socket", "peer")
+
+
+def lost_peer(err: BaseException) -> bool:
+    """Whether ``err`` is a collective failing because another rank failed or left."""
+    names = {c.__name__ for c in type(err).__mro__}
+    if names & {"DistError", "DistBackendError", "DistNetworkError", "DistStoreError"}:
+        return True
+    text = str(err).lower()
+    return isinstance(err, RuntimeError) and any(w in text for w in _PEER_LOST)

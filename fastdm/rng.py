@@ -108,17 +108,19 @@ def arange_like(n: int, device) -> torch.Tensor:
     return torch.arange(n, dtype=torch.int64, device=device)
 
 
-def sample_without_replacement(counts: torch.Tensor, k: int, *words: Word,
-                               classes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def sample_without_replacement(counts: torch.Tensor, k: int, *words: Word, classes: torch.Tensor,
+                               max_count: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """For each class row, choose min(k, count) distinct positions in [0, count), in random order.
 
     ``counts`` and ``classes`` are [G] int64; the choice for class c depends only on
     (words, c, count_c). Returns ``(pos [G, kk], valid [G, kk])`` with kk = min(k, max count);
     positions past a class's count are marked invalid. Keys are made unique by appending
     the position, so ties cannot make the result depend on the sort implementation.
+    The valid positions of a row are its first min(k, count).
     """
     device = counts.device
-    max_count = int(counts.max()) if counts.numel() else 0
+    if max_count is None:  # ``max_count`` (counts.max(), known on the host) saves a device sync
+        max_count = int(counts.max()) if counts.numel() else 0
     kk = min(k, max_count)
     if kk == 0:
         empty = torch.zeros(counts.numel(), 0, dtype=torch.int64, device=device)

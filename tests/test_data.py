@@ -208,4 +208,4 @@ def test_decode_resizes_shorter_side_then_centre_crops(tmp_path):
     got = decode_image(str(path), 15)
     im = Image.open(path).convert("RGB").resize((30, 15), Image.BICUBIC).crop((7, 0, 22, 15))
     assert torch.equal(got, torch.from_numpy(np.asarray(im).copy()).permute(2, 0, 1))
-    assert decode_image(str(tmp_path / "missing.png"), 8) is None
+    assert decode_image(str(tmp_path / "missing.png"), 8) is None  # unreadable: skipped

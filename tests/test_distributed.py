@@ -42,6 +42,11 @@ def images(out):
     return torch.load(os.path.join(out, "synset.pt"), weights_only=False)["images"]
 
 
+def resumed_from(out):
+    with open(os.path.join(out, "metrics.json")) as fh:
+        return json.load(fh)["resumed_from"]
+
+
 @pytest.fixture(scope="module")
 def single(tmp_path_factory):
     """One process, 6 iterations: what every distributed variant must reproduce."""
@@ -92,12 +97,13 @@ def test_resume_with_the_same_and_other_process_counts(single, tmp_path):
             done = torchrun(n, "--iterations", "6", "--out", str(target), "--resume")
             assert done.returncode == 0, done.stderr[-3000:]
         assert torch.equal(images(str(target)), images(single)), n
+        assert resumed_from(str(target)) == 3, n  # continued, not started again
     # and a one-process checkpoint resumed by two ranks
     one = str(tmp_path / "one3")
     assert one_process("--iterations", "3", "--out", one) == 0
     done = torchrun(2, "--iterations", "6", "--out", one, "--resume")
     assert done.returncode == 0, done.stderr[-3000:]
-    assert torch.equal(images(one), images(single))
+    assert torch.equal(images(one), images(single)) and resumed_from(one) == 3
     assert not os.path.exists(os.path.join(one, "checkpoint.pt"))  # superseded by the shards
 
 
@@ -112,7 +118,25 @@ def test_a_failed_rank_stops_the_job_with_a_clear_error(single, tmp_path):
     assert manifest["iteration"] == 4  # the last complete checkpoint
     done = torchrun(2, "--iterations", "6", "--out", out, "--resume")
     assert done.returncode == 0, done.stderr[-3000:]
-    assert torch.equal(images(out), images(single))
+    assert torch.equal(images(out), images(single)) and resumed_from(out) == 4
+
+
+def test_a_killed_rank_is_reported_and_a_failed_resume_leaves_no_old_outputs(single, tmp_path):
+    """Rank 1 dies by SIGKILL (as by the OOM killer) in a resumed run: rank 0 says it stopped
+    because another rank went, torchrun names rank 1, and the finished run's earlier outputs
+    are gone (they would otherwise sit beside a newer checkpoint)."""
+    out = str(tmp_path / "run")
+    done = torchrun(2, "--iterations", "3", "--out", out)
+    assert done.returncode == 0 and os.path.exists(os.path.join(out, "synset.pt"))
+    done = torchrun(2, "--iterations", "6", "--checkpoint-every", "1", "--out", out, "--resume",
+                    env={"FASTDM_FAIL_RANK": "1", "FASTDM_FAIL_AT": "4", "FASTDM_FAIL_HOW": "kill"})
+    assert done.returncode != 0
+    assert "fastdm: error: rank 0 of 2: stopped: another rank failed or was killed" in done.stderr, \
+        done.stderr[-3000:]
+    assert "rank      : 1" in done.stderr and "SIGKILL" in done.stderr  # torchrun's root cause
+    assert not any(os.path.exists(os.path.join(out, f))
+                   for f in ("synset.pt", "metrics.json", "grid.png", "loss.png"))
+    assert json.load(open(os.path.join(out, "checkpoint.json")))["iteration"] == 4
 
 
 def test_ctrl_c_stops_every_rank_at_a_log_point_with_a_checkpoint(single, tmp_path):

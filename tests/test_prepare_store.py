@@ -62,8 +62,7 @@ def small_shards(monkeypatch):
 
 
 def store_bytes(root):
-    return {name: (root / name).read_bytes() for name in sorted(os.listdir(root))
-            if name != "index.json"}
+    return {name: (root / name).read_bytes() for name in sorted(os.listdir(root))}
 
 
 def test_store_holds_the_documented_decode(src, tmp_path, small_shards, caplog):
@@ -136,7 +135,7 @@ def test_rerun_does_nothing_and_mismatches_are_errors(src, tmp_path, small_shard
     assert calls == [] and before == {n: os.stat(out / n).st_mtime_ns for n in os.listdir(out)}
     with pytest.raises(FastDMError, match="already holds a store"):
         prep.prepare_store("imagefolder", str(src), str(out), 16, workers=0, progress=False)
-    with pytest.raises(FastDMError, match="could not be decoded"):  # 1 of 18 > 2 %
+    with pytest.raises(FastDMError, match="could not be read or decoded"):  # 1 of 19 > 2 %
         prep.prepare_store("imagefolder", str(src), str(tmp_path / "strict"), 10, workers=0,
                            progress=False)
     (tmp_path / "file").write_text("x")
@@ -246,8 +245,73 @@ def test_orphaned_workers_cannot_write_into_another_run(src, tmp_path, small_sha
     decode_shard(paths, 8, str(partial / "train-0000000.npy"), str(partial / "train-0000000.json"),
                  str(partial / "prepare.json"), "new-run")
     assert sorted(os.listdir(partial)) == ["prepare.json", "train-0000000.json", "train-0000000.npy"]
-    with pytest.raises(FastDMError, match="cannot read"):  # an I/O error is not a bad image
-        decode_array(str(tmp_path), 8)
+    from fastdm.data.decode import decode_checked
+    assert decode_array(str(tmp_path), 8) is None  # a folder: unreadable, skipped
+    assert decode_checked(str(tmp_path), 8)[1].startswith("unreadable: ")
+    assert decode_checked(str(src / "train" / "cat" / "broken.jpg"), 8)[1].startswith("undecodable: ")
+
+
+def test_unreadable_files_are_skipped_and_listed_with_why(src, tmp_path, small_shards):
+    os.symlink(tmp_path / "gone.jpg", src / "train" / "dog" / "link.jpg")  # a broken link
+    index = prep.prepare_store("imagefolder", str(src), str(tmp_path / "s"), 10, workers=0,
+                               max_bad_fraction=0.2, progress=False)
+    meta = index["splits"]["train"]
+    link, broken = os.path.join("train", "dog", "link.jpg"), os.path.join("train", "cat", "broken.jpg")
+    assert sorted(meta["skipped"]) == sorted([link, broken]) and meta["counts"] == [7, 5, 6]
+    assert meta["skipped_why"][link] == "unreadable: No such file or directory"
+    assert meta["skipped_why"][broken].startswith("undecodable: ")
+    with pytest.raises(FastDMError, match=r"2 of 20 train images could not be read .*link.jpg \(unreadable"):
+        prep.prepare_store("imagefolder", str(src), str(tmp_path / "t"), 10, workers=0,
+                           max_bad_fraction=0.05, progress=False)
+
+
+def test_16_bit_images_are_scaled_not_clipped(tmp_path):
+    from fastdm.data.decode import decode_array
+    ramp = (np.arange(64, dtype=np.uint16).reshape(8, 8) * 1000)  # 0 .. 63000
+    path = tmp_path / "deep.png"
+    Image.fromarray(ramp).save(path)
+    with Image.open(path) as im:
+        assert im.mode.startswith("I")  # PIL reads it as a 16-bit (or 32-bit) integer image
+    got = decode_array(str(path), 8)
+    want = ((ramp.astype(np.int64) + 128) // 257).astype(np.uint8)
+    assert got.shape == (3, 8, 8) and (got == want[None]).all()
+
+
+def test_a_prepare_that_waited_for_the_lock_finds_the_finished_store(src, tmp_path, small_shards,
+                                                                     monkeypatch):
+    out = tmp_path / "store"
+    prep.prepare_store("imagefolder", str(src), str(out), 10, workers=0, max_bad_fraction=0.1,
+                       progress=False)
+    before = store_bytes(out)
+    real, seen = prep._finished, []
+
+    def first_look_sees_nothing(*a):  # as if the other prepare finished after our first look
+        seen.append(1)
+        return None if len(seen) == 1 else real(*a)
+    monkeypatch.setattr(prep, "_finished", first_look_sees_nothing)
+    calls = []
+    index = prep.prepare_store("imagefolder", str(src), str(out), 10, workers=0,
+                               max_bad_fraction=0.1, progress=False, on_shard=calls.append)
+    assert len(seen) == 2 and calls == [] and index["classes"] == ["cat", "dog", "eel"]
+    assert store_bytes(out) == before and not (tmp_path / "store.partial").exists()
+
+
+def test_interrupted_worker_pool_resumes_to_the_identical_store(src, tmp_path, small_shards):
+    clean = tmp_path / "clean"
+    prep.prepare_store("imagefolder", str(src), str(clean), 10, workers=0, max_bad_fraction=0.1,
+                       progress=False)
+
+    def stop_after_two(done):
+        if done == 2:
+            raise KeyboardInterrupt
+    out = tmp_path / "store"
+    with pytest.raises(KeyboardInterrupt):
+        prep.prepare_store("imagefolder", str(src), str(out), 10, workers=2, max_bad_fraction=0.1,
+                           progress=False, on_shard=stop_after_two)
+    assert not out.exists() and (tmp_path / "store.partial").is_dir()
+    prep.prepare_store("imagefolder", str(src), str(out), 10, workers=2, max_bad_fraction=0.1,
+                       progress=False)
+    assert store_bytes(out) == store_bytes(clean)
 
 
 def test_one_prepare_per_out_and_stale_partials(src, tmp_path):

@@ -34,6 +34,19 @@ def test_choose_tier(monkeypatch):
         choose_tier(10, CPU, "disk", mapped=False)
 
 
+def test_budgets_and_node_sharing(monkeypatch):
+    monkeypatch.setattr(stream, "host_available_bytes", lambda: 4 * 10 ** 6)
+    assert choose_tier(10 ** 6, CPU, mapped=True) == "memory"
+    # 4 ranks on the node each copy their shard: 4 x 1 MB > half of 4 MB
+    assert choose_tier(10 ** 6, CPU, mapped=True, host_sharers=4) == "disk"
+    monkeypatch.setenv("FASTDM_HOST_BUDGET", "0.1")
+    assert choose_tier(10 ** 6, CPU, mapped=True) == "disk"
+    for bad in ("0", "1.5", "half"):
+        monkeypatch.setenv("FASTDM_HOST_BUDGET", bad)
+        with pytest.raises(FastDMError, match="FASTDM_HOST_BUDGET must be a fraction"):
+            choose_tier(10 ** 6, CPU, mapped=True)
+
+
 @pytest.fixture
 def store(tmp_path):
     data = make_dataset(num_classes=5, per_class=(9, 4, 8, 7, 6), size=(12, 12))
@@ -173,3 +186,79 @@ def test_1000_class_store_condenses_with_bounded_memory(tmp_path):
     assert r["growth_mb"] < 250, r
     synset = torch.load(tmp_path / "run" / "synset.pt", weights_only=False)
     assert synset["images"].shape == (1000, 3, 16, 16)
+
+
+@pytest.mark.parametrize("mapped", [False, True])
+def test_a_shard_engine_holds_and_streams_only_its_classes(store, mapped):
+    """A rank's engine (classes [1, 4)) keeps only those classes' rows and gathers the same
+    batches as the whole-set engine; the index arithmetic equals the boolean-mask selection."""
+    from fastdm import rng
+    data, root = store
+    if mapped:
+        data = load_dataset("store", root)
+    cfg = CondenseConfig(dataset=data.name, ipc=2, iterations=3, batch_real=5, model="ConvNetW32",
+                         class_chunk=2, device="cpu", compile="off").resolved(data)
+    whole, part = DMEngine(cfg, data, "cpu"), DMEngine(cfg, data, "cpu", classes=(1, 4))
+    counts = data.train.counts
+    assert part.real.shape[0] == int(counts[1:4].sum()) < whole.real.shape[0]
+    if mapped:  # the auto tier read only the shard into RAM; the disk tier maps a view of it
+        assert part.real_tier == "memory"
+        disk = DMEngine(CondenseConfig(**{**cfg.to_dict(), "real_tier": "disk"}), data, "cpu",
+                        classes=(1, 4))
+        assert disk.real.data_ptr() == data.train.images[int(counts[0])].data_ptr()
+        disk.close()
+    for it in (0, 2):
+        for c0, c1 in ((1, 3), (3, 4)):
+            a, na = whole.stream.take((it, c0, c1))
+            a = a.clone()
+            b, nb = part.stream.take((it, c0, c1))
+            assert torch.equal(a, b) and torch.equal(na, nb)
+            pos, valid = rng.sample_without_replacement(counts[c0:c1], 5, cfg.seed, rng.REAL, it,
+                                                        classes=torch.arange(c0, c1))
+            rows, n = whole.real_indices(it, c0, c1)
+            assert torch.equal(rows, (data.train.offsets[c0:c1, None] + pos)[valid])
+            assert torch.equal(n, valid.sum(1))
+    s0 = whole.initial_state().images[2:8]
+    assert torch.equal(part.initial_state().images, s0)
+    whole.close()
+    part.close()
+
+
+def test_resume_refuses_a_store_written_anew_at_the_same_path(store, tmp_path):
+    import shutil
+    from fastdm.condense import condense_dataset
+    data, root = store
+    cfg = CondenseConfig(dataset="store", data_root=root, ipc=2, iterations=2, batch_real=5,
+                         model="ConvNetW32", device="cpu", compile="off", checkpoint_every=1)
+    out = str(tmp_path / "run")
+    condense_dataset(cfg, out, progress=False)
+    again = CondenseConfig(**{**cfg.to_dict(), "iterations": 3})
+    condense_dataset(again, out, resume=True, progress=False)  # the same store: resumes
+    shutil.rmtree(root)
+    write_store(root, {"train": (data.train.images.numpy(), data.train.counts.tolist()),
+                       "val": (data.test.images.numpy(), data.test.counts.tolist())},
+                data.classes, data.mean, data.std)
+    with pytest.raises(FastDMError, match="data_fingerprint"):
+        condense_dataset(CondenseConfig(**{**cfg.to_dict(), "iterations": 4}), out, resume=True,
+                         progress=False)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the GPU tiers need CUDA")
+def test_every_cuda_tier_gives_the_same_run(store):
+    """gpu (on-device gather), pinned (pinned buffers + side-stream copies) and disk on CUDA:
+    the same images; depth 1 reuses each pinned buffer as early as allowed."""
+    data, root = store
+    mapped = load_dataset("store", root)
+    runs = {}
+    for tier in ("gpu", "pinned", "disk"):
+        cfg = CondenseConfig(dataset="store", ipc=2, iterations=3, batch_real=5, model="ConvNetW32",
+                             class_chunk=2, device="cuda", compile="off", precision="fp32",
+                             real_tier=tier).resolved(mapped)
+        e = DMEngine(cfg, mapped, "cuda")
+        e.stream.depth = 1
+        state = e.initial_state()
+        run(e, state, progress=False)
+        assert e.real_tier == tier
+        runs[tier] = state.images.cpu()
+        e.close()
+    assert torch.equal(runs["gpu"], runs["pinned"]) and torch.equal(runs["gpu"], runs["disk"])

@@ -70,14 +70,15 @@ def tinyimagenet_splits(root: str | None, size: int, progress: bool = True):
     return train, test, names
 
 
-def tinyimagenet_files(root: str | None):
-    """(train files, val files, class names): files as (path, class) in listing order."""
+def tinyimagenet_files(root: str | None, flag: str = "--data-root"):
+    """(train files, val files, class names): files as (path, class) in listing order.
+    ``flag``: the option that named ``root``, for the error messages."""
     if root is None:
-        raise FastDMError("dataset tinyimagenet needs --data-root DIR (the tiny-imagenet-200 folder "
+        raise FastDMError(f"dataset tinyimagenet needs {flag} DIR (the tiny-imagenet-200 folder "
                           "or its parent)")
     if os.path.isdir(os.path.join(root, "tiny-imagenet-200")):
         root = os.path.join(root, "tiny-imagenet-200")
-    hint = ("--data-root must be the official tiny-imagenet-200 folder (train/<wnid>/images/*.JPEG, "
+    hint = (f"{flag} must be the official tiny-imagenet-200 folder (train/<wnid>/images/*.JPEG, "
             "val/images/*.JPEG, val/val_annotations.txt) or its parent")
     _require_dir(os.path.join(root, "train"), hint)
     wnids = sorted(d for d in os.listdir(os.path.join(root, "train"))
@@ -124,10 +125,10 @@ def imagefolder_splits(root: str | None, size: int, progress: bool = True):
             decode_files(val_files, size, len(classes), "imagefolder val", progress), classes)
 
 
-def imagefolder_files(root: str | None, what: str = "imagefolder"):
+def imagefolder_files(root: str | None, what: str = "imagefolder", flag: str = "--data-root"):
     """([train files, val files], class names) of a train/<class>/*, val/<class>/* tree."""
     if root is None:
-        raise FastDMError(f"dataset {what} needs --data-root DIR with train/<class>/* and "
+        raise FastDMError(f"dataset {what} needs {flag} DIR with train/<class>/* and "
                           "val/<class>/*")
     hint = f"an {what} folder needs train/<class>/<images> and val/<class>/<images>"
     for sub in ("train", "val"):

@@ -65,6 +65,7 @@ class Dataset:
     std: Sequence[float]
     default_model: str
     default_strategy: str
+    fingerprint: str | None = None  # a store's identity: its source listing, or its writing
 
     @property
     def channels(self) -> int:

@@ -25,6 +25,7 @@ import logging
 import os
 import secrets
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from multiprocessing import get_context
 
 import numpy as np
@@ -40,7 +41,7 @@ log = logging.getLogger("fastdm")
 SHARD = 256                 # source files per work unit: the granularity of resuming
 MAX_BAD_FRACTION = 0.02     # more undecodable files than this in a split is an error
 SOURCES = ("tinyimagenet", "imagefolder", "imagenet")
-RESIZE = ("PIL convert('RGB') (alpha dropped); shorter side to the target size with PIL bicubic "
+RESIZE = ("PIL convert('RGB') (alpha dropped; 16-bit integer images scaled to 8 bits first); shorter side to the target size with PIL bicubic "
           "(antialiased when shrinking); centre crop")
 
 
@@ -52,16 +53,18 @@ def list_source(dataset: str, src: str) -> tuple[dict, list[str]]:
     if not os.path.isdir(src):
         raise FastDMError(f"--src {src} is not a folder")
     if dataset == "tinyimagenet":
-        train, val, names = tinyimagenet_files(src)
+        train, val, names = tinyimagenet_files(src, flag="--src")
     else:  # imagenet: the usual ILSVRC2012 layout with val/ sorted into class folders (valprep.sh)
-        (train, val), names = imagefolder_files(src, dataset)
+        (train, val), names = imagefolder_files(src, dataset, flag="--src")
         if dataset == "imagenet":
             names = _imagenet_names(src, names)
     # stable sort by class: the same order the in-memory loaders give (ClassImages.sorted)
     files = {s: sorted(f, key=lambda pl: pl[1]) for s, f in zip(SPLITS, (train, val))}
     for s, f in files.items():
         if not f:
-            raise FastDMError(f"{src}: the {s} split holds no image files")
+            hint = (" (ImageNet's val/ must be sorted into one folder per class, as the usual "
+                    "valprep.sh does)" if dataset == "imagenet" and s == "val" else "")
+            raise FastDMError(f"{src}: the {s} split holds no image files in class folders{hint}")
     return files, names
 
 
@@ -84,8 +87,12 @@ def _fingerprint(files: dict, src: str) -> str:
     h = hashlib.sha256()
     for s in SPLITS:
         for path, label in files[s]:
-            st = os.stat(path)
-            h.update(f"{s}\t{os.path.relpath(path, src)}\t{label}\t{st.st_size}\t{st.st_mtime_ns}\n".encode())
+            try:
+                st = os.stat(path)
+                stamp = f"{st.st_size}\t{st.st_mtime_ns}"
+            except OSError as e:  # e.g. a broken link: its decode will list it as unreadable
+                stamp = f"unreadable {e.errno}"
+            h.update(f"{s}\t{os.path.relpath(path, src)}\t{label}\t{stamp}\n".encode())
     return h.hexdigest()
 
 
@@ -102,21 +109,18 @@ def prepare_store(dataset: str, src: str, out: str, image_size: int = 64, worker
         raise FastDMError(f"--max-bad-fraction must be in [0, 1], got {max_bad_fraction}")
     src, out = os.path.abspath(src), os.path.abspath(out)
     settings = {"dataset": dataset, "source": src, "image_size": image_size}
-    if is_store(out):
-        index = read_index(out)
-        have = {k: index["prepare"].get(k) for k in settings}
-        if have != settings:
-            raise FastDMError(f"{out} already holds a store made with {have}; choose another --out "
-                              f"or remove it to prepare {settings}")
-        log.info("%s is already prepared (%s); nothing to do", out, settings)
-        return index
-    if os.path.exists(out):
-        raise FastDMError(f"--out {out} exists and is not a fastdm store; choose another --out")
+    finished = _finished(out, settings)
+    if finished is not None:
+        return finished
     files, names = list_source(dataset, src)
     settings["fingerprint"] = _fingerprint(files, src)
     settings["shard"] = SHARD
     partial = out + ".partial"
     with _exclusive(out):
+        # again under the lock: another prepare of the same --out may have finished meanwhile
+        finished = _finished(out, settings)
+        if finished is not None:
+            return finished
         token = _start_or_resume(partial, settings)
         index_path = os.path.join(partial, INDEX)
         if os.path.exists(index_path):  # complete before an interruption: only the rename is left
@@ -130,10 +134,30 @@ def prepare_store(dataset: str, src: str, out: str, image_size: int = 64, worker
             if name.endswith(".skipped.json"):
                 os.remove(os.path.join(partial, name))
         os.remove(os.path.join(partial, "prepare.json"))
-        os.replace(partial, out)
+        try:
+            os.replace(partial, out)
+        except OSError as e:
+            raise FastDMError(f"cannot rename {partial} to {out}: {e.strerror or e}; the store is "
+                              f"complete in {partial}: free the name {out} and rerun") from None
     log.info("store %s: %s", out, ", ".join(f"{s} {index['splits'][s]['images']} images"
                                             for s in SPLITS))
     return index
+
+
+def _finished(out: str, settings: dict) -> dict | None:
+    """The index of a finished store at ``out`` made with ``settings`` (rerunning does
+    nothing); None when there is none; an error for another store or a foreign folder."""
+    if is_store(out):
+        index = read_index(out)
+        have = {k: index["prepare"].get(k) for k in settings}
+        if have != settings:
+            raise FastDMError(f"{out} already holds a store made with {have}; choose another --out "
+                              f"or remove it to prepare {settings}")
+        log.info("%s is already prepared (%s); nothing to do", out, settings)
+        return index
+    if os.path.exists(out):
+        raise FastDMError(f"--out {out} exists and is not a fastdm store; choose another --out")
+    return None
 
 
 def _build(partial, files, names, dataset, settings, image_size, src, workers, max_bad_fraction,
@@ -249,7 +273,13 @@ def _decode_all(todo, total: int, size: int, partial: str, workers, progress: bo
                 ready, _ = wait(pending, return_when=FIRST_COMPLETED)
                 for fut in ready:
                     sh = pending.pop(fut)
-                    fut.result()
+                    try:
+                        fut.result()
+                    except BrokenProcessPool:
+                        raise FastDMError(
+                            "a decode worker process died (killed by the system, out of memory?); "
+                            "the finished shards are kept: rerun the same command to go on, with "
+                            "fewer --workers if memory is short") from None
                     done += 1
                     bar.update(len(sh[2]))
                     if on_shard is not None:
@@ -274,14 +304,15 @@ def _assemble(partial: str, split: str, files: list, num_classes: int, size: int
     shards = [(split, i, files[i:i + SHARD]) for i in range(0, len(files), SHARD)]
     final = os.path.join(partial, f"{split}.npy")
     manifest = os.path.join(partial, f"{split}.files.txt")
-    bad = []
+    bad, why = [], {}
     if os.path.exists(final):  # assembled before an interruption; its manifest is beside it
         with open(manifest) as fh:
             kept = [line.rstrip("\n").rsplit("\t", 1) for line in fh]
         kept = [(p, int(c)) for p, c in kept]
         meta_path = os.path.join(partial, f"{split}.skipped.json")
         with open(meta_path) as fh:
-            bad = json.load(fh)
+            skipped = json.load(fh)
+        bad, why = skipped["files"], skipped["why"]
     else:
         kept, parts = [], []
         for sh in shards:
@@ -293,14 +324,17 @@ def _assemble(partial: str, split: str, files: list, num_classes: int, size: int
                     or rows != len(sh[2]) - len(marker["bad"]):
                 raise FastDMError(f"shard {npy} does not match its marker (another run's, or "
                                   f"damaged); delete it and {_marker(partial, sh)} and rerun")
-            skip = set(marker["bad"])
+            reasons = dict(zip(marker["bad"], marker.get("why") or [None] * len(marker["bad"])))
             for j, (p, c) in enumerate(sh[2]):
-                (bad if j in skip else kept).append((os.path.relpath(p, src), c) if j not in skip
-                                                    else os.path.relpath(p, src))
+                if j in reasons:
+                    bad.append(os.path.relpath(p, src))
+                    why[bad[-1]] = reasons[j]
+                else:
+                    kept.append((os.path.relpath(p, src), c))
             parts.append(_shard_npy(partial, sh))
         if len(bad) > max_bad_fraction * len(files):
-            shown = ", ".join(bad[:5]) + (" ..." if len(bad) > 5 else "")
-            raise FastDMError(f"{len(bad)} of {len(files)} {split} images could not be decoded (more "
+            shown = ", ".join(f"{b} ({why.get(b)})" for b in bad[:5]) + (" ..." if len(bad) > 5 else "")
+            raise FastDMError(f"{len(bad)} of {len(files)} {split} images could not be read or decoded (more "
                               f"than {max_bad_fraction:.0%}): {shown}; fix or remove them, delete "
                               f"{partial} and prepare again")
         tmp = final + ".tmp"
@@ -319,12 +353,12 @@ def _assemble(partial: str, split: str, files: list, num_classes: int, size: int
         with open(manifest + ".tmp", "w") as fh:
             fh.writelines(f"{p}\t{c}\n" for p, c in kept)
         os.replace(manifest + ".tmp", manifest)
-        atomic_json_dump(bad, os.path.join(partial, f"{split}.skipped.json"))
+        atomic_json_dump({"files": bad, "why": why}, os.path.join(partial, f"{split}.skipped.json"))
         os.replace(tmp, final)  # last: its presence says the split is assembled
     if bad:
-        log.warning("%s: skipped %d undecodable file(s): %s", split, len(bad),
-                    ", ".join(bad[:5]) + (" ..." if len(bad) > 5 else ""))
+        log.warning("%s: skipped %d unreadable or undecodable file(s): %s", split, len(bad),
+                    ", ".join(f"{b} ({why.get(b)})" for b in bad[:5]) + (" ..." if len(bad) > 5 else ""))
     counts = np.bincount([c for _, c in kept], minlength=num_classes).tolist()
     return {"file": f"{split}.npy", "images": len(kept), "counts": counts,
             "offsets": np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(int).tolist(),
-            "manifest": f"{split}.files.txt", "skipped": bad}
+            "manifest": f"{split}.files.txt", "skipped": bad, "skipped_why": why}

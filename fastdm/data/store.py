@@ -4,7 +4,8 @@ A store is a folder:
 
     index.json         format, version, dataset, image size, channels, layout, resize method,
                        normalisation constants, class names, and per split: file, image count,
-                       per-class counts and offsets, skipped (undecodable) source files
+                       per-class counts and offsets, skipped (unreadable or undecodable) source
+                       files and why
     train.npy          uint8 [N, 3, S, S] (NCHW, the layout the engine and the DSA kernels
     val.npy            read), sorted by class; a plain .npy, memory-mapped by the reader
     train.files.txt    the manifest: one line per stored image, in store order,
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 
 import numpy as np
 import torch
@@ -82,7 +84,8 @@ def load_store(root: str | None, image_size: int | None = None) -> Dataset:
                           f"needs a store prepared at that size")
     train, val = (open_split(root, index, s) for s in SPLITS)
     return Dataset("store", train, val, index["classes"], tuple(index["mean"]), tuple(index["std"]),
-                   default_model_for_size(index["image_size"]), ALL_OPS_STRATEGY)
+                   default_model_for_size(index["image_size"]), ALL_OPS_STRATEGY,
+                   fingerprint=index["prepare"].get("fingerprint"))
 
 
 def write_store(root: str, splits: dict, classes: list[str], mean=(0.485, 0.456, 0.406),
@@ -105,7 +108,9 @@ def write_store(root: str, splits: dict, classes: list[str], mean=(0.485, 0.456,
     index = {"format": STORE_FORMAT, "version": STORE_VERSION, "dataset": dataset, "channels": 3,
              "layout": "NCHW uint8, sorted by class", "resize": "none (written from arrays)",
              "mean": list(mean), "std": list(std), "classes": list(classes),
-             "prepare": {"dataset": dataset, "source": None}, "splits": {}}
+             # written afresh, a store is another store: a checkpoint of the old one won't resume
+             "prepare": {"dataset": dataset, "source": None, "fingerprint": f"written:{secrets.token_hex(8)}"},
+             "splits": {}}
     for split in SPLITS:
         images, counts = splits[split]
         images = np.asarray(images)
@@ -121,7 +126,8 @@ def write_store(root: str, splits: dict, classes: list[str], mean=(0.485, 0.456,
             fh.writelines(f"{dataset}:{i}\t{c}\n" for c, n in enumerate(counts) for i in range(n))
         index["splits"][split] = {"file": f"{split}.npy", "images": len(images), "counts": counts,
                                   "offsets": np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(int).tolist(),
-                                  "manifest": f"{split}.files.txt", "skipped": []}
+                                  "manifest": f"{split}.files.txt", "skipped": [],
+                                  "skipped_why": {}}
     index["image_size"] = size
     index["prepare"]["image_size"] = size
     atomic_json_dump(index, os.path.join(partial, INDEX))

@@ -19,6 +19,7 @@ current one computes. A batch is the same whichever tier or thread produced it.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
@@ -30,8 +31,10 @@ from ..errors import FastDMError
 log = logging.getLogger("fastdm")
 
 TIERS = ("auto", "gpu", "pinned", "memory", "disk")
-GPU_BUDGET = 0.25    # the set may take this fraction of free GPU memory (the rest: activations)
-HOST_BUDGET = 0.5    # ... and this fraction of the available host memory for a RAM copy
+# the set may take this fraction of free GPU memory (the rest: activations), and this fraction
+# of the available host memory for a RAM copy; FASTDM_GPU_BUDGET / FASTDM_HOST_BUDGET override
+GPU_BUDGET = 0.25
+HOST_BUDGET = 0.5
 DEPTH = 2            # chunks gathered ahead
 THREADS = 2
 
@@ -47,8 +50,25 @@ def host_available_bytes() -> int | None:
     return None
 
 
-def choose_tier(nbytes: int, device: torch.device, requested: str = "auto", mapped: bool = False) -> str:
-    """The tier for a uint8 set of ``nbytes`` (``mapped``: memory-mapped from a store)."""
+def budget(name: str, default: float) -> float:
+    """A memory budget fraction: the environment variable ``name`` or ``default``."""
+    raw = os.environ.get(name)
+    if raw is None:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not 0 < value <= 1:
+        raise FastDMError(f"{name} must be a fraction in (0, 1], got '{raw}'")
+    return value
+
+
+def choose_tier(nbytes: int, device: torch.device, requested: str = "auto", mapped: bool = False,
+                host_sharers: int = 1) -> str:
+    """The tier for a uint8 set of ``nbytes`` (``mapped``: memory-mapped from a store).
+    ``host_sharers``: processes on this node that each copy a set of about this size into RAM
+    at the same time (torchrun ranks), so each may take that share of the host budget."""
     if requested not in TIERS:
         raise FastDMError(f"--real-tier must be one of {', '.join(TIERS)}, got '{requested}'")
     cuda = device.type == "cuda"
@@ -63,12 +83,12 @@ def choose_tier(nbytes: int, device: torch.device, requested: str = "auto", mapp
         return requested
     if cuda:
         free, _ = torch.cuda.mem_get_info(device)
-        if nbytes <= GPU_BUDGET * free:
+        if nbytes <= budget("FASTDM_GPU_BUDGET", GPU_BUDGET) * free:
             return "gpu"
     if not mapped:
         return "pinned" if cuda else "memory"
     host = host_available_bytes()
-    if host is not None and nbytes <= HOST_BUDGET * host:
+    if host is not None and nbytes * max(1, host_sharers) <= budget("FASTDM_HOST_BUDGET", HOST_BUDGET) * host:
         return "pinned" if cuda else "memory"
     return "disk"
 
