@@ -219,7 +219,12 @@ def run_setting(name: str, s: Setting, device, args, impl) -> dict:
         if device.type == "cpu" and args.memory:
             _say(f"[{name}] {side_name}: measuring peak memory in a fresh process ...")
             memory = probe_cpu_memory(name, side_name, args)
-        out["sides"][side_name] = side.report(flops["per_iteration"], floor_ms, memory, extras[side_name])
+        # each side against the floor of the arithmetic it ran (the baseline is fp32; fastdm
+        # in bf16 is measured against the bf16 peak when that peak was measured)
+        bf16 = extras[side_name].get("precision") == "bf16" and "floor_ms_bf16" in out
+        out["sides"][side_name] = side.report(flops["per_iteration"],
+                                              out["floor_ms_bf16"] if bf16 else floor_ms, memory,
+                                              {**extras[side_name], "floor": "bf16" if bf16 else "fp32"})
     for side_name, reason in skip.items():
         out["sides"][side_name] = {"skipped": reason}
     b, f = out["sides"].get("baseline", {}), out["sides"].get("fastdm", {})

@@ -80,17 +80,21 @@ def main(argv=None) -> dict:
         ways["together_compiled"] = lambda c=cfg: together(c, backend)
         ways["one_at_a_time_compiled"] = lambda c=cfg: one_at_a_time(c, shared)
     warm = EvalConfig(model=args.model, models=args.models, epochs=0, strategy=args.strategy)
+    warmup = {}
     for name, fn in ways.items():  # first-call costs (kernels, vmap tracing, compiling) out
         synchronize(device)
         t0 = time.perf_counter()
         fn(warm)
         synchronize(device)
+        warmup[name] = time.perf_counter() - t0
         if name.endswith("compiled"):
-            print(f"{name}: warm-up (compiling) {time.perf_counter() - t0:.1f} s", file=sys.stderr)
+            print(f"{name}: warm-up (compiling) {warmup[name]:.1f} s", file=sys.stderr)
 
     report = {"schema": "fastdm.eval_bench/1", "facts": run_facts(device), "models": args.models,
               "epochs": args.epochs, "images": n, "size": args.size, "model": args.model,
-              "strategy": args.strategy, "compile_backend": backend}
+              "strategy": args.strategy, "compile_backend": backend,
+              # a one-shot `fastdm evaluate` pays this too: the first call's tracing/compiling
+              "warmup_s": {k: round(v, 3) for k, v in warmup.items()}}
     for name, fn in ways.items():
         synchronize(device)
         t0 = time.perf_counter()
@@ -107,7 +111,13 @@ def main(argv=None) -> dict:
         best = min(ways, key=lambda w: report[f"{w}_s"])
         report["best"] = best
         report["best_speedup"] = report["one_at_a_time_s"] / report[f"{best}_s"]
-        print(f"fastest: {best}, {report['best_speedup']:.2f}x faster than one at a time (eager)",
+        # with the compile time counted (what one evaluation of this length sees)
+        once = {w: report[f"{w}_s"] + warmup[w] for w in ways}
+        best_once = min(once, key=once.get)
+        report["best_with_warmup"] = best_once
+        report["best_with_warmup_speedup"] = once["one_at_a_time"] / once[best_once]
+        print(f"fastest: {best}, {report['best_speedup']:.2f}x faster than one at a time (eager); "
+              f"counting warm-up: {best_once}, {report['best_with_warmup_speedup']:.2f}x",
               file=sys.stderr)
     save_json(report, args.json)
     print(json.dumps({k: v for k, v in report.items() if k != "facts"}))

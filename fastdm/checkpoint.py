@@ -33,6 +33,7 @@ class RunState:
     iteration: int = 0                 # iterations completed
     losses: list = field(default_factory=list)  # per-iteration loss (sum over classes / classes)
     elapsed: float = 0.0               # seconds spent in iterations so far
+    precision: str | None = None       # the embedder arithmetic those iterations ran in
 
 
 def checkpoint_path(out: str) -> str:
@@ -51,7 +52,8 @@ def _payload(cfg: CondenseConfig, state: RunState, classes) -> dict:
     return {"format": CHECKPOINT_FORMAT, "version": 1, "fastdm": __version__, "config": cfg.to_dict(),
             "iteration": state.iteration, "images": state.images.detach().cpu(),
             "momentum": None if state.momentum is None else state.momentum.cpu(),
-            "losses": list(state.losses), "elapsed": state.elapsed, "classes": list(classes)}
+            "losses": list(state.losses), "elapsed": state.elapsed, "classes": list(classes),
+            "precision": state.precision}
 
 
 def save_checkpoint(out: str, cfg: CondenseConfig, state: RunState, dist=None, classes=None) -> None:
@@ -167,4 +169,4 @@ def load_checkpoint(out: str, cfg: CondenseConfig, device, classes=None) -> RunS
     mom = None if any(m is None for m in moms) else torch.cat(moms).to(device)
     return RunState(images=torch.cat(images).to(device), momentum=mom,
                     iteration=int(first["iteration"]), losses=list(first["losses"]),
-                    elapsed=float(first["elapsed"]))
+                    elapsed=float(first["elapsed"]), precision=first.get("precision"))

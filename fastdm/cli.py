@@ -118,6 +118,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "on CUDA, and on the CPU for images of 32 px or more")
     e.add_argument("--no-compile", dest="compile", action="store_const", const="off",
                    help="same as --compile off")
+    e.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
+                   help="the training forward's arithmetic: auto (default) = bf16 autocast on CUDA "
+                        "GPUs with native bf16, fp32 elsewhere; testing is always fp32")
     e.add_argument("--compare-random", action="store_true",
                    help="also evaluate random real subsets of the same size, the same way")
     e.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -271,7 +274,7 @@ def cmd_evaluate(args) -> int:
                        batch_train=args.batch_train, strategy=args.strategy, seed=args.seed,
                        device=args.device, exp=args.exp, compare_random=args.compare_random,
                        batched=args.batched, compile=args.compile or "auto",
-                       progress=not args.no_progress)
+                       precision=args.precision, progress=not args.no_progress)
     for kind, res in (("synset", summary if summary["kind"] == "synset" else None),
                       ("random", summary.get("random") or (summary if summary["kind"] == "random" else None))):
         if res is not None:

@@ -81,6 +81,10 @@ class DMEngine:
         # the embedder: compiled once, fresh weights drawn into it in place every iteration
         self.embed, self.compiled = compiled_embed(self.net, self.device, config.compile, self.hw,
                                                    backend=compile_backend)
+        if self.precision == "bf16" and self.device.type == "cpu" and not self.compiled:
+            log.warning("--precision bf16 on the CPU without --compile: eager bf16 convolutions "
+                        "measured 15x slower than fp32 here (compiled, bf16 was 1.6x faster); "
+                        "pass --compile on")
         self.chunk = self._chunk_size()
         # only the owned classes' rows (contiguous: the set is class-sorted): a rank of several
         # holds and streams its shard alone; offsets are rows within that slice
@@ -458,6 +462,15 @@ def _condense(config: CondenseConfig, out, resume: bool, overwrite: bool, progre
         raise FastDMError(f"the checkpoint in {out} is at iteration {state.iteration}, past "
                           f"--iterations {cfg.iterations}; pass --iterations {state.iteration} or more")
     started = state.iteration
+    # precision is a speed setting (auto: bf16 on CUDA, fp32 on the CPU), so a run may resume
+    # in another one: allowed, but said, and recorded
+    if state.iteration == 0 or state.precision is None:
+        state.precision = engine.precision
+    elif engine.precision not in state.precision.split("+"):
+        log.warning("the checkpoint's %d iterations ran in %s; this session runs in %s "
+                    "(--precision %s to keep it)", state.iteration, state.precision,
+                    engine.precision, state.precision.split("+")[-1])
+        state.precision = f"{state.precision}+{engine.precision}"
     if dist is None or dist.main:
         # no file of the old run may survive next to the new one; a resumed run's outputs are
         # written anew at its end (until then only its checkpoint stands for it)
@@ -495,7 +508,7 @@ def _condense(config: CondenseConfig, out, resume: bool, overwrite: bool, progre
         if not dist.main:
             return {"out": out, "synset": None, "metrics": None}
         state = RunState(images=images, momentum=None, iteration=state.iteration,
-                         losses=state.losses, elapsed=state.elapsed)
+                         losses=state.losses, elapsed=state.elapsed, precision=state.precision)
     synset = synset_dict(cfg, data, state)
     save_run_pictures(out, state.images, data.denormalize, data.num_classes, cfg.ipc, state.losses,
                       title="DM loss" if cfg.mmd == "linear" else "Gaussian MMD^2")
@@ -504,7 +517,9 @@ def _condense(config: CondenseConfig, out, resume: bool, overwrite: bool, progre
         "config": cfg.to_dict(), "fastdm": __version__, "torch": torch.__version__,
         "device": str(device), "device_name": device_name(device), "cpu_threads": torch.get_num_threads(),
         "class_chunk": engine.chunk, "backends": engine.backends, "compiled": engine.compiled,
-        "precision": engine.precision, "channels_last": cfg.channels_last,
+        # this session's arithmetic, and the whole run's ("fp32+bf16": resumed in another)
+        "precision": engine.precision, "run_precision": state.precision,
+        "channels_last": cfg.channels_last,
         "real_tier": engine.real_tier, "real_batches": dict(engine.stream.stats),
         "processes": 1 if dist is None else dist.world,
         # class_chunk, real_tier, real_batches above are rank 0's; each rank's are here

@@ -2,9 +2,9 @@
 
 fp32 is the reference's arithmetic (and the default on the CPU, where fastdm reproduces the
 reference). bf16 runs the embedder under torch.autocast (convolutions and linear layers in
-bf16; normalisation, reductions and the loss in fp32: autocast keeps GroupNorm in fp32, the
-per-class sums and the MMD accumulate in fp32 whatever the feature dtype). auto: bf16 on CUDA
-GPUs that support it, fp32 elsewhere.
+bf16; the per-class sums and the MMD accumulate in fp32 whatever the feature dtype, and the
+loss is fp32; on CUDA autocast also runs GroupNorm in fp32, on the CPU it stays bf16).
+auto: bf16 on CUDA GPUs that compute it natively, fp32 elsewhere.
 """
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ def resolve_precision(mode: str, device: torch.device) -> str:
     if mode not in PRECISIONS:
         raise FastDMError(f"--precision must be one of {', '.join(PRECISIONS)}, got '{mode}'")
     device = torch.device(device)
-    bf16_ok = device.type == "cpu" or (device.type == "cuda" and torch.cuda.is_bf16_supported())
+    bf16_ok = device.type == "cpu" or (device.type == "cuda" and native_bf16(device))
     if mode == "auto":
         if device.type == "cuda" and not bf16_ok:
             log.warning("this GPU has no bf16 support: the embedder runs in fp32")
@@ -33,6 +33,12 @@ def resolve_precision(mode: str, device: torch.device) -> str:
     if mode == "bf16" and not bf16_ok:
         raise FastDMError(f"--precision bf16: {device} does not support bf16; use --precision fp32")
     return mode
+
+
+def native_bf16(device: torch.device) -> bool:
+    """Whether this CUDA device computes bf16 natively (compute capability 8.0 on: A100, H100;
+    V100 and T4 would emulate it, slower than fp32)."""
+    return torch.cuda.get_device_capability(device)[0] >= 8
 
 
 def autocast(precision: str, device: torch.device):

@@ -21,6 +21,7 @@ from .augment import DSAParams, DSATable, parse_strategy, sample_per_sample
 from .backend import backend_for
 from .models import build_model, uses_batchnorm
 from .ops.dsa import dsa_augment
+from .precision import autocast
 from .training import run_schedule
 
 
@@ -31,7 +32,7 @@ def can_batch(model: str) -> bool:
 
 def train_models_batched(images: torch.Tensor, labels: torch.Tensor, num_classes: int, cfg,
                          ks: list[int], device, on_epoch=None,
-                         compile_backend: str | None = None) -> list[torch.nn.Module]:
+                         compile_backend: str | None = None, precision: str = "fp32") -> list[torch.nn.Module]:
     """Train models ``ks`` together. images: [M, n, C, H, W] (model k's training set at
     position k; a shared set may be an expanded view), labels [M, n]. Returns the M trained
     models (as train_model would, one by one). ``compile_backend``: torch.compile the
@@ -53,7 +54,8 @@ def train_models_batched(images: torch.Tensor, labels: torch.Tensor, num_classes
     if compile_backend is not None:
         # static shapes: with dynamic ones (dynamo's choice from the second size on) vmapped
         # group_norm fails to trace (symbolic sizes of batched tensors; torch 2.14)
-        batched = torch.compile(batched, backend=compile_backend, fullgraph=True, dynamic=False)
+        from .models.compiled import compile_fn  # room for many evaluations' shapes
+        batched = compile_fn(batched, backend=compile_backend, dynamic=False)
     images, labels = images.to(device), labels.to(device)
     models = torch.arange(m, device=device)[:, None]
 
@@ -67,8 +69,9 @@ def train_models_batched(images: torch.Tensor, labels: torch.Tensor, num_classes
             table = DSATable.cat([sample_per_sample(ops, p, hw, b.shape[1], cfg.seed, rng.EVAL_AUG,
                                                     k, step, device=device) for k in ks])
             x = dsa_augment(x.flatten(0, 1), table, backend=dsa_backend).view(x.shape)
-        logits = batched(params, buffers, x)            # [M, B, classes]
-        ce = F.cross_entropy(logits.flatten(0, 1), labels[models, b].flatten(), reduction="none")
+        with autocast(precision, device):
+            logits = batched(params, buffers, x)        # [M, B, classes]
+        ce = F.cross_entropy(logits.float().flatten(0, 1), labels[models, b].flatten(), reduction="none")
         return ce.view(b.shape).mean(1).sum()           # each model's own mean loss
 
     run_schedule(cfg, list(params.values()), n, order_for_epoch, loss_for_batch,

@@ -47,6 +47,22 @@ def test_no_recompilation_after_warm_up(data):
     torch.testing.assert_close(state.images, s2.images, atol=1e-5, rtol=1e-5)
 
 
+def test_many_engines_in_one_process_keep_compiling():
+    """Engines share the embedder's code object, whose graphs dynamo counts together: ten
+    engines over five image sizes (with fullgraph, torch's default limit of 8 graphs per code
+    object was a hard failure at the fifth) run, and the batch dimension is dynamic from the
+    start (one graph per grad mode and size, not a static one and then a dynamic one)."""
+    dynamo_utils.counters.clear()
+    for size in (8, 10, 12, 14, 16, 8, 10, 12, 14, 16):
+        d = make_dataset(num_classes=3, per_class=(5, 4, 6), size=(size, size))
+        e = engine_for(d, "on", backend="aot_eager", ipc=1, batch_real=4)
+        state = e.initial_state()
+        for _ in range(3):
+            e.step(state)
+    # 5 sizes x (grad, inference): at most a size-1 extra each; none for the repeated sizes
+    assert dynamo_utils.counters["stats"]["unique_graphs"] <= 15, dict(dynamo_utils.counters["stats"])
+
+
 def test_inductor_matches_eager(data):
     """The real compiler (C++ on the CPU): one iteration's loss and gradient as eager."""
     e = engine_for(data, "on")

@@ -65,6 +65,17 @@ def test_compiled_stack_matches_uncompiled(data):
                              cfg, [0, 1, 2], "cpu", compile_backend="aot_eager")
 
 
+def test_many_evaluations_in_one_process_keep_compiling():
+    """Every evaluation's shapes are new static graphs of the one vmapped code object: twelve
+    training-set sizes (past torch's default limit of 8, a hard failure with fullgraph) run."""
+    cfg = EvalConfig(model="ConvNetW32", models=2, epochs=0, batch_train=256, strategy="none")
+    for per in range(1, 13):
+        d = make_dataset(num_classes=3, per_class=(per,) * 3, size=(8, 8))
+        x = d.normalize(d.train.images)
+        train_models_batched(x[None].expand(2, *x.shape), d.train.labels[None].expand(2, -1), 3,
+                             cfg, [0, 1], "cpu", compile_backend="aot_eager")
+
+
 def test_evaluate_images_compiles_by_rule(monkeypatch):
     made = []
 

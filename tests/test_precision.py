@@ -55,6 +55,13 @@ def test_bf16_features_are_bf16_and_sums_fp32(data):
     assert engine_for(data, precision="fp32").features(x).dtype == torch.float32
     loss, grad = e.loss_and_grad(e.initial_state().images, 0)
     assert loss.dtype == torch.float32 and grad.dtype == torch.float32
+    # what the engine sums bf16 features into: float32, as exact as a float64 sum of the same
+    # bf16 values allows (a bf16 accumulator over 600 rows would be ~1e-2 off)
+    from fastdm.ops.mmd import segment_sum
+    f = torch.randn(600, 64).to(torch.bfloat16) + 3
+    sums = segment_sum(f, torch.tensor([600]), backend=e.backends["mmd"])
+    assert sums.dtype == torch.float32
+    torch.testing.assert_close(sums.double(), f.double().sum(0, keepdim=True), atol=1e-3, rtol=1e-6)
 
 
 def test_channels_last_same_loss(data, caplog):
@@ -64,10 +71,17 @@ def test_channels_last_same_loss(data, caplog):
     a, b = engine_for(data), engine_for(data, channels_last=True)
     assert "--channels-last on the CPU" in caplog.text
     conv = next(m for m in b.net.modules() if isinstance(m, torch.nn.Conv2d))
+    inputs, inner = [], b.embed
+
+    def spy(x):
+        inputs.append(x.is_contiguous(memory_format=torch.channels_last))
+        return inner(x)
+    b.embed = spy
     images = a.initial_state().images
     la, ga = a.loss_and_grad(images, 0)
     lb, gb = b.loss_and_grad(images, 0)
     assert conv.weight.is_contiguous(memory_format=torch.channels_last)  # after the in-place redraw
+    assert inputs and all(inputs)  # every embedder input converted to NHWC
     assert float(lb) == pytest.approx(float(la), rel=1e-5)
     assert ((gb - ga).norm() / ga.norm()) < 1e-2
 
@@ -98,3 +112,44 @@ def test_cli_records_precision(tmp_path, capsys):
     assert m["precision"] == "bf16" and m["channels_last"] is False
     with pytest.raises(SystemExit):
         main(["condense", "--dataset", "digits", "--precision", "fp8"])
+
+
+@pytest.mark.parametrize("together", [False, True])
+def test_evaluation_trains_in_the_asked_precision(together, caplog):
+    """bf16 autocast in the evaluation's training step (one at a time and vmapped together):
+    it really runs (other weights than fp32), stays close, and the summary says so."""
+    from fastdm.evaluate import EvalConfig, evaluate_images, train_model
+    from fastdm.train_batched import train_models_batched
+    d = make_dataset(num_classes=3, per_class=(5, 4, 6), size=(12, 12), test_per_class=3)
+    x, y = d.normalize(d.train.images), d.train.labels
+    cfg = EvalConfig(model="ConvNetW32", models=2, epochs=1, batch_train=6, strategy="none")
+    if together:
+        args = (x[None].expand(2, *x.shape), y[None].expand(2, -1), 3, cfg, [0, 1], "cpu")
+        a, b = train_models_batched(*args), train_models_batched(*args, precision="bf16")
+    else:
+        a = [train_model(x, y, d, cfg, k, "cpu") for k in (0, 1)]
+        b = [train_model(x, y, d, cfg, k, "cpu", precision="bf16") for k in (0, 1)]
+    for na, nb in zip(a, b):
+        for pa, pb in zip(na.parameters(), nb.parameters()):
+            assert pa.dtype == pb.dtype == torch.float32
+        diff = max(float((pa - pb).norm() / pa.norm())
+                   for pa, pb in zip(na.parameters(), nb.parameters()))
+        assert 0 < diff < 0.15, diff  # relative norm per tensor after 6 SGD steps (measured <= 0.06)
+    cfg.batched, cfg.precision, cfg.compile = together, "bf16", "off"
+    res = evaluate_images(x, y, d, cfg, "cpu", progress=False)
+    assert res["precision"] == "bf16" and res["trained_together"] is together
+    assert "evaluating in bf16 on the CPU without compiling" in caplog.text
+    cfg.precision = "fp16"
+    with pytest.raises(FastDMError, match="--precision must be one of"):
+        evaluate_images(x, y, d, cfg, "cpu", progress=False)
+
+
+def test_a_resume_in_another_precision_is_said_and_recorded(tmp_path, caplog):
+    from fastdm.condense import condense_dataset
+    out = str(tmp_path / "run")
+    cfg = CondenseConfig(dataset="digits", iterations=2, precision="fp32", checkpoint_every=1)
+    condense_dataset(cfg, out, progress=False)
+    m = condense_dataset(CondenseConfig(**{**cfg.to_dict(), "iterations": 3, "precision": "bf16"}),
+                         out, resume=True, progress=False)["metrics"]
+    assert "ran in fp32; this session runs in bf16" in caplog.text
+    assert m["precision"] == "bf16" and m["run_precision"] == "fp32+bf16"

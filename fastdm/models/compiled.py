@@ -45,14 +45,39 @@ def wants_compile(mode: str, device: torch.device, image_size) -> bool:
     return device.type == "cuda" or min(image_size) >= 32
 
 
+# Graphs dynamo may keep per code object. Every engine and every evaluation shares one code
+# object (ConvNet.embed, the vmapped step), each adds a few graphs (grad and inference mode,
+# new image sizes, a last smaller batch), and past torch's default of 8 a fullgraph compile
+# fails outright: a process that condenses or evaluates several sets would crash.
+RECOMPILE_LIMIT = 256
+
+
+def compile_fn(fn, backend: str = "inductor", **options):
+    """torch.compile(fn, fullgraph=True) with room for the graphs of many runs per process."""
+    import torch._dynamo.config as dynamo_config
+    for name in ("recompile_limit", "cache_size_limit"):  # the name differs between versions
+        if getattr(dynamo_config, name, RECOMPILE_LIMIT) < RECOMPILE_LIMIT:
+            setattr(dynamo_config, name, RECOMPILE_LIMIT)
+    if getattr(dynamo_config, "accumulated_recompile_limit", RECOMPILE_LIMIT) < 4 * RECOMPILE_LIMIT:
+        dynamo_config.accumulated_recompile_limit = 4 * RECOMPILE_LIMIT
+    return torch.compile(fn, backend=backend, fullgraph=True, **options)
+
+
 def compiled_embed(net: torch.nn.Module, device: torch.device, mode: str, image_size,
                    backend: str = "inductor"):
     """(embed function, compiled?): ``net.embed``, compiled when ``mode`` asks for it
     (auto|on|off) and it can run here. 'on' that cannot run is an error; 'auto' that cannot is
-    a logged warning."""
+    a logged warning. The batch dimension is dynamic from the first call (chunks differ in
+    size), so each grad mode needs one graph rather than a static one and then a dynamic one."""
     if not resolve_compile(mode, device, image_size):
         return net.embed, False
-    return torch.compile(net.embed, backend=backend, fullgraph=True), True
+    compiled = compile_fn(net.embed, backend=backend)
+
+    def embed(x: torch.Tensor) -> torch.Tensor:
+        if x.shape[0] > 1:
+            torch._dynamo.maybe_mark_dynamic(x, 0)
+        return compiled(x)
+    return embed, True
 
 
 def resolve_compile(mode: str, device: torch.device, image_size, what: str = "the embedder") -> bool:
@@ -79,7 +104,7 @@ class SharedCompiled:
 
     def __init__(self, net: torch.nn.Module, backend: str = "inductor"):
         self.net = copy.deepcopy(net)
-        self.fn = torch.compile(self.net, backend=backend, fullgraph=True)
+        self.fn = compile_fn(self.net, backend=backend)
 
     @torch.no_grad()
     def load(self, net: torch.nn.Module) -> None:
