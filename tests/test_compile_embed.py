@@ -50,17 +50,18 @@ def test_no_recompilation_after_warm_up(data):
 def test_many_engines_in_one_process_keep_compiling():
     """Engines share the embedder's code object, whose graphs dynamo counts together: ten
     engines over five image sizes (with fullgraph, torch's default limit of 8 graphs per code
-    object was a hard failure at the fifth) run, and the batch dimension is dynamic from the
-    start (one graph per grad mode and size, not a static one and then a dynamic one)."""
+    object was a hard failure at the fifth) run."""
+    import torch._dynamo
+    torch._dynamo.reset()  # graphs of earlier tests would count against the limit or make sizes dynamic
     dynamo_utils.counters.clear()
-    for size in (8, 10, 12, 14, 16, 8, 10, 12, 14, 16):
-        d = make_dataset(num_classes=3, per_class=(5, 4, 6), size=(size, size))
-        e = engine_for(d, "on", backend="aot_eager", ipc=1, batch_real=4)
-        state = e.initial_state()
-        for _ in range(3):
-            e.step(state)
-    # 5 sizes x (grad, inference): at most a size-1 extra each; none for the repeated sizes
-    assert dynamo_utils.counters["stats"]["unique_graphs"] <= 15, dict(dynamo_utils.counters["stats"])
+    with torch._dynamo.config.patch(recompile_limit=8):  # torch's default: fastdm raises it
+        for size in (8, 10, 12, 14, 16, 8, 10, 12, 14, 16):
+            d = make_dataset(num_classes=3, per_class=(5, 4, 6), size=(size, size))
+            e = engine_for(d, "on", backend="aot_eager", ipc=1, batch_real=4)
+            state = e.initial_state()
+            for _ in range(3):
+                e.step(state)
+    assert dynamo_utils.counters["stats"]["unique_graphs"] > 8, dict(dynamo_utils.counters["stats"])
 
 
 def test_inductor_matches_eager(data):

@@ -68,12 +68,15 @@ def test_compiled_stack_matches_uncompiled(data):
 def test_many_evaluations_in_one_process_keep_compiling():
     """Every evaluation's shapes are new static graphs of the one vmapped code object: twelve
     training-set sizes (past torch's default limit of 8, a hard failure with fullgraph) run."""
+    import torch._dynamo
+    torch._dynamo.reset()  # a fresh cache, as in a new process
     cfg = EvalConfig(model="ConvNetW32", models=2, epochs=0, batch_train=256, strategy="none")
-    for per in range(1, 13):
-        d = make_dataset(num_classes=3, per_class=(per,) * 3, size=(8, 8))
-        x = d.normalize(d.train.images)
-        train_models_batched(x[None].expand(2, *x.shape), d.train.labels[None].expand(2, -1), 3,
-                             cfg, [0, 1], "cpu", compile_backend="aot_eager")
+    with torch._dynamo.config.patch(recompile_limit=8):  # torch's default: fastdm raises it
+        for per in range(1, 13):
+            d = make_dataset(num_classes=3, per_class=(per,) * 3, size=(8, 8))
+            x = d.normalize(d.train.images)
+            train_models_batched(x[None].expand(2, *x.shape), d.train.labels[None].expand(2, -1), 3,
+                                 cfg, [0, 1], "cpu", compile_backend="aot_eager")
 
 
 def test_evaluate_images_compiles_by_rule(monkeypatch):

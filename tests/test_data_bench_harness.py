@@ -22,3 +22,17 @@ def test_prepare_bench_tiny(tmp_path):
     assert r["rows"]["0"]["images_per_s"] == pytest.approx(30 / r["rows"]["0"]["s"])
     with pytest.raises(SystemExit):
         prepare_bench.main(["--workers", "x"])
+
+
+def test_store_memory_tiny(tmp_path):
+    from benchmarks import store_memory
+    r = store_memory.main(["--classes", "3,6", "--chunks", "1,6", "--ipc", "2", "--per-class", "4",
+                           "--batch-real", "2", "--size", "8", "--json", str(tmp_path / "m.json")])
+    assert r["schema"] == "fastdm.store_memory/1" and len(r["rows"]) == 4
+    for row in r["rows"]:
+        assert row["state_bytes"] == 3 * row["classes"] * 2 * 3 * 8 * 8 * 4
+        assert row["beyond_state_bytes"] == row["growth_bytes"] - row["state_bytes"] > 0
+        assert row["tier"] == "disk" and row["chunk"] == min(row["classes"], row["chunk"])
+    assert [(row["classes"], row["chunk"]) for row in r["rows"]] == [(3, 1), (3, 3), (6, 1), (6, 6)]
+    with pytest.raises(SystemExit):
+        store_memory.main(["--chunks", "0"])
