@@ -37,7 +37,7 @@ from .models import build_model, init_parameters_, uses_batchnorm
 from .models.compiled import compiled_embed
 from .ops.dsa import dsa_augment
 from .ops.mmd import gaussian_mmd, linear_mmd, relative_bandwidths, segment_sum
-from .precision import autocast, resolve_precision
+from .precision import autocast, resolve_precision, warn_if_slow
 from .viz import save_run_pictures
 
 log = logging.getLogger("fastdm")
@@ -81,10 +81,7 @@ class DMEngine:
         # the embedder: compiled once, fresh weights drawn into it in place every iteration
         self.embed, self.compiled = compiled_embed(self.net, self.device, config.compile, self.hw,
                                                    backend=compile_backend)
-        if self.precision == "bf16" and self.device.type == "cpu" and not self.compiled:
-            log.warning("--precision bf16 on the CPU without --compile: eager bf16 convolutions "
-                        "measured 15x slower than fp32 here (compiled, bf16 was 1.6x faster); "
-                        "pass --compile on")
+        warn_if_slow(self.precision, self.device, "the embedder runs")
         self.chunk = self._chunk_size()
         # only the owned classes' rows (contiguous: the set is class-sorted): a rank of several
         # holds and streams its shard alone; offsets are rows within that slice

@@ -29,7 +29,7 @@ from .io import load_synset
 from .errors import FastDMError
 from .models import build_model, check_model_name
 from .models.compiled import SharedCompiled, resolve_compile
-from .precision import PRECISIONS, autocast, resolve_precision
+from .precision import PRECISIONS, autocast, resolve_precision, warn_if_slow
 from .train_batched import can_batch, train_models_batched
 from .training import run_schedule
 
@@ -147,9 +147,7 @@ def evaluate_images(images: torch.Tensor, labels: torch.Tensor, data: Dataset, c
     compile_step = resolve_compile(cfg.compile, torch.device(device), data.image_size,
                                    "the training step")
     precision = resolve_precision(cfg.precision, torch.device(device))
-    if precision == "bf16" and torch.device(device).type == "cpu" and not compile_step:
-        log.warning("evaluating in bf16 on the CPU without compiling: eager bf16 convolutions "
-                    "measured 15x slower than fp32 here; pass --compile on")
+    warn_if_slow(precision, device, "the evaluation trains")
     try:
         if together:
             ks = list(range(cfg.models))
