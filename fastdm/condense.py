@@ -201,10 +201,9 @@ class DMEngine:
         counts, offsets = (self.counts, self.offsets) if device == self.device else \
             (self.host_counts.to(device), self.host_offsets.to(device))
         classes = torch.arange(c0, c1, device=device)
-        host_counts = self.host_counts[c0:c1]
         pos, valid = rng.sample_without_replacement(counts[c0:c1], self.cfg.batch_real,
                                                     self.cfg.seed, rng.REAL, it, classes=classes,
-                                                    max_count=int(host_counts.max()))
+                                                    max_count=int(self.host_counts[c0:c1].max()))
         # the valid positions are each row's first min(batch_real, count): pick them by index
         # arithmetic with the total known on the host (a boolean mask would wait for the GPU)
         n = valid.sum(1)
@@ -471,11 +470,14 @@ def _condense(config: CondenseConfig, out, resume: bool, overwrite: bool, progre
     if dist is None or dist.main:
         # no file of the old run may survive next to the new one; a resumed run's outputs are
         # written anew at its end (until then only its checkpoint stands for it)
-        for name in OUTPUT_FILES + (("checkpoint.pt", "checkpoint.json") if overwrite else ()):
-            if (overwrite or resume) and os.path.exists(os.path.join(out, name)):
-                os.remove(os.path.join(out, name))
+        stale = []
+        if resume or overwrite:
+            stale = [os.path.join(out, name) for name in OUTPUT_FILES]
         if overwrite:
-            for path in glob.glob(os.path.join(out, "checkpoint-it*-rank*-of*.pt")):
+            stale += [os.path.join(out, name) for name in ("checkpoint.pt", "checkpoint.json")]
+            stale += glob.glob(os.path.join(out, "checkpoint-it*-rank*-of*.pt"))
+        for path in stale:
+            if os.path.exists(path):
                 os.remove(path)
         try:
             os.makedirs(out, exist_ok=True)

@@ -102,9 +102,7 @@ def barrier() -> None:
 
 def gather_rows(local: torch.Tensor, dist: Dist) -> torch.Tensor | None:
     """Every rank's rows concatenated in rank order, on rank 0 (None elsewhere)."""
-    import torch.distributed as td
-    parts = [None] * dist.world if dist.main else None
-    td.gather_object(local.detach().cpu(), parts, dst=0)
+    parts = gather_objects(local.detach().cpu(), dist)
     return torch.cat(parts) if dist.main else None
 
 

@@ -90,7 +90,8 @@ def test_store_holds_the_documented_decode(src, tmp_path, small_shards, caplog):
     assert on_disk["format"] == "fastdm.store" and on_disk["layout"].startswith("NCHW")
 
 
-def test_interrupted_prepare_resumes_to_the_identical_store(src, tmp_path, small_shards):
+def clean_and_interrupted(src, tmp_path, workers):
+    """(an uninterrupted store, the --out of a prepare stopped by Ctrl-C after two shards)."""
     clean = tmp_path / "clean"
     prep.prepare_store("imagefolder", str(src), str(clean), 10, workers=0, max_bad_fraction=0.1,
                        progress=False)
@@ -100,8 +101,13 @@ def test_interrupted_prepare_resumes_to_the_identical_store(src, tmp_path, small
             raise KeyboardInterrupt
     out = tmp_path / "store"
     with pytest.raises(KeyboardInterrupt):
-        prep.prepare_store("imagefolder", str(src), str(out), 10, workers=0, max_bad_fraction=0.1,
-                           progress=False, on_shard=stop_after_two)
+        prep.prepare_store("imagefolder", str(src), str(out), 10, workers=workers,
+                           max_bad_fraction=0.1, progress=False, on_shard=stop_after_two)
+    return clean, out
+
+
+def test_interrupted_prepare_resumes_to_the_identical_store(src, tmp_path, small_shards):
+    clean, out = clean_and_interrupted(src, tmp_path, workers=0)
     partial = tmp_path / "store.partial"
     assert not out.exists() and partial.is_dir()  # complete or not at all
     (partial / "train-0000002.npy.tmp123").write_bytes(b"half a shard")  # a write cut short
@@ -297,17 +303,7 @@ def test_a_prepare_that_waited_for_the_lock_finds_the_finished_store(src, tmp_pa
 
 
 def test_interrupted_worker_pool_resumes_to_the_identical_store(src, tmp_path, small_shards):
-    clean = tmp_path / "clean"
-    prep.prepare_store("imagefolder", str(src), str(clean), 10, workers=0, max_bad_fraction=0.1,
-                       progress=False)
-
-    def stop_after_two(done):
-        if done == 2:
-            raise KeyboardInterrupt
-    out = tmp_path / "store"
-    with pytest.raises(KeyboardInterrupt):
-        prep.prepare_store("imagefolder", str(src), str(out), 10, workers=2, max_bad_fraction=0.1,
-                           progress=False, on_shard=stop_after_two)
+    clean, out = clean_and_interrupted(src, tmp_path, workers=2)
     assert not out.exists() and (tmp_path / "store.partial").is_dir()
     prep.prepare_store("imagefolder", str(src), str(out), 10, workers=2, max_bad_fraction=0.1,
                        progress=False)
