@@ -104,7 +104,7 @@ def _mb(n: int) -> float:
 
 def _side_options(args) -> list[str]:
     opts = []
-    for opt in ("real_per_class", "class_chunk", "reference_repo", "compile", "precision"):
+    for opt in ("real_per_class", "class_chunk", "reference_repo", "compile", "precision", "conv"):
         if getattr(args, opt) is not None:
             opts += [f"--{opt.replace('_', '-')}", str(getattr(args, opt))]
     return opts
@@ -136,7 +136,7 @@ def memory_probe(name: str, side: str, args) -> None:
 
     def build(s, per_class, chunk=None):
         return (lambda: baseline_side(s, per_class, cpu, impl)) if side == "baseline" else (
-            lambda: fastdm_side(s, per_class, cpu, chunk, args.compile, args.precision))
+            lambda: fastdm_side(s, per_class, cpu, chunk, args.compile, args.precision, args.conv))
 
     # one toy iteration first, so one-time library costs (kernel code, thread pools) are not
     # booked to the setting
@@ -161,7 +161,7 @@ def run_setting(name: str, s: Setting, device, args, impl) -> dict:
     builders = {
         "baseline": lambda: baseline_side(s, per_class, device, impl),
         "fastdm": lambda: fastdm_side(s, per_class, device, args.class_chunk, args.compile,
-                                      args.precision),
+                                      args.precision, args.conv),
     }
     skip = {}
     host = host_available()
@@ -211,7 +211,8 @@ def run_setting(name: str, s: Setting, device, args, impl) -> dict:
     for side_name, side in sides.items():  # free this setting's data before probes and the next setting
         extras[side_name] = ({"impl": impl.source} if side_name == "baseline" else
                              {"class_chunk": side.obj.chunk, "backends": side.obj.backends,
-                              "compiled": side.obj.compiled, "precision": side.obj.precision})
+                              "compiled": side.obj.compiled, "precision": side.obj.precision,
+                              "conv": side.obj.conv, "winograd_layers": list(side.obj.winograd_layers)})
         side.obj = side.state = None
     _free(device)
     for side_name, side in sides.items():
@@ -276,6 +277,9 @@ def parse_args(argv=None):
     ap.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
                     help="fastdm's embedder arithmetic (default auto, as fastdm condense: bf16 on "
                          "CUDA, fp32 on the CPU)")
+    ap.add_argument("--conv", choices=["auto", "winograd", "direct"], default="auto",
+                    help="fastdm's real-branch convolutions (default auto, as fastdm condense: "
+                         "Winograd on the CPU in fp32)")
     ap.add_argument("--reference-repo", metavar="PATH", help="time the upstream code of a "
                     "VICO-UoE/DatasetCondensation checkout instead of fastdm.compat's")
     ap.add_argument("--no-memory", dest="memory", action="store_false",

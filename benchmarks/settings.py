@@ -80,7 +80,7 @@ MEAN, STD = 0.5, 0.25  # normalisation constants of the synthetic data
 
 
 def fastdm_side(s: Setting, per_class: int, device: torch.device, class_chunk=None,
-                compile: str = "auto", precision: str = "auto") -> DMEngine:
+                compile: str = "auto", precision: str = "auto", conv: str = "auto") -> DMEngine:
     """fastdm's engine on a uint8 store of the setting's shape (on the device where it fits,
     as ``fastdm condense`` would place it)."""
     images, labels = random_uint8(s, per_class, "cpu")
@@ -90,7 +90,7 @@ def fastdm_side(s: Setting, per_class: int, device: torch.device, class_chunk=No
     cfg = CondenseConfig(dataset="synthetic", ipc=s.ipc, iterations=10 ** 9,
                          batch_real=s.batch_real, model=s.model, device=str(device),
                          class_chunk=class_chunk, compile=compile,
-                         precision=precision).resolved(data)
+                         precision=precision, conv=conv).resolved(data)
     return DMEngine(cfg, data, device)
 
 

@@ -65,3 +65,38 @@ def backend_for(op: str, device) -> str:
         log.warning("Triton backend %s for '%s' but %s: using the torch path",
                     "requested" if want == "triton" else "selected on CUDA", op, reason)
     return "torch"
+
+
+# -- the CPU embedder's convolution algorithm ---------------------------------------------------
+CONV_MODES = ("auto", "winograd", "direct")
+
+
+def conv_for(mode: str, device, precision: str, model_why: str | None = None) -> str:
+    """'winograd' or 'direct' for the real branch's 3x3 convolutions (fastdm.ops.winograd).
+    auto: Winograd on the CPU in fp32 when the native kernels build here; a CPU fp32 run that
+    cannot have them logs why (a warning). 'winograd' that cannot run is a FastDMError.
+    ``model_why``: why the model has no Winograd layers, or None."""
+    from .errors import FastDMError
+    from . import native
+    if mode not in CONV_MODES:
+        raise FastDMError(f"--conv must be one of {', '.join(CONV_MODES)}, got '{mode}'")
+    if mode == "direct":
+        return "direct"
+    dev_type = getattr(device, "type", str(device))
+    why = ("FASTDM_BACKEND=torch asks for pure PyTorch" if requested() == "torch" else
+           "it is a CPU kernel (on CUDA, cuDNN chooses the algorithm)" if dev_type != "cpu" else
+           f"the kernels are float32 only and the embedder runs in {precision}" if precision != "fp32" else
+           model_why)
+    expected = why is None  # a CPU fp32 run: the fast path should be taken from here on
+    if why is None:
+        try:
+            native.winograd()
+        except FastDMError as e:
+            why = str(e)
+    if why is None:
+        return "winograd"
+    if mode == "winograd":
+        raise FastDMError(f"--conv winograd cannot run: {why}; use --conv direct (or auto)")
+    (log.warning if expected else log.debug)(
+        "real-branch convolutions: direct, not Winograd (%s)", why)
+    return "direct"

@@ -84,6 +84,10 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--precision", choices=["auto", "fp32", "bf16"],
                    help="the embedder's arithmetic: fp32 (the reference's), bf16 (autocast; sums and "
                         "losses stay fp32). auto (default): bf16 on CUDA, fp32 on the CPU")
+    c.add_argument("--conv", choices=["auto", "winograd", "direct"],
+                   help="the real branch's 3x3 convolutions: winograd (F(4x4,3x3), native CPU "
+                        "kernels, about 4x fewer multiplies) or direct. auto (default): winograd on "
+                        "the CPU in fp32, direct elsewhere")
     c.add_argument("--channels-last", action="store_const", const=True,
                    help="run the embedder in NHWC memory format (a GPU option; off by default)")
     c.add_argument("--real-tier", choices=["auto", "gpu", "pinned", "memory", "disk"],
@@ -191,7 +195,7 @@ def cmd_info() -> int:
 _CONDENSE_KEYS = ("dataset", "data_root", "download", "ipc", "iterations", "batch_real", "image_size",
                   "model", "init", "lr_img", "strategy", "aug_mode", "seed", "device", "class_chunk",
                   "checkpoint_every", "mmd", "bandwidths", "bandwidth_scale", "compile", "precision",
-                  "channels_last", "real_tier")
+                  "channels_last", "conv", "real_tier")
 
 
 def cmd_condense(args) -> int:

@@ -9,6 +9,7 @@ import torch
 from .errors import FastDMError
 from .data.stream import TIERS
 from .precision import PRECISIONS
+from .backend import CONV_MODES
 
 DEFAULT_ITERATIONS = 20000
 DEFAULT_BATCH_REAL = 256
@@ -58,6 +59,7 @@ class CondenseConfig:
     compile: str = "auto"                # torch.compile the embedder: auto (CUDA, or >= 32 px), on, off
     precision: str = "auto"              # embedder arithmetic: auto (bf16 on CUDA, else fp32), fp32, bf16
     channels_last: bool = False          # NHWC embedder (a GPU option; off until measured faster)
+    conv: str = "auto"                   # real-branch 3x3 convolutions: auto (Winograd on the CPU), winograd, direct
     real_tier: str = "auto"              # where the real uint8 set lives (fastdm.data.stream.TIERS)
     checkpoint_every: int = 500
     log_every: int = 10
@@ -119,6 +121,8 @@ class CondenseConfig:
             raise FastDMError(f"--compile must be auto, on or off, got '{c.compile}'")
         if c.precision not in PRECISIONS:
             raise FastDMError(f"--precision must be one of {', '.join(PRECISIONS)}, got '{c.precision}'")
+        if c.conv not in CONV_MODES:
+            raise FastDMError(f"--conv must be one of {', '.join(CONV_MODES)}, got '{c.conv}'")
         if not isinstance(c.channels_last, bool):
             raise FastDMError(f"channels_last must be true or false, got {c.channels_last!r}")
         if c.real_tier not in TIERS:

@@ -36,3 +36,16 @@ def test_store_memory_tiny(tmp_path):
     assert [(row["classes"], row["chunk"]) for row in r["rows"]] == [(3, 1), (3, 3), (6, 1), (6, 6)]
     with pytest.raises(SystemExit):
         store_memory.main(["--chunks", "0"])
+
+
+def test_winograd_bench_tiny(tmp_path):
+    from benchmarks import winograd_bench
+    r = winograd_bench.main(["--batch", "3", "--layers", "3:9,17:6", "--out-channels", "5",
+                             "--repeat", "1", "--torch-winograd", "--json", str(tmp_path / "w.json")])
+    assert r["schema"] == "fastdm.winograd_bench/1" and len(r["rows"]) == 2
+    for row in r["rows"]:
+        assert row["direct"]["speedup_vs_direct"] == 1.0
+        for way in ("direct_nhwc", "winograd", "torch_winograd"):
+            assert row[way]["rel_error"] < 1e-4
+    with pytest.raises(SystemExit):
+        winograd_bench.main(["--layers", "3x9"])

@@ -1,0 +1,41 @@
+"""The real branch's embedder with its 3x3 convolutions by Winograd (fastdm.ops.winograd).
+
+Only ConvNets (``embed`` = features(x).flatten(1) over one Sequential) take this path; the
+weights are read from the same modules as ``net.embed``, so weights drawn in place each
+iteration reach both, and one compiled graph serves the run."""
+from __future__ import annotations
+
+from torch import nn
+
+from ..ops.winograd import eligible, winograd_conv2d
+from .convnet import ConvNet
+from .layers import conv_out
+
+
+def winograd_layers(net: nn.Module, image_size) -> tuple[int, ...]:
+    """Indices in ``net.features`` of the convolutions the Winograd path computes (empty for
+    models other than ConvNets)."""
+    if not isinstance(net, ConvNet):
+        return ()
+    h, w = image_size
+    layers = []
+    for i, m in enumerate(net.features):
+        if isinstance(m, nn.Conv2d):
+            if eligible(m, (h, w)):
+                layers.append(i)
+            h, w = (conv_out(n, m.kernel_size[0], m.stride[0], m.padding[0]) for n in (h, w))
+        elif isinstance(m, (nn.AvgPool2d, nn.MaxPool2d)):
+            h, w = h // 2, w // 2
+    return tuple(layers)
+
+
+def winograd_embed(net: nn.Module, layers: tuple[int, ...]):
+    """``net.embed`` with the convolutions at ``layers`` computed by Winograd (forward only)."""
+    chosen = frozenset(layers)
+
+    def embed(x):
+        for i, m in enumerate(net.features):
+            x = winograd_conv2d(x, m.weight, m.bias, m.padding[0]) if i in chosen else m(x)
+        return x.flatten(1)
+
+    return embed

@@ -1,0 +1,146 @@
+"""Winograd F(4x4, 3x3) convolution for the CPU embedder (3x3, stride 1, zero padding).
+
+Why: on the CPU fastdm's fp32 DM iteration already ran at the matmul peak (benchmarks/RESULTS.md),
+and 93 % of its multiply-adds are the real branch's 3x3 convolutions. Winograd's F(4x4, 3x3)
+needs 36 multiplies per 4x4 outputs and input channel instead of 144, so the 128->128 layers
+cost about a quarter of the direct convolution's GEMM work. The 36 products are one
+torch.bmm; the transforms around it are memory-bound loops, which in plain torch (einsum) and
+under inductor (unrolled) took 30x and 6x as long as the native ones in kernels/winograd.cpp
+(a one-off prototype at cifar10's 16 px layer; built on first use, see fastdm.native).
+
+Forward only (inference): the engine uses it for the real branch, which runs under
+torch.inference_mode; the synthetic branch, which needs input gradients, keeps the direct
+convolution. Results agree with F.conv2d to float32 rounding of the transforms (max error
+measured 2-7e-6 of the largest output, against float64; the direct convolution's is ~1e-6).
+
+- ``winograd_conv2d``: the functional entry point (checks its inputs).
+- ``reference_winograd_conv2d``: the same algorithm in plain torch, for the tests.
+- ``eligible``: whether an nn.Conv2d can take this path.
+"""
+from typing import Optional
+
+import torch
+from torch import nn
+
+from ..errors import FastDMError
+from .. import native
+
+TILE = 6         # input tile side
+OUT = 4          # output tile side
+MIN_OUT = 4  # smaller outputs (2x2 maps) were slower than the direct convolution
+BLOCK_BYTES = 4 << 20  # transform buffers per GEMM block: cache-sized blocks measured fastest
+
+# Lavin & Gray (2016), F(4x4, 3x3): Y = A^T [(G g G^T) * (B^T d B)] A
+_BT = ((4, 0, -5, 0, 1, 0), (0, -4, -4, 1, 1, 0), (0, 4, -4, -1, 1, 0),
+       (0, -2, -1, 2, 1, 0), (0, 2, -1, -2, 1, 0), (0, 4, 0, -5, 0, 1))
+_G = ((1 / 4, 0, 0), (-1 / 6, -1 / 6, -1 / 6), (-1 / 6, 1 / 6, -1 / 6),
+      (1 / 24, 1 / 12, 1 / 6), (1 / 24, -1 / 12, 1 / 6), (0, 0, 1))
+_AT = ((1, 1, 1, 1, 1, 0), (0, 1, -1, 2, -2, 0), (0, 1, 1, 4, 4, 0), (0, 1, -1, 8, -8, 1))
+
+
+def eligible(conv: nn.Module, in_hw=None) -> bool:
+    """A Conv2d this path computes as nn.Conv2d does (and, given its input size, one where
+    it was measured faster: outputs of at least MIN_OUT x MIN_OUT)."""
+    ok = (isinstance(conv, nn.Conv2d) and tuple(conv.kernel_size) == (3, 3)
+          and tuple(conv.stride) == (1, 1) and tuple(conv.dilation) == (1, 1)
+          and conv.groups == 1 and conv.padding_mode == "zeros"
+          and isinstance(conv.padding, tuple) and conv.padding[0] == conv.padding[1])
+    return ok and (in_hw is None or min(in_hw) + 2 * conv.padding[0] - 2 >= MIN_OUT)
+
+
+def weight_transform(weight: torch.Tensor) -> torch.Tensor:
+    """G g G^T of every [K, C, 3, 3] filter, as the GEMM's right-hand sides [36, C, K] (in the
+    weight's dtype; computed in float64 so that the 1/6, 1/24 entries add no rounding of their own)."""
+    G = torch.tensor(_G, dtype=torch.float64, device=weight.device)
+    u = torch.einsum("ai,kcij,bj->abck", G, weight.double(), G)
+    return u.reshape(TILE * TILE, weight.shape[1], weight.shape[0]).to(weight.dtype).contiguous()
+
+
+def _tiles(size: int, pad: int):
+    out = size + 2 * pad - 2
+    return out, -(-out // OUT)
+
+
+@torch.library.custom_op("fastdm::winograd_conv3x3", mutates_args=())
+def _winograd_op(x: torch.Tensor, u: torch.Tensor, bias: Optional[torch.Tensor], pad: int) -> torch.Tensor:
+    ext = native.winograd()
+    n, c, h, w = x.shape
+    k = u.shape[2]
+    (ho, th), (wo, tw) = _tiles(h, pad), _tiles(w, pad)
+    xh = x.permute(0, 2, 3, 1).contiguous()  # NHWC: a view when x is channels_last
+    out = torch.empty((n, ho, wo, k), dtype=torch.float32)
+    per_image = TILE * TILE * th * tw * max(c, k) * 4
+    step = min(n, max(1, BLOCK_BYTES // per_image))
+    b = None if bias is None else bias.contiguous()
+    # blocks that keep the transform buffers in cache; the buffers are reused across blocks
+    v_buf = torch.empty(TILE * TILE * step * th * tw * c)
+    m_buf = torch.empty(TILE * TILE * step * th * tw * k)
+    for n0 in range(0, n, step):
+        p = (min(n, n0 + step) - n0) * th * tw
+        v = v_buf[:TILE * TILE * p * c].view(TILE * TILE, p, c)
+        m = m_buf[:TILE * TILE * p * k].view(TILE * TILE, p, k)
+        ext.input_transform(xh[n0:n0 + step], v, pad, pad, th, tw)
+        torch.bmm(v, u, out=m)
+        ext.output_transform(m, b, out[n0:n0 + step], th, tw)
+    return out.permute(0, 3, 1, 2)  # [N, K, Ho, Wo] in channels_last memory
+
+
+@_winograd_op.register_fake
+def _(x, u, bias, pad):
+    n, _, h, w = x.shape
+    return x.new_empty((n, _tiles(h, pad)[0], _tiles(w, pad)[0], u.shape[2])).permute(0, 3, 1, 2)
+
+
+def _check(x: torch.Tensor, weight: torch.Tensor, bias, padding: int) -> None:
+    if not (isinstance(x, torch.Tensor) and isinstance(weight, torch.Tensor)):
+        raise FastDMError("winograd_conv2d takes tensors x and weight")
+    if x.dim() != 4 or weight.dim() != 4 or tuple(weight.shape[2:]) != (3, 3):
+        raise FastDMError(f"winograd_conv2d needs x [N, C, H, W] and a 3x3 weight [K, C, 3, 3], "
+                          f"got x {tuple(x.shape)} and weight {tuple(weight.shape)}")
+    if x.shape[1] != weight.shape[1]:
+        raise FastDMError(f"winograd_conv2d: x has {x.shape[1]} channels, the weight expects "
+                          f"{weight.shape[1]}")
+    if x.dtype != torch.float32 or weight.dtype != torch.float32 or \
+            (bias is not None and bias.dtype != torch.float32):
+        raise FastDMError(f"winograd_conv2d is float32 only, got x {x.dtype}, weight {weight.dtype}")
+    if x.device.type != "cpu" or weight.device.type != "cpu" or \
+            (bias is not None and bias.device.type != "cpu"):
+        raise FastDMError("winograd_conv2d runs on the CPU (on CUDA, cuDNN chooses its own algorithm)")
+    if bias is not None and tuple(bias.shape) != (weight.shape[0],):
+        raise FastDMError(f"winograd_conv2d: bias of shape {tuple(bias.shape)} for "
+                          f"{weight.shape[0]} output channels")
+    if not isinstance(padding, int) or padding < 0:
+        raise FastDMError(f"winograd_conv2d: padding must be an integer >= 0, got {padding!r}")
+    if min(x.shape[2:]) + 2 * padding < 3:
+        raise FastDMError(f"winograd_conv2d: a {x.shape[2]}x{x.shape[3]} input with padding "
+                          f"{padding} is smaller than the 3x3 kernel")
+
+
+def winograd_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None,
+                    padding: int = 1) -> torch.Tensor:
+    """F.conv2d(x, weight, bias, padding=padding) for 3x3 filters, stride 1, by Winograd
+    F(4x4, 3x3). Forward only: inputs must not need gradients. The result is [N, K, Ho, Wo]
+    in channels_last memory."""
+    _check(x, weight, bias, padding)
+    if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad or
+                                    (bias is not None and bias.requires_grad)):
+        raise FastDMError("winograd_conv2d is forward-only (the real branch, under inference "
+                          "mode); use F.conv2d where gradients are needed")
+    return _winograd_op(x, weight_transform(weight), bias, padding)
+
+
+def reference_winograd_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None,
+                              padding: int = 1) -> torch.Tensor:
+    """The same F(4x4, 3x3) algorithm in plain torch (slow; the kernels' reference)."""
+    bt = torch.tensor(_BT, dtype=x.dtype, device=x.device)
+    at = torch.tensor(_AT, dtype=x.dtype, device=x.device)
+    n, c, h, w = x.shape
+    (ho, th), (wo, tw) = _tiles(h, padding), _tiles(w, padding)
+    xp = nn.functional.pad(x, (padding, padding + tw * OUT - wo, padding, padding + th * OUT - ho))
+    d = xp.unfold(2, TILE, OUT).unfold(3, TILE, OUT)            # N C th tw 6 6
+    v = torch.einsum("ai,ncyxij,bj->abncyx", bt, d, bt)
+    u = weight_transform(weight).to(x.dtype).view(TILE, TILE, c, -1)
+    m = torch.einsum("abncyx,abck->abnkyx", v, u)
+    y = torch.einsum("pa,abnkyx,qb->nkypxq", at, m, at)
+    y = y.reshape(n, -1, th * OUT, tw * OUT)[:, :, :ho, :wo]
+    return y if bias is None else y + bias.view(1, -1, 1, 1)

@@ -1,0 +1,272 @@
+"""Winograd F(4x4, 3x3) convolution (fastdm.ops.winograd, kernels/winograd.cpp) against
+F.conv2d in float64, over odd shapes, paddings and block boundaries; its errors; its use by
+the engine's real branch."""
+import logging
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fastdm import native
+from fastdm.backend import conv_for
+from fastdm.errors import FastDMError
+from fastdm.models import build_model
+from fastdm.models.fast_embed import winograd_embed, winograd_layers
+from fastdm.ops import winograd as W
+from fastdm.ops.winograd import eligible, reference_winograd_conv2d, winograd_conv2d
+
+SHAPES = [  # N, C, K, H, W, padding
+    (1, 1, 1, 3, 3, 0), (3, 19, 5, 13, 7, 1), (2, 64, 70, 9, 17, 0), (1, 130, 16, 3, 3, 1),
+    (4, 3, 128, 32, 32, 1), (2, 67, 33, 5, 4, 2), (3, 1, 8, 28, 28, 3), (5, 16, 129, 6, 11, 1),
+]
+
+
+def _case(n, c, k, h, w, seed):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, c, h, w, generator=g)
+    wt = torch.randn(k, c, 3, 3, generator=g) / (9 * c) ** 0.5
+    b = torch.randn(k, generator=g)
+    return x, wt, b
+
+
+def _rel(a, ref):
+    return float((a.double() - ref).abs().max() / ref.abs().max().clamp_min(1e-12))
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_matches_conv2d_in_float64(shape, with_bias):
+    n, c, k, h, w, pad = shape
+    x, wt, b = _case(n, c, k, h, w, seed=sum(shape))
+    b = b if with_bias else None
+    ref = F.conv2d(x.double(), wt.double(), None if b is None else b.double(), padding=pad)
+    got = winograd_conv2d(x, wt, b, pad)
+    assert got.shape == ref.shape and got.dtype == torch.float32
+    assert got.is_contiguous(memory_format=torch.channels_last)
+    # float32 rounding of the transforms: measured <= 7e-6 of the largest output
+    assert _rel(got, ref) < 5e-5
+    # the plain-torch algorithm in float64 checks the matrices themselves (exact to rounding)
+    assert _rel(reference_winograd_conv2d(x.double(), wt.double(),
+                                          None if b is None else b.double(), pad), ref) < 1e-12
+
+
+def test_input_memory_format_and_many_blocks(monkeypatch):
+    x, wt, b = _case(11, 24, 40, 10, 9, seed=1)
+    ref = F.conv2d(x.double(), wt.double(), b.double(), padding=1)
+    whole = winograd_conv2d(x, wt, b, 1)
+    # tiny blocks: one image per block, and blocks of 4 with a partial last block of 3
+    for block in (1, 4 * 36 * 9 * 40 * 4):
+        monkeypatch.setattr(W, "BLOCK_BYTES", block)
+        for inp in (x, x.contiguous(memory_format=torch.channels_last)):
+            got = winograd_conv2d(inp, wt, b, 1)
+            assert _rel(got, ref) < 5e-5
+            assert torch.equal(got, whole)  # blocking changes no arithmetic
+
+
+def test_native_transforms_match_their_definitions():
+    """The kernels' transforms, one at a time, against B^T d B and A^T m A written out."""
+    ext = native.winograd()
+    bt = torch.tensor(W._BT, dtype=torch.float64)
+    at = torch.tensor(W._AT, dtype=torch.float64)
+    n, c, k, h, w, pad = 2, 70, 67, 7, 10, 1
+    x = torch.randn(n, h, w, c)
+    (ho, th), (wo, tw) = W._tiles(h, pad), W._tiles(w, pad)
+    v = torch.empty(36, n * th * tw, c)
+    ext.input_transform(x, v, pad, pad, th, tw)
+    xp = F.pad(x.double().permute(0, 3, 1, 2), (pad, pad + tw * 4 - wo, pad, pad + th * 4 - ho))
+    d = xp.unfold(2, 6, 4).unfold(3, 6, 4)  # N C th tw 6 6
+    want = torch.einsum("ai,ncyxij,bj->abnyxc", bt, d, bt).reshape(36, -1, c)
+    assert torch.allclose(v.double(), want, rtol=1e-6, atol=1e-5)
+    m = torch.randn(36, n * th * tw, k)
+    bias = torch.randn(k)
+    out = torch.empty(n, ho, wo, k)
+    ext.output_transform(m, bias, out, th, tw)
+    y = torch.einsum("pa,abnyxk,qb->nypxqk", at, m.double().view(6, 6, n, th, tw, k), at)
+    y = y.reshape(n, th * 4, tw * 4, k)[:, :ho, :wo] + bias.double()
+    assert torch.allclose(out.double(), y, rtol=1e-6, atol=1e-5)
+
+
+def test_clear_errors():
+    x, wt, b = _case(2, 8, 4, 6, 6, seed=2)
+    cases = [
+        ((x[0], wt, b, 1), "x \\[N, C, H, W\\]"),
+        ((x, wt[..., :2], b, 1), "3x3 weight"),
+        ((x[:, :5], wt, b, 1), "x has 5 channels"),
+        ((x.double(), wt.double(), b.double(), 1), "float32 only"),
+        ((x, wt, b[:3], 1), "bias of shape"),
+        ((x, wt, b, -1), "padding"),
+        ((x[:, :, :2, :2], wt, b, 0), "smaller than the 3x3 kernel"),
+    ]
+    for args, msg in cases:
+        with pytest.raises(FastDMError, match=msg):
+            winograd_conv2d(*args)
+    with pytest.raises(FastDMError, match="forward-only"):
+        winograd_conv2d(x.requires_grad_(True), wt, b, 1)
+
+
+def test_eligibility():
+    ok = nn.Conv2d(8, 8, 3, padding=1)
+    assert eligible(ok) and eligible(ok, (4, 4)) and not eligible(ok, (3, 3))
+    for bad in (nn.Conv2d(8, 8, 3, stride=2, padding=1), nn.Conv2d(8, 8, 3, dilation=2),
+                nn.Conv2d(8, 8, 3, groups=2), nn.Conv2d(8, 8, 5, padding=2),
+                nn.Conv2d(8, 8, 3, padding=(1, 0)), nn.Conv2d(8, 8, 3, padding=1, padding_mode="reflect"),
+                nn.Linear(3, 3)):
+        assert not eligible(bad)
+
+
+def test_layers_chosen_by_model_and_size():
+    cifar = build_model("ConvNet", 3, 10, (32, 32), 0, 1)
+    assert winograd_layers(cifar, (32, 32)) == (0, 4, 8)  # conv, norm, relu, pool per block
+    # digits 8x8: the last block's 2x2 output is left to the direct convolution
+    assert winograd_layers(build_model("ConvNet", 1, 10, (8, 8), 0, 1), (8, 8)) == (0, 4)
+    assert winograd_layers(build_model("ResNet18", 3, 10, (32, 32), 0, 1), (32, 32)) == ()
+
+
+@pytest.mark.parametrize("model", ["ConvNet", "ConvNetBN", "ConvNetNP", "ConvNetD4"])
+def test_winograd_embed_matches_embed(model):
+    net = build_model(model, 3, 10, (16, 16), 3, 1)
+    net.train()
+    layers = winograd_layers(net, (16, 16))
+    assert layers
+    x = torch.randn(6, 3, 16, 16)
+    with torch.inference_mode():
+        ref = net.embed(x)
+        got = winograd_embed(net, layers)(x)
+    assert got.shape == ref.shape
+    assert torch.allclose(got, ref, rtol=1e-4, atol=1e-4)
+
+
+def test_under_torch_compile_one_graph():
+    """The custom op is opaque to dynamo: one fullgraph compile around it, equal results."""
+    import torch._dynamo as dynamo
+    from torch._dynamo.testing import CompileCounter
+    dynamo.reset()
+    counter = CompileCounter()
+    fn = torch.compile(lambda x, w, b: torch.relu(winograd_conv2d(x, w, b, 1)).mean((2, 3)),
+                       backend=counter, fullgraph=True)
+    with torch.inference_mode():
+        for seed in range(3):  # new weights each call, as in the engine: no recompile
+            x, wt, b = _case(3, 16, 8, 9, 9, seed=seed)
+            got = fn(x, wt, b)
+            assert torch.allclose(got, torch.relu(F.conv2d(x, wt, b, padding=1)).mean((2, 3)),
+                                  rtol=1e-4, atol=1e-5)
+    assert counter.frame_count == 1
+
+
+def test_conv_choice(monkeypatch, caplog):
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    monkeypatch.delenv("FASTDM_BACKEND", raising=False)
+    assert conv_for("auto", cpu, "fp32") == "winograd"
+    assert conv_for("direct", cpu, "fp32") == "direct"
+    assert conv_for("auto", cuda, "bf16") == "direct"
+    assert conv_for("auto", cpu, "bf16") == "direct"
+    assert conv_for("auto", cpu, "fp32", "ResNet18 has none") == "direct"
+    for args, msg in (((cuda, "fp32"), "CPU kernel"), ((cpu, "bf16"), "float32 only"),
+                      ((cpu, "fp32", "ResNet18 has none"), "ResNet18")):
+        with pytest.raises(FastDMError, match=msg):
+            conv_for("winograd", *args)
+    with pytest.raises(FastDMError, match="--conv must be"):
+        conv_for("fast", cpu, "fp32")
+    monkeypatch.setenv("FASTDM_BACKEND", "torch")
+    assert conv_for("auto", cpu, "fp32") == "direct"
+
+
+def test_native_unavailable_is_loud(monkeypatch, caplog):
+    monkeypatch.delenv("FASTDM_BACKEND", raising=False)
+    monkeypatch.setattr(native, "_loaded", {})
+    monkeypatch.setenv("FASTDM_NATIVE", "off")
+    with caplog.at_level(logging.WARNING, logger="fastdm"):
+        assert conv_for("auto", torch.device("cpu"), "fp32") == "direct"
+    assert "not Winograd" in caplog.text and "FASTDM_NATIVE=off" in caplog.text
+    with pytest.raises(FastDMError, match="FASTDM_NATIVE=off"):
+        conv_for("winograd", torch.device("cpu"), "fp32")
+    monkeypatch.delenv("FASTDM_NATIVE")
+    monkeypatch.setattr(native, "SOURCES", native.SOURCES / "missing")
+    with pytest.raises(FastDMError, match="is not there"):
+        native.load("winograd")
+
+
+def test_a_failed_build_is_reported(monkeypatch, tmp_path):
+    (tmp_path / "broken.cpp").write_text("this is not C++\n")
+    monkeypatch.setattr(native, "SOURCES", tmp_path)
+    monkeypatch.setenv("FASTDM_NATIVE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(native, "_failed", {})
+    with pytest.raises(FastDMError, match="building broken.cpp failed"):
+        native.load("broken")
+    assert "building broken.cpp failed" in native.unavailable("broken")  # remembered, not rebuilt
+
+
+# -- the engine's real branch --------------------------------------------------------------------
+def _engine(data, **kw):
+    from fastdm.condense import DMEngine
+    from fastdm.config import CondenseConfig
+    cfg = CondenseConfig(**{"dataset": data.name, "ipc": 2, "iterations": 6, "batch_real": 7,
+                            "model": "ConvNetW32", "device": "cpu", "class_chunk": 3, **kw}).resolved(data)
+    return DMEngine(cfg, data, "cpu")
+
+
+def test_engine_real_branch_takes_winograd_and_agrees_with_direct(toy_dataset, monkeypatch):
+    import fastdm.models.fast_embed as fast_embed
+    monkeypatch.delenv("FASTDM_BACKEND", raising=False)
+    calls = []
+    real = fast_embed.winograd_conv2d
+    monkeypatch.setattr(fast_embed, "winograd_conv2d",
+                        lambda *a: calls.append(torch.is_inference_mode_enabled()) or real(*a))
+    e = _engine(toy_dataset, compile="off")  # auto
+    assert e.conv == "winograd" and e.winograd_layers == (0, 4, 8)
+    d = _engine(toy_dataset, compile="off", conv="direct")
+    assert d.conv == "direct" and d.winograd_layers == () and d.real_embed is d.embed
+    images = e.initial_state().images
+    for it in (0, 5):
+        calls.clear()
+        got = e.loss_and_grad(images, it)
+        # 3 layers x 2 chunks (4 classes in chunks of 3), all in the real branch's inference mode
+        assert calls == [True] * 6
+        want = d.loss_and_grad(images, it)
+        torch.testing.assert_close(got[0], want[0], rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(got[1], want[1], rtol=1e-3, atol=1e-6)
+
+
+def test_compiled_real_branch_does_not_recompile(toy_dataset, monkeypatch):
+    import torch._dynamo.utils as dynamo_utils
+    monkeypatch.delenv("FASTDM_BACKEND", raising=False)
+    dynamo_utils.counters.clear()
+    e = _engine(toy_dataset, compile="on", conv="winograd")
+    assert e.compiled and e.real_embed is not e.embed and e.winograd_layers
+    state = e.initial_state()
+    graphs = []
+    for _ in range(6):
+        e.step(state)
+        graphs.append(dynamo_utils.counters["stats"]["unique_graphs"])
+    assert graphs[-1] == graphs[2], graphs
+    direct = _engine(toy_dataset, compile="off", conv="direct")
+    s2 = direct.initial_state()
+    for _ in range(6):
+        direct.step(s2)
+    torch.testing.assert_close(state.images, s2.images, rtol=1e-4, atol=1e-4)
+
+
+def test_engine_conv_errors(toy_dataset, monkeypatch):
+    monkeypatch.delenv("FASTDM_BACKEND", raising=False)
+    with pytest.raises(FastDMError, match="--conv must be"):
+        _engine(toy_dataset, conv="fft")
+    with pytest.raises(FastDMError, match="float32 only"):
+        _engine(toy_dataset, conv="winograd", precision="bf16", compile="off")
+    with pytest.raises(FastDMError, match="no Winograd-eligible"):
+        _engine(toy_dataset, conv="winograd", model="MLP", compile="off")
+    monkeypatch.setenv("FASTDM_BACKEND", "torch")
+    assert _engine(toy_dataset, compile="off").conv == "direct"  # the pure-PyTorch path
+
+
+def test_cli_records_the_convolution(tmp_path, capsys):
+    import json
+    import os
+    from fastdm.cli import main
+    for flag, conv, layers in ((), "winograd", [0, 4]), (("--conv", "direct"), "direct", []):
+        out = str(tmp_path / conv)
+        assert main(["condense", "--dataset", "digits", "--iterations", "2", "--out", out,
+                     "--no-progress", *flag]) == 0
+        metrics = json.load(open(os.path.join(out, "metrics.json")))
+        assert metrics["conv"] == conv and metrics["winograd_layers"] == layers
+        assert metrics["config"]["conv"] == (flag[1] if flag else "auto")
