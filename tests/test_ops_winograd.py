@@ -106,20 +106,21 @@ def test_clear_errors():
 
 
 def test_eligibility():
-    ok = nn.Conv2d(8, 8, 3, padding=1)
+    ok = nn.Conv2d(16, 8, 3, padding=1)
     assert eligible(ok) and eligible(ok, (4, 4)) and not eligible(ok, (3, 3))
-    for bad in (nn.Conv2d(8, 8, 3, stride=2, padding=1), nn.Conv2d(8, 8, 3, dilation=2),
-                nn.Conv2d(8, 8, 3, groups=2), nn.Conv2d(8, 8, 5, padding=2),
-                nn.Conv2d(8, 8, 3, padding=(1, 0)), nn.Conv2d(8, 8, 3, padding=1, padding_mode="reflect"),
-                nn.Linear(3, 3)):
+    for bad in (nn.Conv2d(16, 8, 3, stride=2, padding=1), nn.Conv2d(16, 8, 3, dilation=2),
+                nn.Conv2d(16, 8, 3, groups=2), nn.Conv2d(16, 8, 5, padding=2),
+                nn.Conv2d(16, 8, 3, padding=(1, 0)), nn.Conv2d(16, 8, 3, padding=1, padding_mode="reflect"),
+                nn.Conv2d(3, 8, 3, padding=1), nn.Linear(3, 3)):
         assert not eligible(bad)
 
 
 def test_layers_chosen_by_model_and_size():
     cifar = build_model("ConvNet", 3, 10, (32, 32), 0, 1)
-    assert winograd_layers(cifar, (32, 32)) == (0, 4, 8)  # conv, norm, relu, pool per block
-    # digits 8x8: the last block's 2x2 output is left to the direct convolution
-    assert winograd_layers(build_model("ConvNet", 1, 10, (8, 8), 0, 1), (8, 8)) == (0, 4)
+    # conv, norm, relu, pool per block; the RGB first layer stays direct
+    assert winograd_layers(cifar, (32, 32)) == (4, 8)
+    # digits 8x8: one channel first, and the last block's 2x2 output, stay direct
+    assert winograd_layers(build_model("ConvNet", 1, 10, (8, 8), 0, 1), (8, 8)) == (4,)
     assert winograd_layers(build_model("ResNet18", 3, 10, (32, 32), 0, 1), (32, 32)) == ()
 
 
@@ -214,15 +215,15 @@ def test_engine_real_branch_takes_winograd_and_agrees_with_direct(toy_dataset, m
     monkeypatch.setattr(fast_embed, "winograd_conv2d",
                         lambda *a: calls.append(torch.is_inference_mode_enabled()) or real(*a))
     e = _engine(toy_dataset, compile="off")  # auto
-    assert e.conv == "winograd" and e.winograd_layers == (0, 4, 8)
+    assert e.conv == "winograd" and e.winograd_layers == (4, 8)
     d = _engine(toy_dataset, compile="off", conv="direct")
     assert d.conv == "direct" and d.winograd_layers == () and d.real_embed is d.embed
     images = e.initial_state().images
     for it in (0, 5):
         calls.clear()
         got = e.loss_and_grad(images, it)
-        # 3 layers x 2 chunks (4 classes in chunks of 3), all in the real branch's inference mode
-        assert calls == [True] * 6
+        # 2 layers x 2 chunks (4 classes in chunks of 3), all in the real branch's inference mode
+        assert calls == [True] * 4
         want = d.loss_and_grad(images, it)
         torch.testing.assert_close(got[0], want[0], rtol=1e-4, atol=1e-5)
         torch.testing.assert_close(got[1], want[1], rtol=1e-3, atol=1e-6)
@@ -263,7 +264,7 @@ def test_cli_records_the_convolution(tmp_path, capsys):
     import json
     import os
     from fastdm.cli import main
-    for flag, conv, layers in ((), "winograd", [0, 4]), (("--conv", "direct"), "direct", []):
+    for flag, conv, layers in ((), "winograd", [4]), (("--conv", "direct"), "direct", []):
         out = str(tmp_path / conv)
         assert main(["condense", "--dataset", "digits", "--iterations", "2", "--out", out,
                      "--no-progress", *flag]) == 0

@@ -5,6 +5,7 @@ weights are read from the same modules as ``net.embed``, so weights drawn in pla
 iteration reach both, and one compiled graph serves the run."""
 from __future__ import annotations
 
+import torch
 from torch import nn
 
 from ..ops.winograd import eligible, winograd_conv2d
@@ -30,10 +31,13 @@ def winograd_layers(net: nn.Module, image_size) -> tuple[int, ...]:
 
 
 def winograd_embed(net: nn.Module, layers: tuple[int, ...]):
-    """``net.embed`` with the convolutions at ``layers`` computed by Winograd (forward only)."""
+    """``net.embed`` with the convolutions at ``layers`` computed by Winograd (forward only),
+    in NHWC throughout: the other convolutions (an RGB first layer) measured 1.8x faster on
+    channels_last input than on NCHW, and the Winograd op reads and writes NHWC."""
     chosen = frozenset(layers)
 
     def embed(x):
+        x = x.contiguous(memory_format=torch.channels_last)
         for i, m in enumerate(net.features):
             x = winograd_conv2d(x, m.weight, m.bias, m.padding[0]) if i in chosen else m(x)
         return x.flatten(1)
