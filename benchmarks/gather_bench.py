@@ -19,7 +19,6 @@ import json
 import os
 import sys
 import tempfile
-import time
 
 import numpy as np
 import torch
@@ -27,17 +26,7 @@ import torch
 from fastdm import rng
 from fastdm.data.stream import RealStream
 
-from .measure import run_facts, save_json
-
-
-def _time(fn, repeat: int) -> float:
-    fn()
-    best = float("inf")
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t0)
-    return best
+from .measure import best_time, run_facts, save_json
 
 
 def main(argv=None) -> dict:
@@ -109,7 +98,7 @@ def main(argv=None) -> dict:
                   "images_per_iteration": rows.numel(), "bytes_per_iteration": nbytes,
                   "threads": torch.get_num_threads(), "rows": {}}
         for name, fn in ways.items():
-            s = _time(fn, args.repeat)
+            s = best_time(fn, args.repeat)
             report["rows"][name] = {"s": s, "gb_per_s": nbytes / s / 1e9, "images_per_s": rows.numel() / s}
         for st in streams.values():
             st.close()

@@ -165,6 +165,18 @@ def parse_list(ap, text: str, allowed, flag: str) -> list[str]:
     return items
 
 
+def best_time(fn, repeat: int) -> float:
+    """Seconds of the fastest of ``repeat`` calls of ``fn`` after one untimed warm-up call (CPU
+    work; CUDA callers synchronise inside ``fn``)."""
+    fn()
+    best = float("inf")
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
 def save_json(report: dict, path: str | None) -> None:
     if path:
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)

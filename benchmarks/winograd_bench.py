@@ -17,26 +17,15 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 
 import torch
 import torch.nn.functional as F
 
 from fastdm.ops.winograd import reference_winograd_conv2d, winograd_conv2d
 
-from .measure import run_facts, save_json
+from .measure import best_time, run_facts, save_json
 
 CIFAR_LAYERS = "3:32,128:16,128:8"
-
-
-def _time(fn, repeat: int) -> float:
-    fn()
-    best = float("inf")
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t0)
-    return best
 
 
 def _layers(text: str) -> list[tuple[int, int]]:
@@ -77,7 +66,7 @@ def main(argv=None) -> dict:
             row = {"in_channels": c, "size": h, "batch": args.batch,
                    "gflop_direct": 2 * args.batch * h * h * args.out_channels * c * 9 / 1e9}
             for name, fn in ways.items():
-                s = _time(fn, args.repeat)
+                s = best_time(fn, args.repeat)
                 err = float((fn()[:64].double() - ref).abs().max() / ref.abs().max())
                 row[name] = {"s": round(s, 5), "rel_error": err}
             for name in ways:
