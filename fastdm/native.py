@@ -86,7 +86,13 @@ def load(name: str = "winograd"):
         if why is not None:
             raise FastDMError(f"fastdm's native {name} kernels cannot be used: {why}")
         import torch
-        from torch.utils import cpp_extension
+        quiet = logging.getLogger("torch.utils.cpp_extension")  # its import warns that there is
+        level = quiet.level                                     # no CUDA: irrelevant to CPU code
+        quiet.setLevel(logging.ERROR)
+        try:
+            from torch.utils import cpp_extension
+        finally:
+            quiet.setLevel(level)
 
         src = _source(name)
         cflags = _cflags()

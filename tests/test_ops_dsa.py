@@ -320,7 +320,7 @@ def test_engine_runs_on_the_triton_backend(monkeypatch):
     from fastdm.config import CondenseConfig
     data = make_dataset(num_classes=3, per_class=(9, 7, 8), size=(12, 12))
     cfg = CondenseConfig(dataset=data.name, ipc=2, iterations=1, batch_real=5, model="ConvNetW32",
-                         device=str(DEVICE)).resolved(data)
+                         device=str(DEVICE), conv="direct").resolved(data)  # the same convolutions
     results = {}
     for be in ("torch", "triton"):
         monkeypatch.setenv("FASTDM_BACKEND", be)
