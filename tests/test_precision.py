@@ -90,12 +90,14 @@ def test_channels_last_same_loss(data, caplog):
 def test_real_branch_runs_in_inference_mode(data, mmd):
     e = engine_for(data, mmd=mmd, class_chunk=2)
     modes = []
-    inner = e.embed
 
-    def spy(x):
-        modes.append((x.shape[0], torch.is_inference_mode_enabled(), torch.is_grad_enabled()))
-        return inner(x)
-    e.embed = spy
+    def spy(inner):
+        def embed(x):
+            modes.append((x.shape[0], torch.is_inference_mode_enabled(), torch.is_grad_enabled()))
+            return inner(x)
+        return embed
+    assert e.real_embed is not e.embed  # the CPU default: Winograd convolutions in the real branch
+    e.embed, e.real_embed = spy(e.embed), spy(e.real_embed)
     e.loss_and_grad(e.initial_state().images, 0)
     real = [m for m in modes if m[0] != 2 * e.ipc]
     syn = [m for m in modes if m[0] == 2 * e.ipc]
