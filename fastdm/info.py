@@ -10,6 +10,7 @@ def info() -> dict:
     import torchvision
 
     from . import __version__, ops  # noqa: F401  (importing ops registers the fused kernels)
+    from . import native
     from .backend import FUSED_OPS, interpreting, requested, triton_importable
 
     try:
@@ -34,5 +35,7 @@ def info() -> dict:
                         "no CUDA device (set TRITON_INTERPRET=1 to interpret on the CPU)")),
             "fused_ops": sorted(FUSED_OPS),
             "FASTDM_BACKEND": requested(),
+            # the CPU's Winograd convolutions (built on first use; this only checks they can be)
+            "native_winograd": native.unavailable("winograd") or "buildable",
         },
     }

@@ -11,7 +11,9 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import platform
 import shutil
+import sys
 import threading
 from pathlib import Path
 
@@ -96,8 +98,8 @@ def load(name: str = "winograd"):
 
         src = _source(name)
         cflags = _cflags()
-        key = hashlib.sha256(src.read_bytes() + torch.__version__.encode() +
-                             " ".join(cflags).encode()).hexdigest()[:16]
+        key = hashlib.sha256(src.read_bytes() + torch.__version__.encode() + sys.version.encode() +
+                             platform.machine().encode() + " ".join(cflags).encode()).hexdigest()[:16]
         root = Path(os.environ.get("FASTDM_NATIVE_CACHE", Path.home() / ".cache" / "fastdm" / "native"))
         build = root / f"{name}-{key}"
         build.mkdir(parents=True, exist_ok=True)

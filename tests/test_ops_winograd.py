@@ -271,3 +271,4 @@ def test_cli_records_the_convolution(tmp_path, capsys):
         metrics = json.load(open(os.path.join(out, "metrics.json")))
         assert metrics["conv"] == conv and metrics["winograd_layers"] == layers
         assert metrics["config"]["conv"] == (flag[1] if flag else "auto")
+
