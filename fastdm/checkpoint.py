@@ -34,6 +34,7 @@ class RunState:
     losses: list = field(default_factory=list)  # per-iteration loss (sum over classes / classes)
     elapsed: float = 0.0               # seconds spent in iterations so far
     precision: str | None = None       # the embedder arithmetic those iterations ran in
+    conv: str | None = None            # their real-branch convolutions (winograd, direct, both: "a+b")
 
 
 def checkpoint_path(out: str) -> str:
@@ -53,7 +54,7 @@ def _payload(cfg: CondenseConfig, state: RunState, classes) -> dict:
             "iteration": state.iteration, "images": state.images.detach().cpu(),
             "momentum": None if state.momentum is None else state.momentum.cpu(),
             "losses": list(state.losses), "elapsed": state.elapsed, "classes": list(classes),
-            "precision": state.precision}
+            "precision": state.precision, "conv": state.conv}
 
 
 def save_checkpoint(out: str, cfg: CondenseConfig, state: RunState, dist=None, classes=None) -> None:
@@ -169,4 +170,5 @@ def load_checkpoint(out: str, cfg: CondenseConfig, device, classes=None) -> RunS
     mom = None if any(m is None for m in moms) else torch.cat(moms).to(device)
     return RunState(images=torch.cat(images).to(device), momentum=mom,
                     iteration=int(first["iteration"]), losses=list(first["losses"]),
-                    elapsed=float(first["elapsed"]), precision=first.get("precision"))
+                    elapsed=float(first["elapsed"]), precision=first.get("precision"),
+                    conv=first.get("conv"))

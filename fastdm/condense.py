@@ -479,6 +479,15 @@ def _condense(config: CondenseConfig, out, resume: bool, overwrite: bool, progre
                     "(--precision %s to keep it)", state.iteration, state.precision,
                     engine.precision, state.precision.split("+")[-1])
         state.precision = f"{state.precision}+{engine.precision}"
+    # the same for the real branch's convolutions (auto falls back to direct without the native
+    # build): rounding differs, so a resumed run is no longer bit-identical to an unbroken one
+    if state.iteration == 0 or state.conv is None:
+        state.conv = engine.conv
+    elif engine.conv not in state.conv.split("+"):
+        log.warning("the checkpoint's %d iterations ran with %s real-branch convolutions; this "
+                    "session runs %s (--conv %s to keep them)", state.iteration, state.conv,
+                    engine.conv, state.conv.split("+")[-1])
+        state.conv = f"{state.conv}+{engine.conv}"
     if dist is None or dist.main:
         # no file of the old run may survive next to the new one; a resumed run's outputs are
         # written anew at its end (until then only its checkpoint stands for it)
@@ -520,7 +529,8 @@ def _condense(config: CondenseConfig, out, resume: bool, overwrite: bool, progre
         if not dist.main:
             return {"out": out, "synset": None, "metrics": None}
         state = RunState(images=images, momentum=None, iteration=state.iteration,
-                         losses=state.losses, elapsed=state.elapsed, precision=state.precision)
+                         losses=state.losses, elapsed=state.elapsed, precision=state.precision,
+                         conv=state.conv)
     synset = synset_dict(cfg, data, state)
     save_run_pictures(out, state.images, data.denormalize, data.num_classes, cfg.ipc, state.losses,
                       title="DM loss" if cfg.mmd == "linear" else "Gaussian MMD^2")
@@ -533,7 +543,7 @@ def _condense(config: CondenseConfig, out, resume: bool, overwrite: bool, progre
         "precision": engine.precision, "run_precision": state.precision,
         "channels_last": cfg.channels_last,
         # the real branch's convolutions, and which of net.features took Winograd
-        "conv": engine.conv, "winograd_layers": list(engine.winograd_layers),
+        "conv": engine.conv, "winograd_layers": list(engine.winograd_layers), "run_conv": state.conv,
         "real_tier": engine.real_tier, "real_batches": dict(engine.stream.stats),
         "processes": 1 if dist is None else dist.world,
         # class_chunk, real_tier, real_batches above are rank 0's; each rank's are here

@@ -1,7 +1,8 @@
 """Numeric precision of the embedder's forward passes.
 
 fp32 is the reference's arithmetic (and the default on the CPU, where fastdm reproduces the
-reference). bf16 runs the embedder under torch.autocast (convolutions and linear layers in
+reference up to the rounding of its Winograd real-branch convolutions; --conv direct for the
+reference's own). bf16 runs the embedder under torch.autocast (convolutions and linear layers in
 bf16; the per-class sums and the MMD accumulate in fp32 whatever the feature dtype, and the
 loss is fp32; on CUDA autocast also runs GroupNorm in fp32, on the CPU it stays bf16).
 auto: bf16 on CUDA GPUs that compute it natively, fp32 elsewhere.

@@ -65,6 +65,7 @@ void input_transform(const at::Tensor& x, at::Tensor& V, int64_t pad_top, int64_
   const int64_t N = x.size(0), H = x.size(1), W = x.size(2), C = x.size(3);
   const int64_t P = N * th * tw;
   TORCH_CHECK(V.size(0) == T * T && V.size(1) == P && V.size(2) == C, "V has the wrong shape");
+  TORCH_CHECK(pad_top >= 0 && pad_left >= 0 && th > 0 && tw > 0, "bad padding or tile grid");
   const float* xp = x.data_ptr<float>();
   float* vp = V.data_ptr<float>();
   at::parallel_for(0, P, 16, [&](int64_t p0, int64_t p1) {
@@ -111,6 +112,9 @@ void output_transform(const at::Tensor& Mm, const c10::optional<at::Tensor>& bia
   const int64_t N = out.size(0), Ho = out.size(1), Wo = out.size(2), K = out.size(3);
   const int64_t P = N * th * tw;
   TORCH_CHECK(Mm.size(0) == T * T && Mm.size(1) == P && Mm.size(2) == K, "Mm has the wrong shape");
+  // the tiles must cover the output exactly (an uncovered pixel would stay uninitialised)
+  TORCH_CHECK((th - 1) * M < Ho && Ho <= th * M && (tw - 1) * M < Wo && Wo <= tw * M,
+              "the tile grid does not cover the output");
   const float* bp = nullptr;
   if (bias.has_value() && bias->defined()) {
     check_f32_contig(*bias, "bias", 1);

@@ -44,8 +44,8 @@ def test_matches_conv2d_in_float64(shape, with_bias):
     got = winograd_conv2d(x, wt, b, pad)
     assert got.shape == ref.shape and got.dtype == torch.float32
     assert got.is_contiguous(memory_format=torch.channels_last)
-    # float32 rounding of the transforms: measured <= 7e-6 of the largest output
-    assert _rel(got, ref) < 5e-5
+    # float32 rounding of the transforms: measured <= 8e-6 of the largest output
+    assert _rel(got, ref) < 2e-5
     # the plain-torch algorithm in float64 checks the matrices themselves (exact to rounding)
     assert _rel(reference_winograd_conv2d(x.double(), wt.double(),
                                           None if b is None else b.double(), pad), ref) < 1e-12
@@ -60,7 +60,7 @@ def test_input_memory_format_and_many_blocks(monkeypatch):
         monkeypatch.setattr(W, "BLOCK_BYTES", block)
         for inp in (x, x.contiguous(memory_format=torch.channels_last)):
             got = winograd_conv2d(inp, wt, b, 1)
-            assert _rel(got, ref) < 5e-5
+            assert _rel(got, ref) < 2e-5
             assert torch.equal(got, whole)  # blocking changes no arithmetic
 
 
@@ -272,3 +272,50 @@ def test_cli_records_the_convolution(tmp_path, capsys):
         assert metrics["conv"] == conv and metrics["winograd_layers"] == layers
         assert metrics["config"]["conv"] == (flag[1] if flag else "auto")
 
+
+
+def test_opcheck_empty_batch_and_default_dtype():
+    """The fake implementation agrees with the real one (torch.library.opcheck: shapes,
+    strides, schema); an empty batch; a float64 default dtype does not leak into the buffers."""
+    x, wt, b = _case(3, 17, 6, 7, 9, seed=4)
+    torch.library.opcheck(W._winograd_op, (x, W.weight_transform(wt), b, 1))
+    assert winograd_conv2d(x[:0], wt, b, 1).shape == (0, 6, 7, 9)
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        got = winograd_conv2d(x, wt, b, 1)
+    finally:
+        torch.set_default_dtype(old)
+    assert _rel(got, F.conv2d(x.double(), wt.double(), b.double(), padding=1)) < 2e-5
+
+
+def test_device_error_and_tile_grid_checks():
+    x, wt, b = _case(2, 16, 4, 6, 6, seed=5)
+    with pytest.raises(FastDMError, match="runs on the CPU"):
+        winograd_conv2d(x.to("meta"), wt.to("meta"), None, 1)
+    ext = native.winograd()
+    with pytest.raises(RuntimeError, match="tile grid does not cover"):
+        ext.output_transform(torch.zeros(36, 2, 4), None, torch.empty(2, 6, 6, 4), 1, 1)
+
+
+def test_a_subclass_with_its_own_embed_keeps_the_direct_path():
+    from fastdm.models.convnet import ConvNet
+
+    class Mine(ConvNet):
+        def embed(self, x):
+            return super().embed(x) * 2
+    assert winograd_layers(Mine(3, 10, im_size=(16, 16)), (16, 16)) == ()
+
+
+def test_a_resume_with_other_convolutions_is_said_and_recorded(tmp_path, caplog, monkeypatch):
+    from fastdm.condense import condense_dataset
+    from fastdm.config import CondenseConfig
+    monkeypatch.delenv("FASTDM_BACKEND", raising=False)
+    out = str(tmp_path / "run")
+    cfg = CondenseConfig(dataset="digits", iterations=2, checkpoint_every=1)  # auto: winograd
+    assert condense_dataset(cfg, out, progress=False)["metrics"]["run_conv"] == "winograd"
+    with caplog.at_level(logging.WARNING, logger="fastdm"):
+        m = condense_dataset(CondenseConfig(**{**cfg.to_dict(), "iterations": 3, "conv": "direct"}),
+                             out, resume=True, progress=False)["metrics"]
+    assert "ran with winograd real-branch convolutions; this session runs direct" in caplog.text
+    assert m["conv"] == "direct" and m["run_conv"] == "winograd+direct"
