@@ -452,6 +452,19 @@ def _load(config: CondenseConfig, progress: bool, dist) -> Dataset:
     return data if data is not None else load()
 
 
+def _session_setting(saved: str | None, now: str, iteration: int, ran: str, runs: str,
+                     flag: str) -> str:
+    """The run's record of a speed setting after this session: ``now``, or ``saved+now`` with
+    a warning when the checkpoint's iterations ran with another one."""
+    if iteration == 0 or saved is None:
+        return now
+    if now in saved.split("+"):
+        return saved
+    log.warning("the checkpoint's %d iterations ran %s; this session runs %s (%s %s to keep it)",
+                iteration, ran.format(saved), runs.format(now), flag, saved.split("+")[-1])
+    return f"{saved}+{now}"
+
+
 def _condense(config: CondenseConfig, out, resume: bool, overwrite: bool, progress: bool, dist,
               dev_name: str | None = None) -> dict:
     t_start = time.perf_counter()
@@ -470,24 +483,13 @@ def _condense(config: CondenseConfig, out, resume: bool, overwrite: bool, progre
         raise FastDMError(f"the checkpoint in {out} is at iteration {state.iteration}, past "
                           f"--iterations {cfg.iterations}; pass --iterations {state.iteration} or more")
     started = state.iteration
-    # precision is a speed setting (auto: bf16 on CUDA, fp32 on the CPU), so a run may resume
-    # in another one: allowed, but said, and recorded
-    if state.iteration == 0 or state.precision is None:
-        state.precision = engine.precision
-    elif engine.precision not in state.precision.split("+"):
-        log.warning("the checkpoint's %d iterations ran in %s; this session runs in %s "
-                    "(--precision %s to keep it)", state.iteration, state.precision,
-                    engine.precision, state.precision.split("+")[-1])
-        state.precision = f"{state.precision}+{engine.precision}"
-    # the same for the real branch's convolutions (auto falls back to direct without the native
-    # build): rounding differs, so a resumed run is no longer bit-identical to an unbroken one
-    if state.iteration == 0 or state.conv is None:
-        state.conv = engine.conv
-    elif engine.conv not in state.conv.split("+"):
-        log.warning("the checkpoint's %d iterations ran with %s real-branch convolutions; this "
-                    "session runs %s (--conv %s to keep them)", state.iteration, state.conv,
-                    engine.conv, state.conv.split("+")[-1])
-        state.conv = f"{state.conv}+{engine.conv}"
+    # precision and the real branch's convolutions are speed settings (auto picks them by device,
+    # and falls back to direct convolutions without the native build), so a run may resume in
+    # others: allowed, but said, and recorded (rounding differs: no longer bit-identical)
+    state.precision = _session_setting(state.precision, engine.precision, state.iteration,
+                                       "in {}", "in {}", "--precision")
+    state.conv = _session_setting(state.conv, engine.conv, state.iteration,
+                                  "with {} real-branch convolutions", "{}", "--conv")
     if dist is None or dist.main:
         # no file of the old run may survive next to the new one; a resumed run's outputs are
         # written anew at its end (until then only its checkpoint stands for it)
