@@ -66,6 +66,77 @@ def test_output_and_embed_shapes(name, c, s):
     assert emb.shape[1] == last.in_features
 
 
+# The reference's first-layer rule keys on the channel count alone (networks.py: `padding=3 if
+# channel == 1` and the like): (first conv padding, spatial side after every conv, embedding
+# side of the feature blocks' output) for 1-channel inputs; None where the architecture cannot take the size. Derived by hand
+# from the layer definitions (side + 2 * pad - kernel + 1, then halved by each 2x2 pooling).
+ONE_CHANNEL = {
+    "ConvNet": (3, {8: ([12, 6, 3], 1), 16: ([20, 10, 5], 2), 28: ([32, 16, 8], 4),
+                    64: ([68, 34, 17], 8)}),
+    "ConvNetD4": (3, {8: None, 16: ([20, 10, 5, 2], 1), 28: ([32, 16, 8, 4], 2),
+                      64: ([68, 34, 17, 8], 4)}),
+    "LeNet": (2, {8: None, 16: ([16, 4], 2), 28: ([28, 10], 5), 64: ([64, 28], 14)}),
+    "AlexNet": (4, {8: ([12, 6, 3, 3, 3], 1), 16: ([20, 10, 5, 5, 5], 2),
+                    28: ([32, 16, 8, 8, 8], 4), 64: ([68, 34, 17, 17, 17], 8)}),
+    "VGG11": (3, {8: None, 16: None, 28: ([32, 16, 8, 8, 4, 4, 2, 2], 1),
+                  64: ([68, 34, 17, 17, 8, 8, 4, 4], 2)}),
+}
+ONE_CHANNEL["AlexNetBN"] = ONE_CHANNEL["AlexNet"]
+ONE_CHANNEL["VGG11BN"] = ONE_CHANNEL["VGG11"]
+# every ConvNet variant of depth 3 with pooling follows ConvNet's table
+for _name in ("ConvNetW32", "ConvNetAS", "ConvNetBN", "ConvNetLN", "ConvNetNN", "ConvNetMP",
+              "ConvNetGN", "ConvNetASwishBN"):
+    ONE_CHANNEL[_name] = ONE_CHANNEL["ConvNet"]
+
+
+def _conv_sides(m, x):
+    sides = []
+    hooks = [c.register_forward_hook(lambda mod, a, out: sides.append(out.shape[-1]))
+             for c in m.modules() if isinstance(c, nn.Conv2d)]
+    maps = m.features(x)
+    for h in hooks:
+        h.remove()
+    return sides, maps
+
+
+@pytest.mark.parametrize("name", sorted(ONE_CHANNEL))
+@pytest.mark.parametrize("size", [8, 16, 28, 64])
+def test_one_channel_first_layer_padding_at_every_size(name, size):
+    """Not only 28x28: 8x8 digits, 16 px and 64 px 1-channel folders get the reference's padding
+    too (fastdm once applied it at 28x28 alone, a different network everywhere else)."""
+    pad, table = ONE_CHANNEL[name]
+    want = table[size]
+    if want is None:
+        with pytest.raises(FastDMError, match="cannot take"):
+            create_model(name, 1, 10, size)
+        return
+    m = create_model(name, 1, 10, size).eval()
+    first = next(c for c in m.modules() if isinstance(c, nn.Conv2d))
+    assert first.padding == (pad, pad)
+    sides, maps = _conv_sides(m, torch.randn(2, 1, size, size))
+    want_sides, side = want
+    assert sides == want_sides
+    assert tuple(maps.shape[-2:]) == (side, side)
+    # three channels keep the default padding
+    default = {3: 1, 2: 0, 4: 2}[pad]
+    rgb = next(c for c in create_model(name, 3, 10, 32).modules() if isinstance(c, nn.Conv2d))
+    assert rgb.padding == (default, default)
+
+
+def test_digits_embedder_has_the_reference_first_layer():
+    """The embedded default (1 x 8 x 8): padding 3, so the maps are 12 -> 6 -> 3 -> 1."""
+    from fastdm.data import load_dataset
+    d = load_dataset("digits")
+    m = create_model(d.default_model, d.channels, d.num_classes, d.image_size)
+    assert m.features[0].padding == (3, 3)
+    assert _conv_sides(m, torch.randn(1, 1, 8, 8))[0] == [12, 6, 3]
+
+
+def test_resnet_has_no_one_channel_rule():
+    conv = create_model("ResNet18", 1, 10, 28).conv1
+    assert conv.padding == (1, 1)
+
+
 def test_convnet_variants_and_28_to_32_rule():
     m = create_model("ConvNet", 1, 10, 28)
     assert m.features[0].padding == (3, 3) and m.feature_shape == (128, 4, 4)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import nn
 
-from .layers import check_size, conv_out, digit_padding
+from .layers import check_size, conv_out, first_padding
 
 
 class MLP(nn.Module):
@@ -30,7 +30,7 @@ class MLP(nn.Module):
 class LeNet(nn.Module):
     def __init__(self, channel, num_classes, im_size=(32, 32)):
         super().__init__()
-        pad = digit_padding(channel, im_size, 2, 0)
+        pad = first_padding(channel, 2, 0)
         self.features = nn.Sequential(
             nn.Conv2d(channel, 6, kernel_size=5, padding=pad), nn.ReLU(inplace=True),
             nn.MaxPool2d(2, 2),
@@ -61,7 +61,7 @@ class AlexNet(nn.Module):
                 layers.append(nn.BatchNorm2d(cout))
             return layers + [nn.ReLU(inplace=True)]
 
-        pad = digit_padding(channel, im_size, 4, 2)
+        pad = first_padding(channel, 4, 2)
         self.features = nn.Sequential(
             *block(channel, 128, 5, pad), nn.MaxPool2d(2, 2),
             *block(128, 192, 5, 2), nn.MaxPool2d(2, 2),
@@ -93,7 +93,7 @@ class VGG11(nn.Module):
                 layers.append(nn.MaxPool2d(2, 2))
                 h, w = h // 2, w // 2
                 continue
-            pad = digit_padding(channel, im_size, 3, 1) if i == 0 else 1
+            pad = first_padding(channel, 3, 1) if i == 0 else 1
             layers += [nn.Conv2d(cin, v, kernel_size=3, padding=pad),
                        nn.BatchNorm2d(v) if batchnorm else nn.GroupNorm(v, v, affine=True),
                        nn.ReLU(inplace=True)]

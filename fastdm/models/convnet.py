@@ -4,7 +4,7 @@ from __future__ import annotations
 from torch import nn
 
 from ..errors import FastDMError
-from .layers import activation, check_size, conv_out, digit_padding, norm2d
+from .layers import activation, check_size, conv_out, first_padding, norm2d
 
 
 class ConvNet(nn.Module):
@@ -18,7 +18,7 @@ class ConvNet(nn.Module):
         h, w = im_size
         cin = channel
         for d in range(depth):
-            pad = digit_padding(channel, im_size, 3, 1) if d == 0 else 1
+            pad = first_padding(channel, 3, 1) if d == 0 else 1
             layers.append(nn.Conv2d(cin, width, kernel_size=3, padding=pad))
             h, w = conv_out(h, 3, 1, pad), conv_out(w, 3, 1, pad)
             n = norm2d(norm, width, (h, w))
