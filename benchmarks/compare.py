@@ -61,7 +61,7 @@ class Side:
     def tensor_bytes(self) -> int:
         """Bytes of the side's persistent tensors (after its first step)."""
         if self.name == "fastdm":  # images, momentum
-            return self.obj.real.nbytes + 2 * self.state.images.nbytes
+            return self.obj.stream.images.nbytes + 2 * self.state.images.nbytes
         return self.obj.images_all.nbytes + 3 * self.obj.image_syn.nbytes  # images, .grad, momentum
 
     def step(self, timed: bool = True) -> None:
@@ -210,9 +210,9 @@ def run_setting(name: str, s: Setting, device, args, impl) -> dict:
     extras = {}
     for side_name, side in sides.items():  # free this setting's data before probes and the next setting
         extras[side_name] = ({"impl": impl.source} if side_name == "baseline" else
-                             {"class_chunk": side.obj.chunk, "backends": side.obj.backends,
-                              "compiled": side.obj.compiled, "precision": side.obj.precision,
-                              "conv": side.obj.conv, "winograd_layers": list(side.obj.winograd_layers)})
+                             {k: side.obj.plan.to_dict()[k] for k in
+                              ("class_chunk", "backends", "compiled", "precision", "conv",
+                               "winograd_layers")})
         side.obj = side.state = None
     _free(device)
     for side_name, side in sides.items():

@@ -23,7 +23,7 @@ import tempfile
 import numpy as np
 import torch
 
-from fastdm import rng
+from fastdm.data.sampler import RealSampler
 from fastdm.data.stream import RealStream
 
 from .measure import best_time, run_facts, save_json
@@ -60,13 +60,8 @@ def main(argv=None) -> dict:
         counts = torch.full((k,), n)
         offsets = torch.arange(k) * n
 
-        def indices(key):
-            it, c0, c1 = key
-            pos, valid = rng.sample_without_replacement(counts[c0:c1], args.batch_real, 0, rng.REAL,
-                                                        it, classes=torch.arange(c0, c1))
-            return (offsets[c0:c1, None] + pos)[valid], valid.sum(1)
-
-        rows, _ = indices((0, 0, k))
+        sampler = RealSampler(counts, offsets, args.batch_real, seed=0)  # the engine's
+        rows, _ = sampler.indices(0, 0, k)
         nbytes = rows.numel() * mapped[0].numel()
         src, dst = torch.empty(nbytes, dtype=torch.uint8), torch.empty(nbytes, dtype=torch.uint8)
         src.fill_(1)
@@ -85,11 +80,10 @@ def main(argv=None) -> dict:
             "mapped": lambda: torch.index_select(mapped, 0, rows, out=out),
             "memory": lambda: torch.index_select(memory, 0, rows, out=out),
         }
-        streams = {"stream_disk": RealStream(mapped, torch.device("cpu"), "disk", indices, mapped=True)}
+        streams = {"stream_disk": RealStream(mapped, torch.device("cpu"), "disk", sampler, mapped=True)}
         if device.type == "cuda":
-            streams["stream_pinned"] = RealStream(mapped, device, "pinned", indices, mapped=True)
-            streams["stream_gpu"] = RealStream(mapped, device, "gpu",
-                                               lambda key: tuple(t.to(device) for t in indices(key)))
+            streams["stream_pinned"] = RealStream(mapped, device, "pinned", sampler, mapped=True)
+            streams["stream_gpu"] = RealStream(mapped, device, "gpu", sampler)
         for name, st in streams.items():
             ways[name] = (lambda st=st: (stream_iteration(st), torch.cuda.synchronize(device)
                                          if device.type == "cuda" else None))

@@ -132,7 +132,7 @@ def commit() -> str:
 
 def run_facts(device: torch.device) -> dict:
     from fastdm.backend import triton_importable
-    from fastdm.condense import device_name
+    from fastdm.devices import device_name
     return {
         "date": datetime.date.today().isoformat(),
         "commit": commit(),

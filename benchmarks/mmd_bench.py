@@ -6,7 +6,7 @@ the Gaussian multi-kernel MMD against a torch cdist-based implementation.
 
 linear, per shape CLASSESxREALxIPCxD (default 1000x256x10x2048: ImageNet-1K, batch_real 256,
 ConvNet features) and dtype (fp32, bf16):
-- ``real sums``: the real side reduced to per-class sums (fastdm.ops.mmd.segment_sum).
+- ``real sums``: the real side reduced to per-class sums (fastdm.ops.seg.segment_sum).
   Bytes = features read + sums written.
 - ``loss+grad``: real sums, the loss, and the synthetic features' gradient: fused
   (segment_sum + linear_mmd + backward) vs the plain torch expression
@@ -17,7 +17,7 @@ Copy bandwidth: ``dst.copy_(src)`` on the real features' fp32 bytes (read + writ
 gaussian, per shape (default 100x256x10x2048) and bandwidths 0.5,1,2 (absolute, on features of
 unit-variance entries scaled by 1/sqrt(D)): forward without the real-real term + backward (what
 a DM iteration needs) and the full value (forward with it); fused vs the torch path
-(fastdm.ops.mmd.torch_gaussian_mmd, batched bmm) vs a cdist-based implementation (batched
+(fastdm.ops.gauss.torch_gaussian_mmd, batched bmm) vs a cdist-based implementation (batched
 ``torch.cdist`` per class, exp, sums; autograd).
 """
 from __future__ import annotations
@@ -29,7 +29,9 @@ import torch
 
 from fastdm.devices import resolve_device
 from fastdm.errors import FastDMError
-from fastdm.ops import mmd
+from fastdm.ops import gaussian_mmd as gauss
+from fastdm.ops import linear_mmd as lin
+from fastdm.ops import segments as seg
 
 from .dsa_bench import copy_bandwidth, timeit
 from .measure import parse_backends, parse_list, run_facts, save_json
@@ -101,12 +103,12 @@ def linear_rows(shape, device, backends, dtypes, iters) -> list[dict]:
         rate("plain_loss", timeit(_grad_of(lambda: plain_linear(real, syn, k, n, ipc), syn), device,
                                   iters), loss_bytes)
         for be in backends:
-            rate(f"{be}_sums", timeit(lambda: mmd.segment_sum(real, counts, backend=be), device,
+            rate(f"{be}_sums", timeit(lambda: seg.segment_sum(real, counts, backend=be), device,
                                       iters), sums_bytes)
 
             def fused():
-                sums = mmd.segment_sum(real, counts, backend=be)
-                return mmd.linear_mmd(sums, counts, syn, syn_counts, backend=be).sum()
+                sums = seg.segment_sum(real, counts, backend=be)
+                return lin.linear_mmd(sums, counts, syn, syn_counts, backend=be).sum()
             rate(f"{be}_loss", timeit(_grad_of(fused, syn), device, iters), loss_bytes)
             row[f"{be}_speedup_vs_plain"] = row["plain_loss_ms"] / row[f"{be}_loss_ms"]
         rows.append(row)
@@ -136,7 +138,7 @@ def gaussian_rows(shape, device, backends, dtypes, iters) -> list[dict]:
                 lambda: cdist_gaussian(real, syn, k, n, ipc, BANDWIDTHS, True), device, iters)
         for be in backends:
             def loss(real_term):
-                return mmd.gaussian_mmd(real, counts, syn, syn_counts, BANDWIDTHS,
+                return gauss.gaussian_mmd(real, counts, syn, syn_counts, BANDWIDTHS,
                                         real_term=real_term, backend=be).sum()
             row[f"{be}_grad_ms"] = 1e3 * timeit(_grad_of(lambda: loss(False), syn), device, iters)
             with torch.no_grad():

@@ -8,13 +8,14 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from fastdm.condense import DMEngine
 from fastdm.config import CondenseConfig
 from fastdm.data import ClassImages, Dataset
 from fastdm.data.images import normalize
+from fastdm.engine import DMEngine
 from fastdm.errors import FastDMError
+from fastdm.footprint import embed_flops_per_image, iteration_flops
+from fastdm.plan import make_plan
 
-from .flops import embed_flops_per_image, iteration_flops
 from .measure import host_available
 from .reference_loop import Impl, ReferenceLoop
 
@@ -89,9 +90,8 @@ def fastdm_side(s: Setting, per_class: int, device: torch.device, class_chunk=No
                    (MEAN,) * s.channels, (STD,) * s.channels, s.model, STRATEGY)
     cfg = CondenseConfig(dataset="synthetic", ipc=s.ipc, iterations=10 ** 9,
                          batch_real=s.batch_real, model=s.model, device=str(device),
-                         class_chunk=class_chunk, compile=compile,
-                         precision=precision, conv=conv).resolved(data)
-    return DMEngine(cfg, data, device)
+                         class_chunk=class_chunk, compile=compile, precision=precision, conv=conv)
+    return DMEngine(make_plan(cfg, data), data)
 
 
 def uint8_bytes(s: Setting, per_class: int) -> int:

@@ -40,7 +40,7 @@ cfg = CondenseConfig(dataset="store", data_root=root, ipc=int(ipc), iterations=1
 res = condense_dataset(cfg, out=out, progress=False)
 peak = torch.cuda.max_memory_allocated() if cuda else peak_rss_bytes()
 m = res["metrics"]
-print(json.dumps({"growth_bytes": peak - base, "tier": m["real_tier"], "model": m["config"]["model"],
+print(json.dumps({"growth_bytes": peak - base, "tier": m["plan"]["real_tier"], "model": m["config"]["model"],
                   "s_per_iteration": m["timings"]["per_iteration_s"]}))
 """
 

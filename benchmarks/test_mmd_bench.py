@@ -10,7 +10,9 @@ import os
 import pytest
 import torch
 
-from fastdm.ops import mmd
+from fastdm.ops import gaussian_mmd as gauss
+from fastdm.ops import linear_mmd as lin
+from fastdm.ops import segments as seg
 
 from .mmd_bench import cdist_gaussian, plain_linear
 
@@ -38,8 +40,8 @@ def test_linear_loss_and_grad(timed, device, size, backend):
     real, syn, counts, syn_counts = features(SIZES[size], device)
 
     def loss_and_grad():
-        sums = mmd.segment_sum(real, counts, backend=backend)
-        loss = mmd.linear_mmd(sums, counts, syn, syn_counts, backend=backend).sum()
+        sums = seg.segment_sum(real, counts, backend=backend)
+        loss = lin.linear_mmd(sums, counts, syn, syn_counts, backend=backend).sum()
         return torch.autograd.grad(loss, syn)[0]
 
     assert timed(loss_and_grad).shape == syn.shape
@@ -59,7 +61,7 @@ def test_linear_plain_torch_expression(timed, device, size):
 def test_real_sums(timed, device, size, backend):
     skip_unless_runs(backend, device)
     real, _, counts, _ = features(SIZES[size], device)
-    assert timed(lambda: mmd.segment_sum(real, counts, backend=backend)).shape[0] == counts.numel()
+    assert timed(lambda: seg.segment_sum(real, counts, backend=backend)).shape[0] == counts.numel()
 
 
 @pytest.mark.parametrize("backend", BACKENDS + ["cdist"])
@@ -73,7 +75,7 @@ def test_gaussian_grad(timed, device, size, backend):
     def loss():
         if backend == "cdist":
             return cdist_gaussian(real, syn, classes, n_real, ipc, bws, False)
-        return mmd.gaussian_mmd(real, counts, syn, syn_counts, bws, real_term=False,
+        return gauss.gaussian_mmd(real, counts, syn, syn_counts, bws, real_term=False,
                                 backend=backend).sum()
 
     assert timed(lambda: torch.autograd.grad(loss(), syn)[0]).shape == syn.shape

@@ -1,5 +1,5 @@
 """Real batch sampling: per-class draws without replacement, gather from the uint8 store,
-normalisation on the device (the engine's real_batch for one chunk of classes)."""
+normalisation on the device (the real stream's batch of one chunk of classes)."""
 from benchmarks.settings import Setting, fastdm_side
 
 # a setting per size; the chunk covers all its classes
@@ -11,5 +11,9 @@ SIZES = {"tiny": Setting(3, 20, 3, 16, 1, "ConvNetD2", batch_real=8),
 def test_real_batch(timed, device, size):
     s = SIZES[size]
     engine = fastdm_side(s, s.per_class, device, class_chunk=s.classes)
-    images, counts = timed(engine.real_batch, 7, 0, s.classes)
+
+    def real_batch():
+        images, counts = engine.stream.take((7, 0, s.classes))
+        return engine.data.normalize(images, engine.device), counts
+    images, counts = timed(real_batch)
     assert images.shape[0] == int(counts.sum()) == s.classes * min(s.batch_real, s.per_class)

@@ -68,15 +68,15 @@ def backend_for(op: str, device) -> str:
 
 
 # -- the CPU embedder's convolution algorithm ---------------------------------------------------
-CONV_MODES = ("auto", "winograd", "direct")
-
-
-def conv_for(mode: str, device, precision: str, model_why: str | None = None) -> str:
+def conv_for(mode: str, device, precision: str, model_why: str | None = None,
+             build: bool = True) -> str:
     """'winograd' or 'direct' for the real branch's 3x3 convolutions (fastdm.ops.winograd).
     auto: Winograd on the CPU in fp32 when the native kernels build here; a CPU fp32 run that
     cannot have them logs why (a warning). 'winograd' that cannot run is a FastDMError.
-    ``model_why``: why the model has no Winograd layers, or None."""
+    ``model_why``: why the model has no Winograd layers, or None. ``build=False`` checks that
+    the kernels can be built without building them (a dry run)."""
     from .errors import FastDMError
+    from .settings import CONV_MODES
     from . import native
     if mode not in CONV_MODES:
         raise FastDMError(f"--conv must be one of {', '.join(CONV_MODES)}, got '{mode}'")
@@ -88,7 +88,9 @@ def conv_for(mode: str, device, precision: str, model_why: str | None = None) ->
            f"the kernels are float32 only and the embedder runs in {precision}" if precision != "fp32" else
            model_why)
     expected = why is None  # a CPU fp32 run: the fast path should be taken from here on
-    if why is None:
+    if why is None and not build:
+        why = native.unavailable("winograd")
+    elif why is None:
         try:
             native.winograd()
         except FastDMError as e:

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import torch
 
 from . import __version__
-from .config import CondenseConfig
+from .config import SETTINGS, CondenseConfig
 from .errors import FastDMError
 from .io import atomic_json_dump, atomic_torch_save
 
@@ -49,26 +49,27 @@ def has_checkpoint(out: str) -> bool:
     return os.path.exists(checkpoint_path(out)) or os.path.exists(manifest_path(out))
 
 
-def _payload(cfg: CondenseConfig, state: RunState, classes) -> dict:
-    return {"format": CHECKPOINT_FORMAT, "version": 1, "fastdm": __version__, "config": cfg.to_dict(),
+def _payload(plan, state: RunState) -> dict:
+    return {"format": CHECKPOINT_FORMAT, "version": 1, "fastdm": __version__,
+            "config": plan.config.to_dict(), "data_fingerprint": plan.data_fingerprint,
             "iteration": state.iteration, "images": state.images.detach().cpu(),
             "momentum": None if state.momentum is None else state.momentum.cpu(),
-            "losses": list(state.losses), "elapsed": state.elapsed, "classes": list(classes),
+            "losses": list(state.losses), "elapsed": state.elapsed, "classes": list(plan.classes),
             "precision": state.precision, "conv": state.conv}
 
 
-def save_checkpoint(out: str, cfg: CondenseConfig, state: RunState, dist=None, classes=None) -> None:
-    """One process: checkpoint.pt. Ranks: every rank calls this at the same iteration."""
-    classes = classes or (0, state.images.shape[0] // cfg.ipc)
+def save_checkpoint(out: str, plan, state: RunState, dist=None) -> None:
+    """One process: checkpoint.pt. Ranks: every rank calls this at the same iteration.
+    ``plan``: the run's (fastdm.plan.RunPlan; its classes are this process's)."""
     if dist is None:
-        atomic_torch_save(_payload(cfg, state, classes), checkpoint_path(out))
+        atomic_torch_save(_payload(plan, state), checkpoint_path(out))
         # a sharded checkpoint of an earlier run is superseded: the manifest goes first, so a
         # crash half-way leaves no manifest naming removed files
         _remove(out, keep=set())
         return
     from . import distributed
     name = f"checkpoint-it{state.iteration:08d}-rank{dist.rank}-of{dist.world}.pt"
-    atomic_torch_save(_payload(cfg, state, classes), os.path.join(out, name))
+    atomic_torch_save(_payload(plan, state), os.path.join(out, name))
     distributed.barrier()  # every rank's file is in
     if dist.main:
         files = [f"checkpoint-it{state.iteration:08d}-rank{r}-of{dist.world}.pt" for r in range(dist.world)]
@@ -139,26 +140,28 @@ def saved_config(out: str) -> dict:
     return dict(_read(out)["config"])
 
 
-def load_checkpoint(out: str, cfg: CondenseConfig, device, classes=None) -> RunState:
-    """The saved state of classes [lo, hi) (default all), after checking that every setting
-    that shapes the result agrees; from one file or from the per-rank files that hold them."""
+def load_checkpoint(out: str, plan) -> RunState:
+    """The saved state of the plan's classes, after checking that every setting that shapes
+    the result (and the dataset) agrees; from one file or from the per-rank files that hold them."""
     paths = _files(out)
     first = _load(paths[0])
     saved = CondenseConfig.from_dict(first["config"]).to_dict()
-    now = cfg.to_dict()
-    diff = [f"{k}: {saved.get(k)!r} -> {now.get(k)!r}" for k in CondenseConfig.RESULT_KEYS
+    saved["data_fingerprint"] = first.get("data_fingerprint", first["config"].get("data_fingerprint"))
+    now = {**plan.config.to_dict(), "data_fingerprint": plan.data_fingerprint}
+    # the result's settings (of this run's objective: another objective's differ by nature)
+    keys = [s.name for s in SETTINGS if s.kind == "result" and s.objective in (None, now["objective"])]
+    diff = [f"{k}: {saved.get(k)!r} -> {now.get(k)!r}" for k in (*keys, "data_fingerprint")
             if saved.get(k) != now.get(k)]
     if diff:
         raise FastDMError(f"--resume: the settings differ from the checkpoint's ({'; '.join(diff)}); "
                           f"use the original settings or another --out")
-    ipc = cfg.ipc
-    lo, hi = classes or (0, None)
+    ipc = plan.config.ipc
+    lo, hi = plan.classes
     images, moms = [], []
     for i, path in enumerate(paths):
         ck = first if i == 0 else _load(path)
         c0, c1 = ck.get("classes") or (0, ck["images"].shape[0] // ipc)
-        hi_ = c1 if hi is None else hi
-        a, b = max(lo, c0), min(hi_, c1)
+        a, b = max(lo, c0), min(hi, c1)
         if a >= b:
             continue
         rows = slice((a - c0) * ipc, (b - c0) * ipc)
@@ -167,6 +170,7 @@ def load_checkpoint(out: str, cfg: CondenseConfig, device, classes=None) -> RunS
         if int(ck["iteration"]) != int(first["iteration"]):
             raise FastDMError(f"--resume: {path} is at iteration {ck['iteration']}, "
                               f"{paths[0]} at {first['iteration']}: the checkpoint is inconsistent")
+    device = plan.device
     mom = None if any(m is None for m in moms) else torch.cat(moms).to(device)
     return RunState(images=torch.cat(images).to(device), momentum=mom,
                     iteration=int(first["iteration"]), losses=list(first["losses"]),

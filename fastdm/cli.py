@@ -34,6 +34,40 @@ def _floats(text: str) -> list[float]:
         raise argparse.ArgumentTypeError(f"expected numbers separated by commas, got '{text}'") from None
 
 
+_CLI_TYPES = {int: int, float: float, str: str, list: _floats}
+
+
+def _add_condense_args(c: argparse.ArgumentParser) -> None:
+    """The condense flags, one per setting (fastdm.config.SETTINGS), grouped as declared."""
+    from .config import SETTINGS
+    from .settings import GROUPS
+
+    groups = {name: c.add_argument_group(title) for name, title in GROUPS.items()}
+    for s in SETTINGS:
+        kw = {"help": f"{s.help} (default: {s.default_text()})"}
+        if s.objective:
+            kw["help"] = f"{s.help}; --objective {s.objective} only (default: {s.default_text()})"
+        if s.type is bool:
+            kw.update(action="store_const", const=True)
+        else:
+            kw["type"] = _CLI_TYPES[s.type]
+            if s.choices:
+                kw["choices"] = list(s.choices)
+            if s.type is list:
+                kw["metavar"] = "X1,X2,..."
+        groups[s.group].add_argument(s.flag, dest=s.name, **kw)
+    run = groups["output"]
+    run.add_argument("--out", help="output folder (default runs/DATASET_ipcN)")
+    run.add_argument("--resume", action="store_true", help="continue the run in OUT from its checkpoint")
+    run.add_argument("--overwrite", action="store_true", help="start afresh even if OUT holds a run")
+    run.add_argument("--no-progress", action="store_true", help="no progress bar")
+    run.add_argument("--dry-run", action="store_true",
+                     help="resolve the run plan (device, backends, chunk, memory, ...) and print it "
+                          "as JSON without condensing or writing anything")
+    groups["method"].add_argument("--mmd", choices=["linear", "gaussian"],
+                                  help="deprecated: --objective dm (linear) or m3d (gaussian)")
+
+
 class _Parser(argparse.ArgumentParser):
     """Argument errors in the same one-line form as every other error."""
 
@@ -51,51 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     c = sub.add_parser("condense", help="learn a synthetic set (writes OUT/synset.pt, grid.png, "
                                         "loss.png, metrics.json)")
-    _add_data_args(c)
-    c.add_argument("--ipc", type=int, help="images per class (default 10; digits: 1)")
-    c.add_argument("--iterations", type=int, help="DM iterations (default 20000; digits: 400)")
-    c.add_argument("--batch-real", type=int, help="real images per class per iteration (default 256; digits: 64)")
-    c.add_argument("--model", help="embedder (default ConvNet; ConvNetD4 at 64 px)")
-    c.add_argument("--init", choices=["real", "noise"], help="initial synthetic images (default real)")
-    c.add_argument("--lr-img", type=float, help="SGD learning rate of the images (default 1)")
-    c.add_argument("--strategy", help="DSA ops joined by _ (default color_crop_cutout_flip_scale_rotate; "
-                                      "no flip for digit datasets), or none")
-    c.add_argument("--aug-mode", choices=["S", "M"], help="DSA mode: S one op, M all ops (default S)")
-    c.add_argument("--seed", type=int, help="run seed: every random draw derives from it (default 0)")
-    c.add_argument("--device", help="auto, cpu or cuda (default auto)")
-    c.add_argument("--out", help="output folder (default runs/DATASET_ipcN)")
-    c.add_argument("--checkpoint-every", type=int, help="iterations between checkpoints (default 500, 0: "
-                                                        "only at the end)")
-    c.add_argument("--class-chunk", type=int, help="classes per chunk (default: by memory budget)")
-    c.add_argument("--mmd", choices=["linear", "gaussian"],
-                   help="distribution distance: linear (mean embeddings, DM's loss; default) or "
-                        "gaussian (multi-kernel MMD, beyond the paper)")
-    c.add_argument("--bandwidths", type=_floats, metavar="B1,B2,...",
-                   help="Gaussian kernel bandwidths (default 0.5,1,2), in units of each class's "
-                        "feature spread unless --bandwidth-scale absolute")
-    c.add_argument("--bandwidth-scale", choices=["relative", "absolute"],
-                   help="relative (default): bandwidths are multiples of the root mean squared "
-                        "distance between a class's real features; absolute: feature units")
-    c.add_argument("--compile", choices=["auto", "on", "off"],
-                   help="torch.compile the embedder (one graph for the whole run; weights are redrawn "
-                        "in place). auto (default): on CUDA, and on the CPU for images of 32 px or more")
-    c.add_argument("--no-compile", dest="compile", action="store_const", const="off",
-                   help="same as --compile off (eager PyTorch, for debugging)")
-    c.add_argument("--precision", choices=["auto", "fp32", "bf16"],
-                   help="the embedder's arithmetic: fp32 (the reference's), bf16 (autocast; sums and "
-                        "losses stay fp32). auto (default): bf16 on CUDA, fp32 on the CPU")
-    c.add_argument("--conv", choices=["auto", "winograd", "direct"],
-                   help="the real branch's 3x3 convolutions: winograd (F(4x4,3x3), native CPU "
-                        "kernels, about 4x fewer multiplies) or direct. auto (default): winograd on "
-                        "the CPU in fp32, direct elsewhere")
-    c.add_argument("--channels-last", action="store_const", const=True,
-                   help="run the embedder in NHWC memory format (a GPU option; off by default)")
-    c.add_argument("--real-tier", choices=["auto", "gpu", "pinned", "memory", "disk"],
-                   help="where the real uint8 images live: gpu, pinned host RAM (CUDA), memory (CPU "
-                        "runs), disk (a store read through the page cache). auto (default): by size")
-    c.add_argument("--resume", action="store_true", help="continue the run in OUT from its checkpoint")
-    c.add_argument("--overwrite", action="store_true", help="start afresh even if OUT holds a run")
-    c.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_condense_args(c)
 
     e = sub.add_parser("evaluate", help="train models on a synthetic set (or a random real subset) "
                                         "and report test accuracy")
@@ -120,8 +110,6 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--compile", choices=["auto", "on", "off"],
                    help="torch.compile the training step (one graph for all models). auto (default): "
                         "on CUDA, and on the CPU for images of 32 px or more")
-    e.add_argument("--no-compile", dest="compile", action="store_const", const="off",
-                   help="same as --compile off")
     e.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
                    help="the training forward's arithmetic: auto (default) = bf16 autocast on CUDA "
                         "GPUs with native bf16, fp32 elsewhere; testing is always fp32")
@@ -192,31 +180,41 @@ def cmd_info() -> int:
 
 
 # -- condense ----------------------------------------------------------------------------------
-_CONDENSE_KEYS = ("dataset", "data_root", "download", "ipc", "iterations", "batch_real", "image_size",
-                  "model", "init", "lr_img", "strategy", "aug_mode", "seed", "device", "class_chunk",
-                  "checkpoint_every", "mmd", "bandwidths", "bandwidth_scale", "compile", "precision",
-                  "channels_last", "conv", "real_tier")
+def _objective_alias(args, given: dict) -> None:
+    """The deprecated --mmd, as --objective (with a warning)."""
+    from .config import LEGACY_MMD
+    if args.mmd is None:
+        return
+    new = LEGACY_MMD[args.mmd]
+    log.warning("--mmd is deprecated: use --objective %s", new)
+    if given.get("objective", new) != new:
+        raise FastDMError(f"--mmd {args.mmd} and --objective {given['objective']} contradict each "
+                          f"other; pass --objective alone")
+    given["objective"] = new
 
 
 def cmd_condense(args) -> int:
     from .checkpoint import saved_config
     from .condense import Interrupted, condense_dataset
-    from .config import CondenseConfig
+    from .config import SETTING, SETTINGS, CondenseConfig
 
-    given = {k: getattr(args, k) for k in _CONDENSE_KEYS if getattr(args, k) is not None}
+    given = {s.name: getattr(args, s.name) for s in SETTINGS if getattr(args, s.name) is not None}
+    _objective_alias(args, given)
     if args.resume:
         if not args.out:
             raise FastDMError("--resume needs --out DIR, the folder of the run to continue")
         # unspecified options take the checkpoint's values; given ones must agree with it
-        saved = {k: v for k, v in saved_config(args.out).items() if k in _CONDENSE_KEYS}
-        if given.get("mmd") == "linear" and "bandwidths" not in given:
-            saved.pop("bandwidths", None)  # a Gaussian run's bandwidths: the mismatch is the news
+        saved = {k: v for k, v in CondenseConfig.from_dict(saved_config(args.out)).to_dict().items()
+                 if v is not None}
+        objective = given.get("objective", saved.get("objective"))
+        # another objective's settings: the objective's mismatch is the news, not theirs
+        saved = {k: v for k, v in saved.items() if SETTING[k].objective in (None, objective)}
         given = {**saved, **given}
     if "dataset" not in given:
         raise FastDMError("condense needs --dataset NAME (digits is the embedded default dataset)")
     try:
         res = condense_dataset(CondenseConfig(**given), args.out, args.resume, args.overwrite,
-                               progress=not args.no_progress)
+                               progress=not args.no_progress, dry_run=args.dry_run)
     except Interrupted as stop:
         if stop.saved is None:
             print(f"fastdm: interrupted during iteration {stop.iteration + 1}, before any checkpoint "
@@ -230,6 +228,14 @@ def cmd_condense(args) -> int:
                   f"{stop.out}; continue with: fastdm condense --out {stop.out} --resume",
                   file=sys.stderr)
         return 130
+    if args.dry_run:
+        plan = res["plan"]
+        print(f"run plan (nothing was condensed or written): {plan.objective} on {plan.device}, "
+              f"{plan.num_classes} classes x ipc {plan.config.ipc}, chunk {plan.class_chunk}, "
+              f"{plan.flops_per_iteration / 1e9:.1f} GFLOP/iteration, about "
+              f"{plan.estimated_peak_bytes / 2**30:.2f} GiB at peak")
+        print(json.dumps(plan.to_dict()))
+        return 0
     m, out = res["metrics"], res["out"]
     if m is None:  # a rank other than 0 of a distributed run: rank 0 reports
         return 0

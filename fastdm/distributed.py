@@ -120,18 +120,6 @@ def shutdown() -> None:
         td.destroy_process_group()
 
 
-def fault_injection(rank: int, iteration: int) -> None:
-    """FASTDM_FAIL_RANK=r FASTDM_FAIL_AT=i makes rank r fail before iteration i (raise, or
-    with FASTDM_FAIL_HOW=kill die by SIGKILL as the OOM killer would): the tests' way to check
-    that a failed rank stops the job with a clear error."""
-    if os.environ.get("FASTDM_FAIL_RANK") == str(rank) and \
-            int(os.environ.get("FASTDM_FAIL_AT", "-1")) == iteration:
-        if os.environ.get("FASTDM_FAIL_HOW") == "kill":
-            import signal
-            os.kill(os.getpid(), signal.SIGKILL)
-        raise RuntimeError(f"injected failure (FASTDM_FAIL_RANK={rank}, FASTDM_FAIL_AT={iteration})")
-
-
 # what a collective raises when a peer is gone (gloo: connection closed/reset; NCCL: a
 # watchdog timeout or remote error); the exception types differ between torch versions
 _PEER_LOST = ("connection closed", "connection reset", "broken pipe", "timed out", "timeout",

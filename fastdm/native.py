@@ -98,10 +98,7 @@ def load(name: str = "winograd"):
 
         src = _source(name)
         cflags = _cflags()
-        key = hashlib.sha256(src.read_bytes() + torch.__version__.encode() + sys.version.encode() +
-                             platform.machine().encode() + " ".join(cflags).encode()).hexdigest()[:16]
-        root = Path(os.environ.get("FASTDM_NATIVE_CACHE", Path.home() / ".cache" / "fastdm" / "native"))
-        build = root / f"{name}-{key}"
+        build, key = _build_dir(name)
         build.mkdir(parents=True, exist_ok=True)
         if not any(build.glob("*.so")):
             log.info("building fastdm's native %s kernels (once; about a minute) in %s", name, build)
@@ -115,6 +112,26 @@ def load(name: str = "winograd"):
             raise FastDMError(f"fastdm's native {name} kernels cannot be used: {_failed[name]}") from e
         _loaded[name] = module
         return module
+
+
+def _build_dir(name: str) -> tuple[Path, str]:
+    """The cache folder of ``name``'s build, keyed by its source, torch, Python, the machine
+    and the compiler flags, and the key."""
+    import torch
+    key = hashlib.sha256(_source(name).read_bytes() + torch.__version__.encode() +
+                         sys.version.encode() + platform.machine().encode() +
+                         " ".join(_cflags()).encode()).hexdigest()[:16]
+    root = Path(os.environ.get("FASTDM_NATIVE_CACHE", Path.home() / ".cache" / "fastdm" / "native"))
+    return root / f"{name}-{key}", key
+
+
+def built(name: str = "winograd") -> bool:
+    """Whether ``name`` is loaded or built in the cache (loading it then takes no compile)."""
+    if name in _loaded:
+        return True
+    if not _source(name).is_file():
+        return False
+    return any(_build_dir(name)[0].glob("*.so"))
 
 
 def winograd():

@@ -15,11 +15,9 @@ import logging
 import torch
 
 from .errors import FastDMError
+from .settings import PRECISIONS
 
 log = logging.getLogger("fastdm")
-
-PRECISIONS = ("auto", "fp32", "bf16")
-
 
 def resolve_precision(mode: str, device: torch.device) -> str:
     """'fp32' or 'bf16' for ``mode`` (auto|fp32|bf16) on ``device``."""

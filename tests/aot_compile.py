@@ -13,7 +13,10 @@ import triton  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
-from fastdm.ops import dsa, mmd  # noqa: E402
+from fastdm.ops import dsa  # noqa: E402
+from fastdm.ops import gaussian_mmd as gauss  # noqa: E402
+from fastdm.ops import linear_mmd as lin  # noqa: E402
+from fastdm.ops import segments as seg  # noqa: E402
 
 POINTERS = {"group_ptr": "*i64", "ip_ptr": "*i32", "fp_ptr": "*fp32", "mean_ptr": "*fp32",
             "std_ptr": "*fp32", "sum_ptr": "*fp32", "gsum_ptr": "*fp32"}
@@ -64,16 +67,17 @@ def dsa_variants():
 
 
 def mmd_variants():
-    lin = dict(BLOCK_N=16, BLOCK_D=256)
+    """Segment sums, the linear and the Gaussian MMD."""
+    rows = dict(BLOCK_N=16, BLOCK_D=256)
     for t in ("*fp32", "*bf16", "*fp16"):
-        yield mmd._segsum_kernel, {"x_ptr": t}, lin
-        yield mmd._linear_fwd_kernel, {"y_ptr": t}, lin
-        yield mmd._linear_bwd_kernel, {"y_ptr": t, "dy_ptr": t}, lin
+        yield seg._segsum_kernel, {"x_ptr": t}, rows
+        yield lin._linear_fwd_kernel, {"y_ptr": t}, rows
+        yield lin._linear_bwd_kernel, {"y_ptr": t, "dy_ptr": t}, rows
         for bm, bn in ((16, 16), (64, 16), (64, 64)):
             for self_pairs, save in ((False, True), (True, True), (True, False)):
-                yield (mmd._gauss_fwd_kernel, {"a_ptr": t, "b_ptr": t, "ctr_ptr": t},
+                yield (gauss._gauss_fwd_kernel, {"a_ptr": t, "b_ptr": t, "ctr_ptr": t},
                        dict(SELF=self_pairs, SAVE_W=save, BM=bm, BN=bn, BD=32))
-            yield (mmd._gauss_bwd_kernel, {"r_ptr": t, "y_ptr": t, "dy_ptr": t},
+            yield (gauss._gauss_bwd_kernel, {"r_ptr": t, "y_ptr": t, "dy_ptr": t},
                    dict(BM=32, BN=bn, BD=64))
 
 

@@ -4,13 +4,17 @@ import shutil
 # Triton kernels run on the CPU in Triton's interpreter, which is chosen when a kernel is
 # defined: set it before fastdm.ops is imported. FASTDM_TEST_DEVICE=cuda (on a GPU machine)
 # runs the same kernel tests compiled, on CUDA.
-if os.environ.get("FASTDM_TEST_DEVICE", "cpu") != "cuda":
+TEST_DEVICE_NAME = os.environ.get("FASTDM_TEST_DEVICE", "cpu")
+if TEST_DEVICE_NAME != "cuda":
     os.environ["TRITON_INTERPRET"] = "1"
 
 import pytest
 import torch
 
 from fastdm.data import ClassImages, Dataset
+
+# the device of the tests that run on CUDA when FASTDM_TEST_DEVICE=cuda (kernels, tiers)
+TEST_DEVICE = torch.device(TEST_DEVICE_NAME)
 
 # The official MNIST files live in the steering repo's shared/ folder, beside this checkout.
 SHARED = os.environ.get("FASTDM_SHARED_DATA",
@@ -57,3 +61,28 @@ def make_dataset(num_classes=4, per_class=(12, 9, 15, 10), channels=3, size=(16,
 @pytest.fixture
 def toy_dataset():
     return make_dataset()
+
+
+def class_images(split, c: int) -> torch.Tensor:
+    """The images of class ``c`` of a class-sorted split (fastdm.data.ClassImages)."""
+    start = int(split.offsets[c])
+    return split.images[start:start + int(split.counts[c])]
+
+
+def resolved(data, **settings):
+    """The config of ``settings`` with the dataset's defaults filled in and checked."""
+    from fastdm.config import CondenseConfig, resolve_config
+    return resolve_config(CondenseConfig(dataset=data.name, **settings), data)
+
+
+def plan_for(data, device=None, classes=None, **settings):
+    """The run plan of ``settings`` on ``data`` (``device`` overrides the settings' device)."""
+    from fastdm.config import CondenseConfig
+    from fastdm.plan import make_plan
+    return make_plan(CondenseConfig(dataset=data.name, **settings), data, device, classes)
+
+
+def engine_for(data, device=None, classes=None, compile_backend="inductor", **settings):
+    """A DM engine for ``settings`` on ``data``, built from its run plan as fastdm condense does."""
+    from fastdm.engine import DMEngine
+    return DMEngine(plan_for(data, device, classes, **settings), data, compile_backend=compile_backend)

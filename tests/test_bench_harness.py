@@ -10,15 +10,14 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from benchmarks import compare, profile
-from benchmarks.flops import embed_flops_per_image, iteration_flops
 from benchmarks.reference_loop import ReferenceLoop, upstream_impl
 from benchmarks.settings import SETTINGS
-from conftest import make_dataset
-from fastdm import condense, rng
+from conftest import class_images, engine_for, make_dataset
+from fastdm import engine as engine_module
+from fastdm import rng
 from fastdm.compat import draw_reference_table
-from fastdm.condense import DMEngine
-from fastdm.config import CondenseConfig
 from fastdm.errors import FastDMError
+from fastdm.footprint import embed_flops_per_image, iteration_flops
 from fastdm.models import create_model, init_parameters_
 from spec_oracle import spec_diffaugment
 
@@ -102,10 +101,10 @@ def test_baseline_loop_and_engine_agree(model, augment, conv, monkeypatch):
     monkeypatch.delenv("FASTDM_BACKEND", raising=False)
     data = make_dataset()
     strategy = "color_crop_cutout_flip_scale_rotate"
-    cfg = CondenseConfig(dataset="toy", ipc=2, batch_real=8, model=model, strategy=strategy,
-                         iterations=10, conv=conv).resolved(data)
-    engine = DMEngine(cfg, data, "cpu")
-    assert engine.conv == conv
+    engine = engine_for(data, ipc=2, batch_real=8, model=model, strategy=strategy, iterations=10,
+                        conv=conv)
+    cfg = engine.cfg
+    assert engine.plan.conv == conv
     loss_tol, (grad_rtol, grad_atol), (img_rtol, img_atol) = TOLERANCE[conv]
     state = engine.initial_state()
     it = 3
@@ -113,7 +112,7 @@ def test_baseline_loop_and_engine_agree(model, augment, conv, monkeypatch):
     seeds = [1000 + 37 * c for c in range(data.num_classes)]
     probe = torch.zeros(cfg.ipc, data.channels, *data.image_size)
     table = _stack_tables([draw_reference_table(probe, strategy, s)[0] for s in seeds])
-    monkeypatch.setattr(condense, "sample_siamese", lambda *a, **k: table)
+    monkeypatch.setattr(engine_module, "sample_siamese", lambda *a, **k: table)
 
     base = ReferenceLoop(data.normalize(data.train.images), data.train.labels, data.num_classes,
                          cfg.ipc, cfg.batch_real, model, strategy)
@@ -121,7 +120,7 @@ def test_baseline_loop_and_engine_agree(model, augment, conv, monkeypatch):
     base.optimizer = torch.optim.SGD([base.image_syn], lr=cfg.lr_img, momentum=cfg.momentum)
     cur = [it]  # the baseline's iteration, for its weights and real batches
     base.new_network = lambda: init_parameters_(copy.deepcopy(engine.net), cfg.seed, rng.NET, cur[0])
-    base.get_images = lambda c, n: engine.real_batch(cur[0], c, c + 1)[0]
+    base.get_images = lambda c, n: data.normalize(engine.stream.take((cur[0], c, c + 1))[0])
     base.seed = lambda c: seeds[c]
     if augment == "oracle":
         base.augment = lambda x, seed, c: spec_diffaugment(x, strategy, seed)[0]
@@ -148,7 +147,7 @@ def test_baseline_draws_like_the_reference():
                          "ConvNetD2", "color_crop_cutout_flip_scale_rotate")
     before = base.image_syn.detach().clone()
     batch = base.get_images(1, 5)
-    members = data.normalize(data.train.class_slice(1))
+    members = data.normalize(class_images(data.train, 1))
     assert batch.shape[0] == 5 and all(any(torch.equal(b, m) for m in members) for b in batch)
     made, seeds = [], []
     new_network, seed = base.new_network, base.seed
@@ -209,6 +208,7 @@ def test_flops_follow_the_stored_real_images():
 
 
 # -- compare report -------------------------------------------------------------------------------
+@pytest.mark.slow  # subprocess memory probes
 def test_compare_report_schema(tmp_path, capsys):
     path = tmp_path / "r.json"
     compare.main(["--settings", "toy-ipc2", "--device", "cpu", "--iters", "3", "--warmup", "0",
@@ -231,7 +231,8 @@ def test_compare_report_schema(tmp_path, capsys):
         assert d["peak_mem_mb"] >= d["data_mb"] > 0 and d["mem_kind"].startswith("cpu_peak_rss")
     assert s["speedup"] == pytest.approx(s["sides"]["baseline"]["ms_per_iter"]
                                          / s["sides"]["fastdm"]["ms_per_iter"], rel=1e-2)
-    assert s["sides"]["fastdm"]["backends"] == {"dsa": "torch", "mmd": "torch"}
+    assert s["sides"]["fastdm"]["backends"] == {"dsa": "torch", "segment_sum": "torch",
+                                                "linear_mmd": "torch"}
     assert s["sides"]["fastdm"]["compiled"] is False  # toy images are 16 px: auto stays eager on the CPU
     assert "| toy-ipc2 | fastdm" in capsys.readouterr().out
 

@@ -3,6 +3,7 @@
 the other: the later complete one."""
 import json
 import os
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -12,6 +13,11 @@ from fastdm.config import CondenseConfig
 from fastdm.errors import FastDMError
 
 CFG = CondenseConfig(dataset="toy", ipc=2)
+
+
+def plan(classes=(0, 4)):
+    """What checkpoints read of a run plan (fastdm.plan.RunPlan)."""
+    return SimpleNamespace(config=CFG, data_fingerprint=None, classes=classes, device="cpu")
 
 
 def state(it, value):
@@ -27,7 +33,7 @@ def write_ranks(out, it, value, world=2, drop=None):
         part = RunState(images=torch.full(((hi - lo) * 2, 1, 2, 2), float(value)), momentum=None,
                         iteration=it)
         if r != drop:
-            torch.save(_payload(CFG, part, (lo, hi)), os.path.join(out, name))
+            torch.save(_payload(plan((lo, hi)), part), os.path.join(out, name))
         files.append(name)
     with open(os.path.join(out, "checkpoint.json"), "w") as fh:
         json.dump({"format": "fastdm-checkpoint", "iteration": it, "world": world, "files": files}, fh)
@@ -35,23 +41,23 @@ def write_ranks(out, it, value, world=2, drop=None):
 
 def test_the_later_complete_checkpoint_is_resumed(tmp_path):
     out = str(tmp_path)
-    save_checkpoint(out, CFG, state(5, 1.0))            # one process at iteration 5
+    save_checkpoint(out, plan(), state(5, 1.0))            # one process at iteration 5
     write_ranks(out, 3, 2.0)                            # ranks at 3, not yet superseded
-    assert load_checkpoint(out, CFG, "cpu").iteration == 5
+    assert load_checkpoint(out, plan()).iteration == 5
     write_ranks(out, 8, 3.0)                            # ranks at 8, checkpoint.pt not yet removed
-    got = load_checkpoint(out, CFG, "cpu")
+    got = load_checkpoint(out, plan())
     assert got.iteration == 8 and bool((got.images == 3.0).all())
-    assert load_checkpoint(out, CFG, "cpu", classes=(2, 4)).images.shape[0] == 4
+    assert load_checkpoint(out, plan((2, 4))).images.shape[0] == 4
     write_ranks(out, 9, 4.0, drop=1)                    # a manifest naming a missing file
-    assert load_checkpoint(out, CFG, "cpu").iteration == 5  # falls back to checkpoint.pt
+    assert load_checkpoint(out, plan()).iteration == 5  # falls back to checkpoint.pt
     os.remove(os.path.join(out, "checkpoint.pt"))
     with pytest.raises(FastDMError, match="names missing files"):
-        load_checkpoint(out, CFG, "cpu")
+        load_checkpoint(out, plan())
 
 
 def test_a_one_process_save_supersedes_rank_files(tmp_path):
     out = str(tmp_path)
     write_ranks(out, 3, 2.0)
-    save_checkpoint(out, CFG, state(6, 1.0))
+    save_checkpoint(out, plan(), state(6, 1.0))
     assert sorted(os.listdir(out)) == ["checkpoint.pt"]
-    assert load_checkpoint(out, CFG, "cpu").iteration == 6
+    assert load_checkpoint(out, plan()).iteration == 6

@@ -154,6 +154,7 @@ def _subprocess(*argv, **kw):
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
 
 
+@pytest.mark.slow  # a subprocess CLI run
 def test_no_traceback_as_a_separate_process(tmp_path):
     p = _subprocess("condense", "--dataset", "mnist", "--data-root", str(tmp_path / "absent"))
     out, err = p.communicate(timeout=120)
@@ -161,6 +162,7 @@ def test_no_traceback_as_a_separate_process(tmp_path):
     assert err.strip().splitlines()[-1].startswith("fastdm: error: --data-root")
 
 
+@pytest.mark.slow  # subprocess CLI runs
 def test_ctrl_c_saves_a_checkpoint_and_resume_finishes(tmp_path):
     out = str(tmp_path / "int")
     p = _subprocess("condense", "--dataset", "digits", "--ipc", "1", "--batch-real", "16",

@@ -7,19 +7,17 @@ import pytest
 import torch
 import torch._dynamo.utils as dynamo_utils
 
-from conftest import make_dataset
+from conftest import engine_for as build_engine
+from conftest import make_dataset, resolved
 from fastdm.cli import main
-from fastdm.condense import DMEngine
-from fastdm.config import CondenseConfig
 from fastdm.errors import FastDMError
 from fastdm.models import compiled
 
 
 def engine_for(data, compile_mode, backend="inductor", **kw):
-    cfg = CondenseConfig(**{"dataset": data.name, "ipc": 2, "iterations": 20, "batch_real": 6,
-                            "model": "ConvNetW32", "class_chunk": 2, "compile": compile_mode,
-                            **kw}).resolved(data)
-    return DMEngine(cfg, data, "cpu", compile_backend=backend)
+    return build_engine(data, compile_backend=backend, **{
+        "ipc": 2, "iterations": 20, "batch_real": 6, "model": "ConvNetW32", "class_chunk": 2,
+        "compile": compile_mode, "device": "cpu", **kw})
 
 
 @pytest.fixture
@@ -33,7 +31,7 @@ def test_no_recompilation_after_warm_up(data):
     iterations (real/synthetic batches, the last chunk's sizes) and never again."""
     dynamo_utils.counters.clear()
     e = engine_for(data, "on", backend="aot_eager")
-    assert e.compiled
+    assert e.plan.compiled
     state = e.initial_state()
     graphs = []
     for _ in range(20):
@@ -47,6 +45,7 @@ def test_no_recompilation_after_warm_up(data):
     torch.testing.assert_close(state.images, s2.images, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.slow  # long compiles
 def test_many_engines_in_one_process_keep_compiling():
     """Engines share the embedder's code object, whose graphs dynamo counts together: ten
     engines over five image sizes (with fullgraph, torch's default limit of 8 graphs per code
@@ -64,6 +63,7 @@ def test_many_engines_in_one_process_keep_compiling():
     assert dynamo_utils.counters["stats"]["unique_graphs"] > 8, dict(dynamo_utils.counters["stats"])
 
 
+@pytest.mark.slow  # an inductor compile (30 s cold)
 def test_inductor_matches_eager(data):
     """The real compiler (C++ on the CPU): one iteration's loss and gradient as eager."""
     e = engine_for(data, "on")
@@ -89,19 +89,19 @@ def test_unavailable_compiler_is_an_error_or_a_warning(data, monkeypatch, caplog
     with caplog.at_level(logging.WARNING, logger="fastdm"):
         e = engine_for(data, "auto", image_size=None, model="ConvNetW32")
     # 12 px on the CPU: auto does not compile, so nothing to warn about
-    assert not e.compiled and "not compiling" not in caplog.text
+    assert not e.plan.compiled and "not compiling" not in caplog.text
     monkeypatch.setattr(compiled, "wants_compile", lambda *a: True)
     with caplog.at_level(logging.WARNING, logger="fastdm"):
         e = engine_for(data, "auto")
-    assert not e.compiled and "not compiling the embedder" in caplog.text
+    assert not e.plan.compiled and "not compiling the embedder" in caplog.text
 
 
 def test_cli_flags(tmp_path, capsys):
     with pytest.raises(FastDMError, match="--compile must be"):
-        CondenseConfig(dataset="digits", compile="yes").resolved(make_dataset())
+        resolved(make_dataset(), compile="yes")
     out = tmp_path / "run"
-    assert main(["condense", "--dataset", "digits", "--iterations", "2", "--no-compile",
+    assert main(["condense", "--dataset", "digits", "--iterations", "2", "--compile", "off",
                  "--out", str(out), "--no-progress"]) == 0
     capsys.readouterr()
     m = json.load(open(out / "metrics.json"))
-    assert m["config"]["compile"] == "off" and m["compiled"] is False
+    assert m["config"]["compile"] == "off" and m["plan"]["compiled"] is False

@@ -39,6 +39,7 @@ def test_models_share_one_graph_and_train_as_eager(data):
     assert all(n is not shared.net for n in nets)  # each model keeps its own weights
 
 
+@pytest.mark.slow  # an inductor compile
 def test_inductor_training_matches_eager(data):
     x = data.normalize(data.train.images)
     cfg = EvalConfig(model="ConvNetW32", models=1, epochs=1, batch_train=6, strategy="none")
@@ -65,6 +66,7 @@ def test_compiled_stack_matches_uncompiled(data):
                              cfg, [0, 1, 2], "cpu", compile_backend="aot_eager")
 
 
+@pytest.mark.slow  # long compiles
 def test_many_evaluations_in_one_process_keep_compiling():
     """Every evaluation's shapes are new static graphs of the one vmapped code object: twelve
     training-set sizes (past torch's default limit of 8, a hard failure with fullgraph) run."""

@@ -24,6 +24,7 @@ def test_prepare_bench_tiny(tmp_path):
         prepare_bench.main(["--workers", "x"])
 
 
+@pytest.mark.slow  # subprocess runs
 def test_store_memory_tiny(tmp_path):
     from benchmarks import store_memory
     r = store_memory.main(["--classes", "3,6", "--chunks", "1,6", "--ipc", "2", "--per-class", "4",

@@ -22,11 +22,14 @@ pytestmark = pytest.mark.slow
 ARGS = ["--dataset", "digits", "--no-progress", "--checkpoint-every", "3"]
 
 
-def torchrun(n, *args, env=None, timeout=300):
+def torchrun(n, *args, fail=None, timeout=300):
+    """``fastdm condense`` under torchrun; ``fail=(rank, iteration, 'raise'|'kill')`` makes that
+    rank fail before that iteration (tests/failing_rank.py)."""
+    entry = ["-m", "fastdm"] if fail is None else \
+        [os.path.join(os.path.dirname(__file__), "failing_rank.py"), *map(str, fail)]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={n}",
-           "-m", "fastdm", "condense", *ARGS, *args]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, **(env or {})})
+           *entry, "condense", *ARGS, *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
 
 
 def one_process(*args) -> int:
@@ -110,7 +113,7 @@ def test_resume_with_the_same_and_other_process_counts(single, tmp_path):
 def test_a_failed_rank_stops_the_job_with_a_clear_error(single, tmp_path):
     out = str(tmp_path / "run")
     done = torchrun(2, "--iterations", "6", "--checkpoint-every", "1", "--out", out,
-                    env={"FASTDM_FAIL_RANK": "1", "FASTDM_FAIL_AT": "4"})
+                    fail=(1, 4, "raise"))
     assert done.returncode != 0
     assert "fastdm: error: rank 1 of 2: failed: RuntimeError: injected failure" in done.stderr
     assert not os.path.exists(os.path.join(out, "synset.pt"))  # no outputs of a failed job
@@ -129,7 +132,7 @@ def test_a_killed_rank_is_reported_and_a_failed_resume_leaves_no_old_outputs(sin
     done = torchrun(2, "--iterations", "3", "--out", out)
     assert done.returncode == 0 and os.path.exists(os.path.join(out, "synset.pt"))
     done = torchrun(2, "--iterations", "6", "--checkpoint-every", "1", "--out", out, "--resume",
-                    env={"FASTDM_FAIL_RANK": "1", "FASTDM_FAIL_AT": "4", "FASTDM_FAIL_HOW": "kill"})
+                    fail=(1, 4, "kill"))
     assert done.returncode != 0
     assert "fastdm: error: rank 0 of 2: stopped: another rank failed or was killed" in done.stderr, \
         done.stderr[-3000:]

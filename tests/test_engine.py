@@ -3,19 +3,25 @@ import logging
 import pytest
 import torch
 
+from conftest import class_images
+from conftest import engine_for as build_engine
 from fastdm.checkpoint import checkpoint_path, load_checkpoint, save_checkpoint
-from fastdm.condense import DMEngine, run
-from fastdm.config import CondenseConfig
 from fastdm.data import load_dataset
+from fastdm.engine import DMEngine
 from fastdm.errors import FastDMError
-from fastdm.losses import class_means, class_sums
-
+from fastdm.ops.segments import class_means, class_sums
+from fastdm.runner import Interrupted, run
 
 
 def engine_for(data, **kw):
-    cfg = CondenseConfig(**{"dataset": data.name, "ipc": 2, "iterations": 4, "batch_real": 10,
-                            "model": "ConvNetW32", "device": "cpu", **kw}).resolved(data)
-    return DMEngine(cfg, data, "cpu")
+    return build_engine(data, **{"ipc": 2, "iterations": 4, "batch_real": 10, "model": "ConvNetW32",
+                                 "device": "cpu", **kw})
+
+
+def real_batch(e, it, c0, c1):
+    """Normalised real images of classes [c0, c1) in iteration ``it``, and their counts."""
+    images, counts = e.stream.take((it, c0, c1))
+    return e.data.normalize(images, e.device), counts
 
 
 def run_to_end(engine, **kw):
@@ -39,7 +45,7 @@ def test_chunk_size_does_not_change_the_result(toy_dataset):
     results = []
     for chunk in (1, 3, 4):
         e = engine_for(toy_dataset, class_chunk=chunk)
-        assert e.chunk == chunk
+        assert e.plan.class_chunk == chunk
         s = run_to_end(e)
         results.append((s.images, s.losses))
     for images, losses in results[1:]:
@@ -52,9 +58,8 @@ def test_class_order_does_not_change_the_result(toy_dataset):
         def chunks(self):
             return super().chunks()[::-1]
     e = engine_for(toy_dataset, class_chunk=1)
-    cfg = e.cfg
     a = run_to_end(e)
-    b = run_to_end(Reversed(cfg, toy_dataset, "cpu"))
+    b = run_to_end(Reversed(e.plan, toy_dataset))
     assert torch.allclose(a.images, b.images, atol=1e-6)
 
 
@@ -69,10 +74,10 @@ def test_engine_matches_a_per_class_loop(toy_dataset):
     it = 3
     loss, grad = e.loss_and_grad(images, it)
     init_parameters_(e.net, e.cfg.seed, rng.NET, it)
-    table = sample_siamese(e.ops, e.dsa, e.hw, e.cfg.seed, rng.AUG, it, keys=torch.arange(e.C))
+    table = sample_siamese(e.ops, e.dsa, e.hw, e.cfg.seed, rng.AUG, it, keys=torch.arange(e.plan.num_classes))
     total, grads = 0.0, []
-    for c in range(e.C):
-        real, n = e.real_batch(it, c, c + 1)
+    for c in range(e.plan.num_classes):
+        real, n = real_batch(e, it, c, c + 1)
         assert int(n) == min(10, int(toy_dataset.train.counts[c]))
         row = table.rows(torch.tensor([c]))
         f_real = e.net.embed(apply_dsa(real, row, torch.zeros(len(real), dtype=torch.long))).detach()
@@ -114,7 +119,7 @@ def test_resume_is_bit_identical(toy_dataset, tmp_path):
     s = e.initial_state()
     run(e, s, out=str(tmp_path), progress=False)
     e2 = engine_for(toy_dataset, iterations=6)  # a longer run than the first one asked for
-    s2 = load_checkpoint(str(tmp_path), e2.cfg, "cpu")
+    s2 = load_checkpoint(str(tmp_path), e2.plan)
     assert s2.iteration == 3
     run(e2, s2, out=str(tmp_path), progress=False)
     assert torch.equal(s2.images, straight.images) and torch.equal(s2.momentum, straight.momentum)
@@ -131,7 +136,7 @@ def test_interrupt_saves_a_checkpoint_that_resumes_exactly(toy_dataset, tmp_path
     s = e.initial_state()
     with pytest.raises(KeyboardInterrupt):
         run(e, s, out=str(tmp_path), progress=False, on_iteration=stop_at_2)
-    s2 = load_checkpoint(str(tmp_path), e.cfg, "cpu")
+    s2 = load_checkpoint(str(tmp_path), e.plan)
     assert s2.iteration == 2 and len(s2.losses) == 2
     run(e, s2, out=str(tmp_path), progress=False)
     assert torch.equal(s2.images, straight.images)
@@ -139,22 +144,22 @@ def test_interrupt_saves_a_checkpoint_that_resumes_exactly(toy_dataset, tmp_path
 
 def test_resume_refuses_changed_settings(toy_dataset, tmp_path):
     e = engine_for(toy_dataset)
-    save_checkpoint(str(tmp_path), e.cfg, e.initial_state())
-    other = engine_for(toy_dataset, lr_img=2.0).cfg
+    save_checkpoint(str(tmp_path), e.plan, e.initial_state())
+    other = engine_for(toy_dataset, lr_img=2.0).plan
     with pytest.raises(FastDMError, match="lr_img: 1.0 -> 2.0"):
-        load_checkpoint(str(tmp_path), other, "cpu")
+        load_checkpoint(str(tmp_path), other)
     with pytest.raises(FastDMError, match="no checkpoint"):
-        load_checkpoint(str(tmp_path / "elsewhere"), e.cfg, "cpu")
+        load_checkpoint(str(tmp_path / "elsewhere"), e.plan)
     (tmp_path / "bad").mkdir()
     open(checkpoint_path(str(tmp_path / "bad")), "w").write("garbage")
     with pytest.raises(FastDMError, match="cannot be read"):
-        load_checkpoint(str(tmp_path / "bad"), e.cfg, "cpu")
+        load_checkpoint(str(tmp_path / "bad"), e.plan)
 
 
 def test_batchnorm_models_take_all_classes_in_one_batch(toy_dataset, caplog):
     with caplog.at_level(logging.WARNING, logger="fastdm"):
         e = engine_for(toy_dataset, model="ConvNetBN", class_chunk=1)
-    assert e.chunk == toy_dataset.num_classes and "BatchNorm" in caplog.text
+    assert e.plan.class_chunk == toy_dataset.num_classes and "BatchNorm" in caplog.text
     s = run_to_end(e)
     assert torch.isfinite(s.images).all() and len(s.losses) == 4
 
@@ -171,7 +176,7 @@ def test_real_init_takes_distinct_images_of_each_class(toy_dataset):
     e = engine_for(toy_dataset, ipc=3)
     s = e.initial_state()
     for c in range(4):
-        cls = toy_dataset.normalize(toy_dataset.train.class_slice(c))
+        cls = toy_dataset.normalize(class_images(toy_dataset.train, c))
         for k in range(3):
             assert any(torch.equal(s.images[3 * c + k], img) for img in cls)
         assert not torch.equal(s.images[3 * c], s.images[3 * c + 1])
@@ -191,7 +196,7 @@ def test_bad_settings_are_refused(toy_dataset):
             engine_for(toy_dataset, **kw)
 
 
-def test_losses_helpers():
+def test_class_sums_and_means():
     f = torch.arange(12.0).view(6, 2)
     counts = torch.tensor([1, 2, 3])
     assert torch.equal(class_sums(f, counts), torch.tensor([[0.0, 1], [6, 8], [24, 27]]))
@@ -202,8 +207,8 @@ def test_losses_helpers():
 def test_every_draw_is_a_function_of_seed_iteration_class(toy_dataset):
     """Dropping classes from a run does not change another class's real batch or DSA row."""
     e = engine_for(toy_dataset)
-    full, n_full = e.real_batch(2, 0, 4)
-    part, n_part = e.real_batch(2, 2, 3)
+    full, n_full = real_batch(e, 2, 0, 4)
+    part, n_part = real_batch(e, 2, 2, 3)
     start = int(n_full[:2].sum())
     assert torch.equal(full[start:start + int(n_part[0])], part)
 
@@ -219,20 +224,18 @@ def test_a_class_without_training_images_is_refused():
 
 
 def test_stop_inside_an_update_saves_nothing_and_says_so(toy_dataset, tmp_path):
-    from fastdm.condense import Interrupted
-
     class StopsInStep(DMEngine):
         def step(self, state, **kw):
             if state.iteration == 2:
                 raise KeyboardInterrupt  # as a second Ctrl-C inside the update would
             return super().step(state, **kw)
     e = engine_for(toy_dataset)
-    e2 = StopsInStep(e.cfg, toy_dataset, "cpu")
+    e2 = StopsInStep(e.plan, toy_dataset)
     with pytest.raises(Interrupted) as stop:
         run(e2, e2.initial_state(), out=str(tmp_path), progress=False)  # checkpoint_every 500
     assert stop.value.saved is None and stop.value.iteration == 2
     assert not (tmp_path / "checkpoint.pt").exists()
-    e3 = StopsInStep(engine_for(toy_dataset, checkpoint_every=1).cfg, toy_dataset, "cpu")
+    e3 = StopsInStep(engine_for(toy_dataset, checkpoint_every=1).plan, toy_dataset)
     with pytest.raises(Interrupted) as stop:
         run(e3, e3.initial_state(), out=str(tmp_path), progress=False)
     assert stop.value.saved == 2

@@ -5,7 +5,7 @@ import fastdm.evaluate as ev
 from fastdm.errors import FastDMError
 from fastdm.evaluate import EvalConfig, evaluate_images, random_subset, accuracy, train_model
 
-from conftest import make_dataset
+from conftest import class_images, make_dataset
 
 
 @pytest.fixture
@@ -62,7 +62,7 @@ def test_random_subset_balanced_distinct_and_reproducible(data):
     assert torch.equal(a, b) and not torch.equal(a, c)
     assert la.tolist() == [0, 0, 0, 1, 1, 1, 2, 2, 2, 3, 3, 3]
     for k in range(4):
-        cls = data.normalize(data.train.class_slice(k))
+        cls = data.normalize(class_images(data.train, k))
         for img in a[3 * k:3 * k + 3]:
             assert any(torch.equal(img, x) for x in cls)
     with pytest.raises(FastDMError, match="larger than the smallest class"):

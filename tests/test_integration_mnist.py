@@ -10,23 +10,21 @@ import os
 import pytest
 import torch
 
-from fastdm.condense import DMEngine, run
-from fastdm.config import CondenseConfig
+from conftest import TEST_DEVICE_NAME as DEVICE
+from conftest import engine_for
 from fastdm.data import load_dataset
 from fastdm.evaluate import EvalConfig, evaluate_images
 from fastdm.precision import cpu_native_bf16
+from fastdm.runner import run
 
 pytestmark = pytest.mark.slow
 
-DEVICE = os.environ.get("FASTDM_TEST_DEVICE", "cpu")
-
 
 def condense_and_evaluate(data, root, precision):
-    cfg = CondenseConfig(dataset="mnist", data_root=root, ipc=1, iterations=50, batch_real=64,
-                         device=DEVICE, precision=precision,
-                         compile="on" if precision == "bf16" else "auto").resolved(data)
-    engine = DMEngine(cfg, data, DEVICE)
-    assert engine.precision == precision
+    engine = engine_for(data, data_root=root, ipc=1, iterations=50, batch_real=64, device=DEVICE,
+                        precision=precision, compile="on" if precision == "bf16" else "auto")
+    cfg = engine.cfg
+    assert engine.plan.precision == precision
     state = engine.initial_state()
     run(engine, state, progress=False)
     ev = EvalConfig(model="ConvNet", models=2, epochs=200, strategy=cfg.strategy)

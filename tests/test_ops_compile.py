@@ -1,4 +1,4 @@
-"""The fused kernels (DSA, MMD) compile for real GPUs (sm_80, sm_90) with Triton's bundled
+"""The fused kernels (DSA; segment sums, linear and Gaussian MMD) compile for real GPUs (sm_80, sm_90) with Triton's bundled
 ptxas, no GPU needed: the interpreter runs code the compiler would reject, so the CPU tests
 alone cannot tell. Runs tests/aot_compile.py in a process without TRITON_INTERPRET."""
 import os
@@ -8,6 +8,8 @@ import sys
 import pytest
 
 pytest.importorskip("triton")
+
+pytestmark = pytest.mark.slow  # ahead-of-time kernel compiles (minutes cold)
 
 
 @pytest.mark.parametrize("arch", [80, 90])

@@ -8,11 +8,11 @@ random inputs and tables; the seed is in the failure message.
 """
 import dataclasses
 import logging
-import os
 
 import pytest
 import torch
 
+from conftest import TEST_DEVICE as DEVICE
 from fastdm import backend, rng
 from fastdm.augment import DSAParams, build_table, parse_strategy, sample_siamese
 from fastdm.errors import FastDMError
@@ -23,7 +23,6 @@ if "dsa" not in backend.FUSED_OPS:
 
 from fastdm.ops.dsa import dsa_augment, segments, torch_reference  # noqa: E402
 
-DEVICE = torch.device(os.environ.get("FASTDM_TEST_DEVICE", "cpu"))
 SINGLE = ["color", "crop", "cutout", "flip", "scale", "rotate"]
 FULL = "color_crop_cutout_flip_scale_rotate"
 # fp32 tolerance: the kernels compute sampling points and means in another order than
@@ -314,18 +313,14 @@ def test_compat_diffaugment_on_the_triton_backend_gives_the_reference_numbers(mo
 def test_engine_runs_on_the_triton_backend(monkeypatch):
     """FASTDM_BACKEND=triton: the engine says so and one iteration's loss and gradient equal the
     torch backend's (uint8 real images normalised inside the kernel)."""
-    from conftest import make_dataset
-
-    from fastdm.condense import DMEngine
-    from fastdm.config import CondenseConfig
+    from conftest import engine_for, make_dataset
     data = make_dataset(num_classes=3, per_class=(9, 7, 8), size=(12, 12))
-    cfg = CondenseConfig(dataset=data.name, ipc=2, iterations=1, batch_real=5, model="ConvNetW32",
-                         device=str(DEVICE), conv="direct").resolved(data)  # the same convolutions
     results = {}
     for be in ("torch", "triton"):
         monkeypatch.setenv("FASTDM_BACKEND", be)
-        engine = DMEngine(cfg, data, device=DEVICE)
-        assert engine.backends["dsa"] == be
+        engine = engine_for(data, ipc=2, iterations=1, batch_real=5, model="ConvNetW32",
+                            device=str(DEVICE), conv="direct")  # the same convolutions
+        assert engine.plan.backends["dsa"] == be
         state = engine.initial_state()
         results[be] = engine.loss_and_grad(state.images, 0)
     torch.testing.assert_close(results["triton"][0], results["torch"][0], atol=1e-4, rtol=1e-5)

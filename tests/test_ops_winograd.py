@@ -204,11 +204,9 @@ def test_a_failed_build_is_reported(monkeypatch, tmp_path):
 
 # -- the engine's real branch --------------------------------------------------------------------
 def _engine(data, **kw):
-    from fastdm.condense import DMEngine
-    from fastdm.config import CondenseConfig
-    cfg = CondenseConfig(**{"dataset": data.name, "ipc": 2, "iterations": 6, "batch_real": 7,
-                            "model": "ConvNetW32", "device": "cpu", "class_chunk": 3, **kw}).resolved(data)
-    return DMEngine(cfg, data, "cpu")
+    from conftest import engine_for
+    return engine_for(data, **{"ipc": 2, "iterations": 6, "batch_real": 7, "model": "ConvNetW32",
+                               "device": "cpu", "class_chunk": 3, **kw})
 
 
 def test_engine_real_branch_takes_winograd_and_agrees_with_direct(toy_dataset, monkeypatch):
@@ -219,9 +217,9 @@ def test_engine_real_branch_takes_winograd_and_agrees_with_direct(toy_dataset, m
     monkeypatch.setattr(fast_embed, "winograd_conv2d",
                         lambda *a: calls.append(torch.is_inference_mode_enabled()) or real(*a))
     e = _engine(toy_dataset, compile="off")  # auto
-    assert e.conv == "winograd" and e.winograd_layers == (4, 8)
+    assert e.plan.conv == "winograd" and e.plan.winograd_layers == (4, 8)
     d = _engine(toy_dataset, compile="off", conv="direct")
-    assert d.conv == "direct" and d.winograd_layers == () and d.real_embed is d.embed
+    assert d.plan.conv == "direct" and d.plan.winograd_layers == () and d.real_embed is d.embed
     images = e.initial_state().images
     for it in (0, 5):
         calls.clear()
@@ -233,12 +231,13 @@ def test_engine_real_branch_takes_winograd_and_agrees_with_direct(toy_dataset, m
         torch.testing.assert_close(got[1], want[1], rtol=1e-3, atol=1e-6)
 
 
+@pytest.mark.slow  # an inductor compile (40 s cold)
 def test_compiled_real_branch_does_not_recompile(toy_dataset, monkeypatch):
     import torch._dynamo.utils as dynamo_utils
     monkeypatch.delenv("FASTDM_BACKEND", raising=False)
     dynamo_utils.counters.clear()
     e = _engine(toy_dataset, compile="on", conv="winograd")
-    assert e.compiled and e.real_embed is not e.embed and e.winograd_layers
+    assert e.plan.compiled and e.real_embed is not e.embed and e.plan.winograd_layers
     state = e.initial_state()
     graphs = []
     for _ in range(6):
@@ -261,7 +260,7 @@ def test_engine_conv_errors(toy_dataset, monkeypatch):
     with pytest.raises(FastDMError, match="no Winograd-eligible"):
         _engine(toy_dataset, conv="winograd", model="MLP", compile="off")
     monkeypatch.setenv("FASTDM_BACKEND", "torch")
-    assert _engine(toy_dataset, compile="off").conv == "direct"  # the pure-PyTorch path
+    assert _engine(toy_dataset, compile="off").plan.conv == "direct"  # the pure-PyTorch path
 
 
 def test_cli_records_the_convolution(tmp_path, capsys):
@@ -273,7 +272,7 @@ def test_cli_records_the_convolution(tmp_path, capsys):
         assert main(["condense", "--dataset", "digits", "--iterations", "2", "--out", out,
                      "--no-progress", *flag]) == 0
         metrics = json.load(open(os.path.join(out, "metrics.json")))
-        assert metrics["conv"] == conv and metrics["winograd_layers"] == layers
+        assert metrics["plan"]["conv"] == conv and metrics["plan"]["winograd_layers"] == layers
         assert metrics["config"]["conv"] == (flag[1] if flag else "auto")
 
 
@@ -322,4 +321,4 @@ def test_a_resume_with_other_convolutions_is_said_and_recorded(tmp_path, caplog,
         m = condense_dataset(CondenseConfig(**{**cfg.to_dict(), "iterations": 3, "conv": "direct"}),
                              out, resume=True, progress=False)["metrics"]
     assert "ran with winograd real-branch convolutions; this session runs direct" in caplog.text
-    assert m["conv"] == "direct" and m["run_conv"] == "winograd+direct"
+    assert m["plan"]["conv"] == "direct" and m["run_conv"] == "winograd+direct"

@@ -1,23 +1,21 @@
-"""The embedder's precision (fp32 / bf16 autocast), channels_last and the real branch under
-inference mode: same loss within stated tolerances, and each option really in effect."""
+"""The embedder's precision (fp32 / bf16 autocast) and the real branch under inference mode:
+same loss within stated tolerances, and each option really in effect."""
 import json
 
 import pytest
 import torch
 import torch.nn.functional as F
 
+from conftest import engine_for as build_engine
 from conftest import make_dataset
 from fastdm.cli import main
-from fastdm.condense import DMEngine
-from fastdm.config import CondenseConfig
 from fastdm.errors import FastDMError
 from fastdm.precision import resolve_precision
 
 
 def engine_for(data, **kw):
-    cfg = CondenseConfig(**{"dataset": data.name, "ipc": 3, "iterations": 4, "batch_real": 24,
-                            "model": "ConvNet", "device": "cpu", "compile": "off", **kw}).resolved(data)
-    return DMEngine(cfg, data, "cpu")
+    return build_engine(data, **{"ipc": 3, "iterations": 4, "batch_real": 24, "model": "ConvNet",
+                                 "device": "cpu", "compile": "off", **kw})
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +36,7 @@ def test_bf16_loss_and_gradient_match_fp32(data):
     """Tolerances: loss within 1 % (measured <= 0.16 %), gradient direction cosine >= 0.99
     (measured >= 0.997; bf16 keeps ~3 significant digits, so elementwise errors are ~6 %)."""
     a, b = engine_for(data, precision="fp32"), engine_for(data, precision="bf16")
-    assert (a.precision, b.precision) == ("fp32", "bf16")
+    assert (a.plan.precision, b.plan.precision) == ("fp32", "bf16")
     images = a.initial_state().images
     for it in range(3):
         la, ga = a.loss_and_grad(images, it)
@@ -57,38 +55,16 @@ def test_bf16_features_are_bf16_and_sums_fp32(data):
     assert loss.dtype == torch.float32 and grad.dtype == torch.float32
     # what the engine sums bf16 features into: float32, as exact as a float64 sum of the same
     # bf16 values allows (a bf16 accumulator over 600 rows would be ~1e-2 off)
-    from fastdm.ops.mmd import segment_sum
+    from fastdm.ops.segments import segment_sum
     f = torch.randn(600, 64).to(torch.bfloat16) + 3
-    sums = segment_sum(f, torch.tensor([600]), backend=e.backends["mmd"])
+    sums = segment_sum(f, torch.tensor([600]), backend=e.plan.backends["segment_sum"])
     assert sums.dtype == torch.float32
     torch.testing.assert_close(sums.double(), f.double().sum(0, keepdim=True), atol=1e-3, rtol=1e-6)
 
 
-def test_channels_last_same_loss(data, caplog):
-    """The same loss; on the CPU the gradient differs by ~1e-3 (relative norm): PyTorch's NHWC
-    CPU kernels, measured against a float64 embedder, are that far off (NCHW: 8e-7), hence the
-    warning there."""
-    a, b = engine_for(data), engine_for(data, channels_last=True)
-    assert "--channels-last on the CPU" in caplog.text
-    conv = next(m for m in b.net.modules() if isinstance(m, torch.nn.Conv2d))
-    inputs, inner = [], b.embed
-
-    def spy(x):
-        inputs.append(x.is_contiguous(memory_format=torch.channels_last))
-        return inner(x)
-    b.embed = spy
-    images = a.initial_state().images
-    la, ga = a.loss_and_grad(images, 0)
-    lb, gb = b.loss_and_grad(images, 0)
-    assert conv.weight.is_contiguous(memory_format=torch.channels_last)  # after the in-place redraw
-    assert inputs and all(inputs)  # every embedder input converted to NHWC
-    assert float(lb) == pytest.approx(float(la), rel=1e-5)
-    assert ((gb - ga).norm() / ga.norm()) < 1e-2
-
-
-@pytest.mark.parametrize("mmd", ["linear", "gaussian"])
-def test_real_branch_runs_in_inference_mode(data, mmd):
-    e = engine_for(data, mmd=mmd, class_chunk=2)
+@pytest.mark.parametrize("objective", ["dm", "m3d"])
+def test_real_branch_runs_in_inference_mode(data, objective):
+    e = engine_for(data, objective=objective, class_chunk=2)
     modes = []
 
     def spy(inner):
@@ -111,7 +87,7 @@ def test_cli_records_precision(tmp_path, capsys):
     assert main(["condense", "--dataset", "digits", "--iterations", "2", "--out", str(out),
                  "--precision", "bf16", "--no-progress"]) == 0
     m = json.loads((out / "metrics.json").read_text())
-    assert m["precision"] == "bf16" and m["channels_last"] is False
+    assert m["plan"]["precision"] == "bf16" and m["run_precision"] == "bf16"
     with pytest.raises(SystemExit):
         main(["condense", "--dataset", "digits", "--precision", "fp8"])
 
@@ -150,10 +126,11 @@ def test_evaluation_trains_in_the_asked_precision(together, caplog):
 
 def test_a_resume_in_another_precision_is_said_and_recorded(tmp_path, caplog):
     from fastdm.condense import condense_dataset
+    from fastdm.config import CondenseConfig
     out = str(tmp_path / "run")
     cfg = CondenseConfig(dataset="digits", iterations=2, precision="fp32", checkpoint_every=1)
     condense_dataset(cfg, out, progress=False)
     m = condense_dataset(CondenseConfig(**{**cfg.to_dict(), "iterations": 3, "precision": "bf16"}),
                          out, resume=True, progress=False)["metrics"]
     assert "ran in fp32; this session runs in bf16" in caplog.text
-    assert m["precision"] == "bf16" and m["run_precision"] == "fp32+bf16"
+    assert m["plan"]["precision"] == "bf16" and m["run_precision"] == "fp32+bf16"

@@ -48,10 +48,6 @@ class ClassImages:
     def shape(self) -> tuple[int, int, int]:
         return tuple(self.images.shape[1:])
 
-    def class_slice(self, c: int) -> torch.Tensor:
-        start = int(self.offsets[c])
-        return self.images[start:start + int(self.counts[c])]
-
 
 @dataclass
 class Dataset:

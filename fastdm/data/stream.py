@@ -27,10 +27,11 @@ from concurrent.futures import ThreadPoolExecutor
 import torch
 
 from ..errors import FastDMError
+from ..settings import TIERS
+from .sampler import RealSampler
 
 log = logging.getLogger("fastdm")
 
-TIERS = ("auto", "gpu", "pinned", "memory", "disk")
 # the set may take this fraction of free GPU memory (the rest: activations), and this fraction
 # of the available host memory for a RAM copy; FASTDM_GPU_BUDGET / FASTDM_HOST_BUDGET override
 GPU_BUDGET = 0.25
@@ -94,12 +95,12 @@ def choose_tier(nbytes: int, device: torch.device, requested: str = "auto", mapp
 
 
 class RealStream:
-    """Batches of real uint8 images by key. ``indices(key) -> (rows [n] int64, counts [k])``
-    says which rows a key needs (on the host for host tiers, on the device for 'gpu')."""
+    """Batches of real uint8 images by key (iteration, first class, end class): the rows its
+    ``sampler`` picks, gathered on the device ('gpu') or by worker threads on the host."""
 
-    def __init__(self, images: torch.Tensor, device: torch.device, tier: str, indices,
+    def __init__(self, images: torch.Tensor, device: torch.device, tier: str, sampler: RealSampler,
                  mapped: bool = False, depth: int = DEPTH, threads: int = THREADS):
-        self.device, self.tier, self.indices, self.depth = device, tier, indices, depth
+        self.device, self.tier, self.sampler, self.depth = device, tier, sampler, depth
         if tier == "gpu":
             self.images = images.to(device)
         elif tier in ("memory", "pinned"):  # a mapped store is read into RAM once
@@ -170,7 +171,7 @@ class RealStream:
     # -- gathering ------------------------------------------------------------------------------
     def _load(self, key):
         """(images, counts, copy event or None, held host buffer or None) for ``key``."""
-        rows, counts = self.indices(key)
+        rows, counts = self.sampler.indices(*key, device=self.index_device)
         if self.tier == "gpu":
             return torch.index_select(self.images, 0, rows), counts, None, None
         flat = self._buffer(rows.numel())

@@ -63,18 +63,6 @@ def compile_fn(fn, backend: str = "inductor", **options):
     return torch.compile(fn, backend=backend, fullgraph=True, **options)
 
 
-def compiled_embed(net: torch.nn.Module, device: torch.device, mode: str, image_size,
-                   backend: str = "inductor"):
-    """(embed function, compiled?): ``net.embed``, compiled when ``mode`` asks for it
-    (auto|on|off) and it can run here. 'on' that cannot run is an error; 'auto' that cannot is
-    a logged warning. Batch sizes stay static until a second one appears (dynamo's default):
-    marking the batch dimension dynamic from the start measured 2x slower per iteration in
-    bf16 on the CPU (MNIST, all classes in one chunk)."""
-    if not resolve_compile(mode, device, image_size):
-        return net.embed, False
-    return compile_fn(net.embed, backend=backend), True
-
-
 def resolve_compile(mode: str, device: torch.device, image_size, what: str = "the embedder") -> bool:
     """Whether to compile for ``mode`` (auto|on|off): wants_compile, and able to ('on' that
     cannot is a FastDMError, 'auto' that cannot a logged warning)."""

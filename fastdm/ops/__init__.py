@@ -1,6 +1,6 @@
-"""Fused operations (Triton kernels + autograd + torch.library ops), one module per operation.
+"""Fused operations, one module per operation (kernels, torch.library op, autograd, entry point),
+with the helpers they share in ``common``.
 
-Importing this package registers the available kernels in ``fastdm.backend.FUSED_OPS``.
+Importing this package registers the available Triton kernels in ``fastdm.backend.FUSED_OPS``.
 """
-from . import dsa  # noqa: F401
-from . import mmd  # noqa: F401
+from . import dsa, gaussian_mmd, linear_mmd, segments  # noqa: F401

@@ -24,20 +24,13 @@ whenever the backend is 'torch'; ``fastdm.backend.backend_for('dsa', device)`` p
 """
 from __future__ import annotations
 
-import contextlib
-
 import torch
 
 from ..augment import DSATable, apply_dsa, parse_strategy
-from ..backend import backend_for, interpreting, triton_unusable
+from ..backend import interpreting
 from ..data.images import normalize
 from ..errors import FastDMError
-
-try:  # triton ships with torch on Linux; elsewhere only the torch path exists
-    import triton
-    import triton.language as tl
-except Exception:  # pragma: no cover - depends on the platform
-    triton = tl = None
+from .common import FLOAT_DTYPES, choose_backend, on_device, register, tl, triton
 
 __all__ = ["dsa_augment", "segments", "torch_reference"]
 
@@ -378,8 +371,7 @@ if triton is not None:
         optr = dx_ptr + base + ch[:, None] * (H * W) + q[None, :]
         tl.store(optr, acc.to(dx_ptr.dtype.element_ty), mask=cmask[:, None] & qmask[None, :])
 
-    from ..backend import FUSED_OPS
-    FUSED_OPS["dsa"] = __name__
+    register("dsa", __name__)
 
 
 def _blocks(c: int, hw: int) -> tuple[int, int, int]:
@@ -394,13 +386,8 @@ def _taps(union: int) -> int:
     return 4 if union & (SCALE | ROTATE) else 1
 
 
-def _on_device(t: torch.Tensor):
-    # Triton launches on the current CUDA device: make it the tensor's
-    return torch.cuda.device(t.device) if t.device.type == "cuda" else contextlib.nullcontext()
-
-
 def _triton_forward(x, group, t: DSATable, mean, std) -> torch.Tensor:
-    with _on_device(x):
+    with on_device(x):
         n, c, h, w = x.shape
         out_dtype = x.dtype if x.is_floating_point() else torch.float32
         block_c, block_p, warps = _blocks(c, h * w)
@@ -424,7 +411,7 @@ def _triton_forward(x, group, t: DSATable, mean, std) -> torch.Tensor:
 
 
 def _triton_backward(grad, group, t: DSATable) -> torch.Tensor:
-    with _on_device(grad):
+    with on_device(grad):
         n, c, h, w = grad.shape
         block_c, block_p, warps = _blocks(c, h * w)
         dummy = torch.empty(1, dtype=torch.float32, device=grad.device)
@@ -498,7 +485,7 @@ _dsa_op.register_autograd(_backward, setup_context=_setup_context)
 
 
 # -- the functional entry point ---------------------------------------------------------------
-_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.uint8)
+_DTYPES = FLOAT_DTYPES + (torch.uint8,)
 # DSATable's tensor fields in constructor order, with each row's shape
 _SHAPES = {"op": (), "brightness": (), "saturation": (), "contrast": (), "crop": (2,),
            "cutout": (4,), "flip": (), "scale": (2, 3), "rotate": (2, 3)}
@@ -579,12 +566,7 @@ def dsa_augment(x: torch.Tensor, table: DSATable, group: torch.Tensor | None = N
                               f"got values from {lo} to {hi}")
     elif n:  # no host sync on the GPU (or in a traced graph): an assert on the device instead
         torch._assert_async(((group >= 0) & (group < table.groups)).all())
-    if backend is None:
-        backend = backend_for("dsa", x.device)
-    elif backend not in ("torch", "triton"):
-        raise FastDMError(f"backend must be 'torch' or 'triton', got {backend!r}")
-    elif backend == "triton" and (why := triton_unusable("dsa", x.device)) is not None:
-        raise FastDMError(f"backend='triton' cannot run here: {why}")
+    backend = choose_backend("dsa", backend, x.device)
     if backend == "torch" or not table.ops or n == 0:
         # native ops and autograd: no custom-op dispatch, and torch.compile sees (and fuses)
         # the ops themselves; fastdm::dsa runs this same code for backend='torch'

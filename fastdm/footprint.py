@@ -1,4 +1,5 @@
-"""FLOPs of an embedder, computed from the model's layers (shapes traced on the meta device).
+"""FLOPs and activation sizes of an embedder, from the model's layers (shapes traced on the
+meta device): the run plan's cost figures and the benchmarks' roofline.
 
 Convention: a multiply-add is 2 FLOPs. ``matmul`` counts Conv2d and Linear multiply-adds (the
 tensor-core work that sets the floor); ``elementwise`` counts everything else per output element
@@ -30,6 +31,8 @@ class FlopCount:
     matmul: int = 0
     elementwise: int = 0
     per_layer: list = field(default_factory=list)  # (module name, kind, flops)
+    outputs: int = 0       # elements of every leaf module's output (what autograd keeps, roughly)
+    widest: int = 0        # the largest input + output elements of one leaf (a forward's peak)
 
     @property
     def total(self) -> int:
@@ -61,6 +64,9 @@ def count_flops(model: nn.Module, input_shape, method: str = "embed") -> FlopCou
     names = {m: n for n, m in model.named_modules()}
 
     def hook(m, args, out):
+        count.outputs += out.numel()
+        count.widest = max(count.widest, out.numel() + sum(a.numel() for a in args
+                                                           if isinstance(a, torch.Tensor)))
         mm, ew = _module_flops(m, out)
         count.matmul += mm
         count.elementwise += ew

@@ -1,0 +1,163 @@
+"""The DM engine: one iteration of Distribution Matching over all classes at once.
+
+Per iteration t (Zhao & Bilen, WACV 2023, Algorithm 1, with every draw a function of the seed):
+
+    psi       <- a randomly initialised embedder              weights from (seed, t)
+    omega_c   <- a DSA draw, shared by class c's two sides    from (seed, t, c)
+    R_c       <- batch_real real images of class c            from (seed, t, c)
+    loss      =  sum_c objective(psi(A(R_c; omega_c)), psi(A(S_c; omega_c)))
+    S         <- S - lr_img * momentum-SGD(d loss / d S)
+
+Classes go through the embedder in chunks (the plan's ``class_chunk``): a chunk's real images are
+augmented, embedded forward only (inference mode) and reduced to what the objective keeps of
+them; its synthetic images are augmented and embedded with autograd, and the gradient of the
+chunk's loss lands in the rows of one gradient buffer; after the last chunk, one update. Classes
+are independent, so peak memory follows the chunk, not the number of classes. Everything the
+engine builds (embedder, compilation, convolutions, real-image tier, objective) is what the run
+plan (fastdm.plan) decided.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from . import objectives, rng
+from .augment import DSAParams, parse_strategy, sample_siamese
+from .checkpoint import RunState
+from .data import Dataset
+from .data.sampler import RealSampler
+from .data.stream import RealStream
+from .models import build_model, init_parameters_
+from .models.compiled import compile_fn
+from .models.fast_embed import winograd_embed
+from .objectives.base import Counts
+from .ops.dsa import dsa_augment
+from .plan import RunPlan
+from .precision import autocast
+
+
+class DMEngine:
+    def __init__(self, plan: RunPlan, data: Dataset, compile_backend: str = "inductor"):
+        """``compile_backend``: torch.compile's backend when the plan compiles (tests use
+        cheaper ones)."""
+        cfg = self.cfg = plan.config
+        self.plan, self.data = plan, data
+        self.device = torch.device(plan.device)
+        self.lo, self.hi = plan.classes
+        self.ipc = cfg.ipc
+        self.hw = data.image_size
+        self.ops = parse_strategy(cfg.strategy)
+        self.dsa = DSAParams(aug_mode=cfg.aug_mode)
+        self.dsa_backend = plan.backends["dsa"]
+        # the embedder: its weights are redrawn in place every iteration, so one compiled graph
+        # serves the run; the real branch (forward only) may take Winograd convolutions
+        self.net = build_model(cfg.model, data.channels, data.num_classes, self.hw, cfg.seed,
+                               rng.NET, device=self.device)
+        self.net.requires_grad_(False)
+        self.net.train()
+        compiled = (lambda fn: compile_fn(fn, backend=compile_backend)) if plan.compiled else (lambda fn: fn)
+        self.embed = compiled(self.net.embed)
+        self.real_embed = compiled(winograd_embed(self.net, plan.winograd_layers)) \
+            if plan.winograd_layers else self.embed
+        self.objective = objectives.get(plan.objective)(cfg, plan.backends, self.device)
+        # this process's classes' rows of the class-sorted training set, where the tier keeps them
+        train = data.train
+        base = int(train.offsets[self.lo])
+        end = int(train.offsets[self.hi - 1] + train.counts[self.hi - 1])
+        images = train.images if (base, end) == (0, len(train)) else train.images[base:end]
+        self.sampler = RealSampler(train.counts, train.offsets - base, cfg.batch_real, cfg.seed)
+        self.stream = RealStream(images, self.device, plan.real_tier, self.sampler, mapped=train.mapped)
+
+    def close(self) -> None:
+        """Stop the real-image stream's worker threads (the engine cannot take batches after)."""
+        self.stream.close()
+
+    def initial_state(self) -> RunState:
+        """ipc random real images of each class (``init real``), or standard normal noise."""
+        cfg, dev = self.cfg, self.device
+        shape = ((self.hi - self.lo) * self.ipc, self.data.channels, *self.hw)
+        if cfg.init == "noise":  # element indices of the whole set: the same noise in any shard
+            start = self.lo * self.ipc * math.prod(shape[1:])
+            idx = torch.arange(start, start + math.prod(shape), device=dev)
+            images = rng.normal(cfg.seed, rng.NOISE, idx, device=dev).view(shape)
+        else:
+            lo, hi = self.lo, self.hi
+            counts = self.sampler.counts[lo:hi].to(dev)
+            pos, valid = rng.sample_without_replacement(counts, self.ipc, cfg.seed, rng.INIT,
+                                                        classes=torch.arange(lo, hi, device=dev))
+            assert bool(valid.all())  # the config's check guarantees ipc <= the smallest class
+            idx = (self.sampler.offsets[lo:hi].to(dev)[:, None] + pos).reshape(-1)
+            real = self.stream.images
+            images = self.data.normalize(real[idx.to(real.device)], dev)
+        return RunState(images=images.contiguous(), momentum=None)
+
+    # -- one iteration ----------------------------------------------------------------------------
+    def step(self, state: RunState, value: bool = True) -> torch.Tensor:
+        """Run iteration ``state.iteration`` in place; returns the summed loss (a 0-dim tensor;
+        with ``value=False`` and a ``partial`` objective, without its constant terms)."""
+        loss, grad = self.loss_and_grad(state.images, state.iteration, value)
+        # SGD with momentum on the images, as torch.optim.SGD (no dampening, no weight decay)
+        if state.momentum is None:
+            state.momentum = grad  # a fresh tensor each iteration: no copy needed
+        else:
+            state.momentum.mul_(self.cfg.momentum).add_(grad)
+        state.images.add_(state.momentum, alpha=-self.cfg.lr_img)
+        state.iteration += 1
+        return loss
+
+    def loss_and_grad(self, images: torch.Tensor, it: int,
+                      value: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+        """The summed loss of iteration ``it``'s draws at ``images`` and its gradient (no update)."""
+        cfg, dev = self.cfg, self.device
+        init_parameters_(self.net, cfg.seed, rng.NET, it)
+        table = sample_siamese(self.ops, self.dsa, self.hw, cfg.seed, rng.AUG, it,
+                               keys=torch.arange(self.lo, self.hi, device=dev))
+        grad = torch.empty_like(images)
+        total = torch.zeros((), device=dev)
+        chunks = self.chunks()
+        # this iteration's real batches, then the next one's first: gathered ahead on host tiers
+        ahead = chunks[:self.stream.depth] if it + 1 < cfg.iterations else []
+        self.stream.plan([(it, c0, c1) for c0, c1 in chunks] + [(it + 1, c0, c1) for c0, c1 in ahead])
+        for c0, c1 in chunks:
+            rows = slice((c0 - self.lo) * self.ipc, (c1 - self.lo) * self.ipc)
+            loss, grad[rows] = self.chunk_loss(images[rows], table, it, c0, c1, value)
+            total += loss
+        return total, grad
+
+    def chunks(self) -> list[tuple[int, int]]:
+        """The class chunks, in the order one iteration runs them (the plan's)."""
+        return self.plan.chunks
+
+    def chunk_loss(self, syn: torch.Tensor, table, it: int, c0: int, c1: int, value: bool = True):
+        """The loss of classes [c0, c1) (summed) and its gradient w.r.t. their synthetic images."""
+        k, dev = c1 - c0, self.device
+        rows = table.rows(torch.arange(c0 - self.lo, c1 - self.lo, device=dev))
+        real, n_real = self.stream.take((it, c0, c1))
+        real_counts = Counts(n_real, self.sampler.counts_host(c0, c1))
+        syn_counts = Counts(torch.full((k,), self.ipc, device=dev), torch.full((k,), self.ipc))
+        g_real = torch.repeat_interleave(torch.arange(k, device=dev), n_real,
+                                         output_size=int(real_counts.host.sum()))  # no sync
+        g_syn = torch.arange(k, device=dev).repeat_interleave(self.ipc)
+        # the real branch needs no autograd: inference mode (no version counters, no views
+        # tracked); what the objective keeps of it is cloned out as ordinary tensors below
+        with torch.inference_mode():  # uint8 -> normalised, augmented floats in one pass on Triton
+            real = dsa_augment(real, rows, g_real, mean=self.data.mean, std=self.data.std,
+                               backend=self.dsa_backend)
+            f_real = self.features(real, real=True)
+            del real
+            kept = self.objective.reduce_real(f_real, real_counts)
+            del f_real
+        kept = tuple(t.clone() for t in kept)
+        syn = syn.detach().requires_grad_(True)
+        with torch.enable_grad():
+            f_syn = self.features(dsa_augment(syn, rows, g_syn, backend=self.dsa_backend))
+            loss = self.objective.loss(kept, real_counts, f_syn, syn_counts, value).sum()
+            (g,) = torch.autograd.grad(loss, syn)
+        return loss.detach(), g
+
+    def features(self, x: torch.Tensor, real: bool = False) -> torch.Tensor:
+        """The embedder's features of ``x`` in the plan's precision (``real``: the forward-only
+        real branch, which may take Winograd convolutions)."""
+        with autocast(self.plan.precision, self.device):
+            return (self.real_embed if real else self.embed)(x)

@@ -1,0 +1,181 @@
+"""Every setting of a condensation, declared once.
+
+A ``Setting`` names its type, default, check, help, command-line group and kind. From the table
+come the config (``fastdm.config.CondenseConfig``), the command line's flags (``fastdm.cli``),
+the resume check (``fastdm.checkpoint``) and the settings table of docs/settings.md
+(``python -m fastdm.config``). An objective declares its own settings in its own file
+(``fastdm.objectives``); they join the table there.
+
+Kinds:
+* ``result``: shapes the synthetic set; a resumed run must keep the value.
+* ``length``: the number of iterations; a resumed run may extend it.
+* ``speed``: how the set is computed, not what (up to float rounding); a resumed run may
+  change it (precision and convolutions are recorded when it does).
+* ``run``: where data and outputs go, how often to log and save; never changes the set.
+A default of None is resolved when the run plan is made (``auto`` says to what).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+from .checks import positive_floats
+from .errors import FastDMError
+
+KINDS = ("result", "length", "speed", "run")
+GROUPS = {"data": "data", "method": "method", "schedule": "schedule",
+          "output": "output and logging", "speed": "speed and placement (the result stays the same)"}
+
+
+@dataclass(frozen=True)
+class Setting:
+    name: str                      # the Python name (config field); the flag is --name-with-dashes
+    type: type                     # int, float, str, bool, or list (of floats)
+    default: object
+    help: str
+    group: str                     # a key of GROUPS
+    kind: str = "result"
+    choices: tuple = ()
+    minimum: float | None = None   # ints: inclusive lower bound
+    check: Callable | None = None  # value -> value (normalised), or raises FastDMError
+    auto: str = ""                 # what a None default becomes, for the help and the docs
+    objective: str | None = None   # the objective that owns it (None: every run)
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+    def validate(self, value):
+        """``value`` checked (and normalised), or a one-line FastDMError naming the flag."""
+        if value is None:
+            if self.default is None:
+                return None
+            raise FastDMError(f"{self.flag} needs a value")
+        if self.type is bool:
+            if not isinstance(value, bool):
+                raise FastDMError(f"{self.flag} must be true or false, got {value!r}")
+        elif self.type is int:
+            if isinstance(value, bool) or not isinstance(value, int) or \
+                    (self.minimum is not None and value < self.minimum):
+                low = f" >= {self.minimum:g}" if self.minimum is not None else ""
+                raise FastDMError(f"{self.flag} must be an integer{low}, got {value}")
+        elif self.type is float:
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise FastDMError(f"{self.flag} must be a number, got {value!r}")
+            value = float(value)
+        elif self.type is list:
+            value = positive_floats(value if isinstance(value, (list, tuple)) else [value], self.flag)
+        elif self.type is str and not isinstance(value, str):
+            raise FastDMError(f"{self.flag} must be text, got {value!r}")
+        if self.choices and value not in self.choices:
+            raise FastDMError(f"{self.flag} must be one of {', '.join(map(str, self.choices))}, "
+                              f"got '{value}'")
+        return self.check(value) if self.check is not None else value
+
+    def default_text(self) -> str:
+        if self.default is None:
+            return self.auto or "none"
+        if isinstance(self.default, bool):
+            return "on" if self.default else "off"
+        return str(self.default)
+
+
+def positive(what: str):
+    def check(value):
+        if not value > 0:
+            raise FastDMError(f"{what} must be positive, got {value}")
+        return value
+    return check
+
+
+def _momentum(value):
+    if not 0 <= value < 1:
+        raise FastDMError(f"--momentum must be in [0, 1), got {value}")
+    return value
+
+
+def _model(value):
+    from .models import check_model_name
+    return check_model_name(value)
+
+
+def _strategy(value):
+    from .augment import parse_strategy
+    parse_strategy(value)
+    return value
+
+
+PRECISIONS = ("auto", "fp32", "bf16")
+CONV_MODES = ("auto", "winograd", "direct")
+TIERS = ("auto", "gpu", "pinned", "memory", "disk")
+COMPILE_MODES = ("auto", "on", "off")
+
+# The settings of every condensation (an objective's own ones live in its file).
+CONDENSE = (
+    Setting("dataset", str, "digits", "digits (embedded), mnist, fashionmnist, svhn, cifar10, "
+            "cifar100, tinyimagenet, imagefolder, or store (a folder made by fastdm prepare)", "data"),
+    Setting("data_root", str, None, "the folder holding the dataset (the store for --dataset store)",
+            "data", kind="run", auto="none (digits needs none)"),
+    Setting("download", bool, False, "let torchvision download the dataset into --data-root",
+            "data", kind="run"),
+    Setting("image_size", int, None, "side of folder datasets' images after resizing", "data",
+            minimum=1, auto="the dataset's (64 for folders)"),
+    Setting("objective", str, "dm", "the distance matched per class", "method"),
+    Setting("ipc", int, None, "synthetic images per class", "method", minimum=1,
+            auto="10 (digits: 1)"),
+    Setting("model", str, None, "the embedder, a fresh random network every iteration", "method",
+            check=_model, auto="ConvNet (ConvNetD4 at 64 px, D5 at 128, D6 at 256)"),
+    Setting("init", str, "real", "initial synthetic images: random real ones, or noise", "method",
+            choices=("real", "noise")),
+    Setting("strategy", str, None, "DSA ops joined by _, or none", "method", check=_strategy,
+            auto="color_crop_cutout_flip_scale_rotate (no flip for digit datasets)"),
+    Setting("aug_mode", str, "S", "DSA mode: S applies one op per class and iteration, M all",
+            "method", choices=("S", "M")),
+    Setting("iterations", int, None, "DM iterations (a resumed run may extend them)", "schedule",
+            kind="length", minimum=0, auto="20000 (digits: 400)"),
+    Setting("batch_real", int, None, "real images per class per iteration", "schedule", minimum=1,
+            auto="256 (digits: 64)"),
+    Setting("lr_img", float, None, "SGD learning rate of the synthetic images", "schedule",
+            check=positive("--lr-img"), auto="1 (10 for cifar10 at ipc >= 100)"),
+    Setting("momentum", float, 0.5, "SGD momentum of the synthetic images", "schedule",
+            check=_momentum),
+    Setting("seed", int, 0, "every random draw derives from it", "schedule", minimum=0),
+    Setting("checkpoint_every", int, 500, "iterations between checkpoints (0: only at the end)",
+            "output", kind="run", minimum=0),
+    Setting("log_every", int, 10, "iterations between loss readings (and, under torchrun, the "
+            "points where ranks meet)", "output", kind="run", minimum=1),
+    Setting("device", str, "auto", "auto, cpu, cuda or cuda:N", "speed", kind="speed",
+            auto="cuda when there is one"),
+    Setting("class_chunk", int, None, "classes per pass through the embedder", "speed",
+            kind="speed", minimum=1, auto="by a memory budget"),
+    Setting("compile", str, "auto", "torch.compile the embedder (one graph for the run); auto: on "
+            "CUDA, and on the CPU for images of 32 px or more", "speed", kind="speed",
+            choices=COMPILE_MODES),
+    Setting("precision", str, "auto", "the embedder's arithmetic: fp32 (the reference's) or bf16 "
+            "autocast with fp32 sums; auto: bf16 on CUDA GPUs with native bf16, else fp32",
+            "speed", kind="speed", choices=PRECISIONS),
+    Setting("conv", str, "auto", "the real branch's 3x3 convolutions: winograd (native CPU "
+            "kernels) or direct; auto: winograd for ConvNets on the CPU in fp32", "speed",
+            kind="speed", choices=CONV_MODES),
+    Setting("real_tier", str, "auto", "where the real uint8 images live: gpu, pinned (CUDA), "
+            "memory (CPU), disk (a store through the page cache); auto: by size", "speed",
+            kind="speed", choices=TIERS),
+)
+
+
+def by_name(settings) -> dict[str, Setting]:
+    return {s.name: s for s in settings}
+
+
+def markdown_table(settings) -> str:
+    """The settings as a markdown table, grouped as the command line groups them."""
+    lines = ["| flag | default | kind | meaning |", "|---|---|---|---|"]
+    for group in GROUPS:
+        for s in settings:
+            if s.group != group:
+                continue
+            what = s.help + (f" (`--objective {s.objective}` only)" if s.objective else "")
+            if s.choices:
+                what += f"; one of {', '.join(f'`{c}`' for c in s.choices)}"
+            lines.append(f"| `{s.flag}` | {s.default_text()} | {s.kind} | {what} |")
+    return "\n".join(lines) + "\n"
