@@ -4,11 +4,12 @@ __version__ = "0.1.0"
 from .errors import FastDMError  # noqa: E402
 
 __all__ = ["__version__", "FastDMError", "condense_dataset", "evaluate_synset", "CondenseConfig",
-           "load_dataset"]
+           "load_dataset", "make_plan"]
 
 _LAZY = {"condense_dataset": ("condense", "condense_dataset"),
          "evaluate_synset": ("evaluate", "evaluate_synset"),
-         "CondenseConfig": ("config", "CondenseConfig"), "load_dataset": ("data", "load_dataset")}
+         "CondenseConfig": ("config", "CondenseConfig"), "load_dataset": ("data", "load_dataset"),
+         "make_plan": ("plan", "make_plan")}
 
 
 def __getattr__(name):  # import torch-heavy modules only when used

@@ -62,7 +62,8 @@ CondenseConfig = dataclasses.make_dataclass(
                         dataclasses.field(default=s.default)) for s in SETTINGS],
     namespace={"to_dict": _to_dict, "from_dict": _from_dict,
                "__doc__": "Settings of a condensation run (docs/settings.md); None: resolved "
-                          "from the dataset when the run plan is made (fastdm.plan)."})
+                          "from the dataset when the run plan is made (fastdm.plan)."},
+    frozen=True)
 CondenseConfig.__module__ = __name__
 
 

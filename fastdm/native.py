@@ -87,7 +87,6 @@ def load(name: str = "winograd"):
         why = unavailable(name)
         if why is not None:
             raise FastDMError(f"fastdm's native {name} kernels cannot be used: {why}")
-        import torch
         quiet = logging.getLogger("torch.utils.cpp_extension")  # its import warns that there is
         level = quiet.level                                     # no CUDA: irrelevant to CPU code
         quiet.setLevel(logging.ERROR)

@@ -29,6 +29,7 @@ from .backend import backend_for, conv_for
 from .config import CondenseConfig, resolve_config
 from .data.stream import choose_tier
 from .devices import device_name, resolve_device
+from .errors import FastDMError
 from .footprint import count_flops
 from .models import create_model, uses_batchnorm
 from .models.compiled import resolve_compile
@@ -132,7 +133,6 @@ def make_plan(config: CondenseConfig, data, device: str | torch.device | None = 
 
 
 def _chunk(cfg, data, dev, owned: int, batchnorm: bool) -> int:
-    from .errors import FastDMError
     if batchnorm:
         if owned != data.num_classes:
             raise FastDMError(f"model {cfg.model} has BatchNorm, whose statistics mix all "

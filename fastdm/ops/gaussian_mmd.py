@@ -19,7 +19,7 @@ from ..checks import positive_floats
 from ..errors import FastDMError
 from .common import (choose_backend, no_real_grad, on_device, pow2, register, rows_contiguous, tl,
                      to_device, triton, wide)
-from .segments import check_features, layout, padded, segment_sum
+from .segments import check_features, check_same_embedder, layout, padded, segment_sum
 
 __all__ = ["gaussian_mmd", "torch_gaussian_mmd", "relative_bandwidths", "coefficients"]
 
@@ -355,11 +355,7 @@ def gaussian_mmd(real: torch.Tensor, real_counts, syn: torch.Tensor, syn_counts,
     """
     check_features(real, "real")
     check_features(syn, "synthetic")
-    if real.shape[1] != syn.shape[1]:
-        raise FastDMError(f"real features have {real.shape[1]} columns, synthetic {syn.shape[1]}: "
-                          f"they must come from the same embedder")
-    if real.device != syn.device:
-        raise FastDMError(f"real features are on {real.device}, synthetic on {syn.device}")
+    check_same_embedder(real, syn, "real features")
     rl = layout(real_counts, real.shape[0], syn.device, "real")
     yl = layout(syn_counts, syn.shape[0], syn.device, "synthetic")
     if rl.counts.numel() != yl.counts.numel():

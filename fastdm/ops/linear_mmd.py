@@ -13,7 +13,7 @@ import torch
 from ..errors import FastDMError
 from .common import (FLOAT_DTYPES, choose_backend, no_real_grad, on_device, register,
                      rows_contiguous, tl, triton, wide)
-from .segments import check_features, class_means, layout, linear_blocks
+from .segments import check_features, check_same_embedder, class_means, layout, linear_blocks
 
 __all__ = ["linear_mmd", "torch_linear_mmd"]
 
@@ -165,11 +165,7 @@ def linear_mmd(real_sums: torch.Tensor, real_counts, syn: torch.Tensor, syn_coun
     if not isinstance(real_sums, torch.Tensor) or real_sums.dim() != 2 or real_sums.dtype not in FLOAT_DTYPES:
         raise FastDMError("real_sums must be a float [k, D] tensor of per-class sums")
     k = real_sums.shape[0]
-    if real_sums.shape[1] != syn.shape[1]:
-        raise FastDMError(f"real sums have {real_sums.shape[1]} features, synthetic features "
-                          f"{syn.shape[1]}: they must come from the same embedder")
-    if real_sums.device != syn.device:
-        raise FastDMError(f"real sums are on {real_sums.device}, synthetic features on {syn.device}")
+    check_same_embedder(real_sums, syn, "real sums")
     ys = layout(syn_counts, syn.shape[0], syn.device, "synthetic")
     rc = layout(real_counts, None, syn.device, "real")
     if ys.counts.numel() != k or rc.counts.numel() != k:

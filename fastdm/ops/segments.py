@@ -18,7 +18,8 @@ from ..errors import FastDMError
 from .common import (FLOAT_DTYPES, choose_backend, on_device, pow2, programs_wanted, register,
                      rows_contiguous, tl, to_device, triton)
 
-__all__ = ["segment_sum", "class_sums", "class_means", "padded", "layout", "check_features"]
+__all__ = ["segment_sum", "class_sums", "class_means", "padded", "layout", "check_features",
+           "check_same_embedder"]
 
 
 # -- torch path (the reference) ------------------------------------------------------------------
@@ -141,6 +142,16 @@ def check_features(x, what: str) -> None:
         raise FastDMError(f"{what} features must be float32, bfloat16 or float16, got {x.dtype}")
     if x.shape[1] == 0:
         raise FastDMError(f"{what} features have no columns (shape {tuple(x.shape)})")
+
+
+def check_same_embedder(real: torch.Tensor, syn: torch.Tensor, what: str) -> None:
+    """The real side (``what``: features or sums) and the synthetic features come from one
+    embedder, on one device."""
+    if real.shape[1] != syn.shape[1]:
+        raise FastDMError(f"{what} have {real.shape[1]} columns, synthetic features {syn.shape[1]}: "
+                          f"they must come from the same embedder")
+    if real.device != syn.device:
+        raise FastDMError(f"{what} are on {real.device}, synthetic features on {syn.device}")
 
 
 # -- the op --------------------------------------------------------------------------------------
