@@ -55,6 +55,9 @@ SETTINGS = {
     "tinyimagenet-ipc10": Setting(200, 500, 3, 64, 10, "ConvNetD4"),
     "tinyimagenet-ipc50": Setting(200, 500, 3, 64, 50, "ConvNetD4"),
     "imagenet64-ipc10": Setting(1000, 1300, 3, 64, 10, "ConvNetD4"),
+    # the paper's MNIST shape at the family table's real batch
+    "mnist-ipc1": Setting(10, 6000, 1, 28, 1, "ConvNet", batch_real=64),
+    "mnist-ipc10": Setting(10, 6000, 1, 28, 10, "ConvNet", batch_real=64),
     # a seconds-long smoke setting (tests, CI)
     "toy-ipc2": Setting(4, 40, 3, 16, 2, "ConvNetD2", batch_real=16),
 }
@@ -81,16 +84,19 @@ MEAN, STD = 0.5, 0.25  # normalisation constants of the synthetic data
 
 
 def fastdm_side(s: Setting, per_class: int, device: torch.device, class_chunk=None,
-                compile: str = "auto", precision: str = "auto", conv: str = "auto") -> DMEngine:
+                compile: str = "auto", precision: str = "auto", conv: str = "auto",
+                **settings) -> DMEngine:
     """fastdm's engine on a uint8 store of the setting's shape (on the device where it fits,
-    as ``fastdm condense`` would place it)."""
+    as ``fastdm condense`` would place it); ``settings``: more condensation settings
+    (objective, factor, ...)."""
     images, labels = random_uint8(s, per_class, "cpu")
     split = ClassImages(images, labels, s.classes)
     data = Dataset("synthetic", split, split, [str(c) for c in range(s.classes)],
                    (MEAN,) * s.channels, (STD,) * s.channels, s.model, STRATEGY)
     cfg = CondenseConfig(dataset="synthetic", ipc=s.ipc, iterations=10 ** 9,
                          batch_real=s.batch_real, model=s.model, device=str(device),
-                         class_chunk=class_chunk, compile=compile, precision=precision, conv=conv)
+                         class_chunk=class_chunk, compile=compile, precision=precision, conv=conv,
+                         **settings)
     return DMEngine(make_plan(cfg, data), data)
 
 

@@ -98,7 +98,10 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--models", type=int, help="models to train (default 5)")
     e.add_argument("--epochs", type=int, help="training epochs (default 1000; digits: 300)")
     e.add_argument("--batch-train", type=int, help="training batch size (default 256)")
-    e.add_argument("--strategy", help="DSA strategy for training (default: the dataset's)")
+    e.add_argument("--strategy", help="DSA strategy for training (default: the synset's, else "
+                   "the dataset's)")
+    e.add_argument("--aug-mode", choices=["S", "M"], help="DSA mode for training: S one op per "
+                   "image, M all (default: the synset's, else S)")
     e.add_argument("--seed", type=int, help="evaluation seed (default 0)")
     e.add_argument("--device", help="auto, cpu or cuda (default auto)")
     e.add_argument("--exp", type=int, help="which experiment of a reference file (default: last)")
@@ -284,7 +287,8 @@ def cmd_evaluate(args) -> int:
                        batch_train=args.batch_train, strategy=args.strategy, seed=args.seed,
                        device=args.device, exp=args.exp, compare_random=args.compare_random,
                        batched=args.batched, compile=args.compile or "auto",
-                       precision=args.precision, progress=not args.no_progress)
+                       precision=args.precision, progress=not args.no_progress,
+                       aug_mode=args.aug_mode)
     for kind, res in (("synset", summary if summary["kind"] == "synset" else None),
                       ("random", summary.get("random") or (summary if summary["kind"] == "random" else None))):
         if res is not None:

@@ -11,10 +11,8 @@ import torch
 
 from . import objectives
 from .errors import FastDMError
+from .methods import PRESET_KEYS, preset
 from .settings import CONDENSE, Setting, by_name, markdown_table
-
-DEFAULT_ITERATIONS = 20000
-DEFAULT_BATCH_REAL = 256
 
 # The embedded default dataset runs a short schedule so that `make run` finishes in about a
 # minute on 2 CPU cores; pass --iterations to run longer.
@@ -39,6 +37,9 @@ SETTINGS = condense_settings()
 SETTING = by_name(SETTINGS)
 # the old --mmd values, read from checkpoints and metrics written before objectives
 LEGACY_MMD = {"linear": "dm", "gaussian": "m3d"}
+# what records written before methods and partitioning ran with (keys they lack)
+LEGACY_VALUES = {"method": "dm", "factor": 1, "optimizer": "sgd", "weight_decay": 0.0,
+                 "clamp": False}
 
 
 def _to_dict(self) -> dict:
@@ -52,6 +53,9 @@ def _from_dict(cls, d: dict) -> "CondenseConfig":
     d = dict(d)
     if "mmd" in d and "objective" not in d:
         d["objective"] = LEGACY_MMD.get(d.pop("mmd"), "dm")
+    if "method" not in d:  # written before methods: what it ran with
+        for k, v in LEGACY_VALUES.items():
+            d.setdefault(k, v)
     owner = d.get("objective", "dm")
     return cls(**{k: v for k, v in d.items()
                   if k in SETTING and SETTING[k].objective in (None, owner)})
@@ -74,6 +78,13 @@ def resolve_config(config: CondenseConfig, dataset) -> CondenseConfig:
     v["dataset"] = dataset.name
     if v["data_root"] is not None:  # so evaluate finds the data from any working directory
         v["data_root"] = os.path.abspath(v["data_root"])
+    if v["ipc"] is None:
+        v["ipc"] = quick.get("ipc", 10)
+    v["method"] = SETTING["method"].validate(v["method"])
+    row = preset(v["method"], dataset.name, v["ipc"], dataset.default_model)
+    for key in PRESET_KEYS:  # explicit values win, then the dataset's schedule, then the method's
+        if v[key] is None:
+            v[key] = quick.get(key, row[key])
     objective = objectives.get(v["objective"])
     for s in SETTINGS:  # another objective's settings are mistakes, not silently unused
         if s.objective not in (None, objective.name) and v[s.name] is not None:
@@ -81,27 +92,32 @@ def resolve_config(config: CondenseConfig, dataset) -> CondenseConfig:
                               f"objective is {objective.name})")
     for s in SETTINGS:
         v[s.name] = s.validate(v[s.name])
-    for key in ("ipc", "iterations", "batch_real"):
-        if v[key] is None:
-            v[key] = quick.get(key, {"ipc": 10, "iterations": DEFAULT_ITERATIONS,
-                                     "batch_real": DEFAULT_BATCH_REAL}[key])
     v["image_size"] = dataset.image_size[0]
-    v["model"] = SETTING["model"].validate(v["model"] or dataset.default_model)
+    v["model"] = SETTING["model"].validate(v["model"])
     if v["strategy"] is None:
         v["strategy"] = dataset.default_strategy
-    if v["lr_img"] is None:  # spec: CIFAR10 at ipc >= 100 uses 10
-        v["lr_img"] = 10.0 if dataset.name == "cifar10" and v["ipc"] >= 100 else 1.0
+    h, w = dataset.image_size
+    if h % v["factor"] or w % v["factor"]:
+        raise FastDMError(f"--factor {v['factor']} must divide the image size ({h}x{w}): each "
+                          f"stored image is cut into factor x factor equal tiles")
     v = objective.resolve(v)
     smallest = int(dataset.train.counts.min())
     if smallest == 0:
         empty = [dataset.classes[i] for i in torch.nonzero(dataset.train.counts == 0).flatten().tolist()]
         raise FastDMError(f"class(es) {empty[:5]} of {dataset.name} have no training images; DM "
                           f"needs real images of every class")
-    if v["init"] == "real" and v["ipc"] > smallest:
+    needed = v["ipc"] * v["factor"] ** 2  # every tile starts from its own real image
+    if v["init"] == "real" and needed > smallest:
         worst = int(dataset.train.counts.argmin())
-        raise FastDMError(f"--ipc {v['ipc']} is larger than the smallest class of {dataset.name} "
-                          f"(class {dataset.classes[worst]} has {smallest} training images); use "
-                          f"--ipc {smallest} or less, or --init noise")
+        if v["factor"] == 1:
+            raise FastDMError(f"--ipc {v['ipc']} is larger than the smallest class of "
+                              f"{dataset.name} (class {dataset.classes[worst]} has {smallest} "
+                              f"training images); use --ipc {smallest} or less, or --init noise")
+        raise FastDMError(f"--ipc {v['ipc']} x --factor {v['factor']}^2 = {needed} tiles, each "
+                          f"initialised from its own real image, is larger than the smallest "
+                          f"class of {dataset.name} (class {dataset.classes[worst]} has "
+                          f"{smallest} training images); use a smaller --ipc or --factor, or "
+                          f"--init noise")
     return CondenseConfig(**v)
 
 

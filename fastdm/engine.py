@@ -5,8 +5,11 @@ Per iteration t (Zhao & Bilen, WACV 2023, Algorithm 1, with every draw a functio
     psi       <- a randomly initialised embedder              weights from (seed, t)
     omega_c   <- a DSA draw, shared by class c's two sides    from (seed, t, c)
     R_c       <- batch_real real images of class c            from (seed, t, c)
-    loss      =  sum_c objective(psi(A(R_c; omega_c)), psi(A(S_c; omega_c)))
-    S         <- S - lr_img * momentum-SGD(d loss / d S)
+    loss      =  sum_c objective(psi(A(R_c; omega_c)), psi(A(D(S_c); omega_c)))
+    S         <- one step of the images' optimiser on d loss / d S    (SGD or AdamW)
+
+D decodes partitioned images (--factor: each stored image's tiles upsampled to full size; the
+identity at factor 1), inside the DSA kernels' read on the fused path.
 
 Classes go through the embedder in chunks (the plan's ``class_chunk``): a chunk's real images are
 augmented, embedded forward only (inference mode) and reduced to what the objective keeps of
@@ -24,16 +27,18 @@ import torch
 
 from . import objectives, rng
 from .augment import DSAParams, parse_strategy, sample_siamese
+from .augment.partition import Partition, encode_init, partition
 from .checkpoint import RunState
 from .data import Dataset
 from .data.sampler import RealSampler
 from .data.stream import RealStream
 from .models import build_model, init_parameters_
 from .models.compiled import compile_fn
-from .models.fast_embed import winograd_embed
+from .models.fast_embed import tapped_embed
 from .objectives.base import Counts
 from .ops.dsa import dsa_augment
 from .plan import RunPlan
+from .optim import ImageOptimizer
 from .precision import autocast
 
 
@@ -57,10 +62,14 @@ class DMEngine:
         self.net.requires_grad_(False)
         self.net.train()
         compiled = (lambda fn: compile_fn(fn, backend=compile_backend)) if plan.compiled else (lambda fn: fn)
-        self.embed = compiled(self.net.embed)
-        self.real_embed = compiled(winograd_embed(self.net, plan.winograd_layers)) \
-            if plan.winograd_layers else self.embed
         self.objective = objectives.get(plan.objective)(cfg, plan.backends, self.device)
+        # the intermediate outputs the objective matches besides the embedding (if any)
+        taps, tap = self.objective.taps(self.net), self.objective.tap
+        self.embed = compiled(tapped_embed(self.net, (), taps, tap) if taps else self.net.embed)
+        self.real_embed = compiled(tapped_embed(self.net, plan.winograd_layers, taps, tap)) \
+            if plan.winograd_layers else self.embed
+        self.optimizer = ImageOptimizer(cfg, data.mean, data.std, self.device)
+        self._partitions: dict[int, Partition] = {}
         # this process's classes' rows of the class-sorted training set, where the tier keeps them
         train = data.train
         base = int(train.offsets[self.lo])
@@ -84,12 +93,15 @@ class DMEngine:
         else:
             lo, hi = self.lo, self.hi
             counts = self.sampler.counts[lo:hi].to(dev)
-            pos, valid = rng.sample_without_replacement(counts, self.ipc, cfg.seed, rng.INIT,
+            # one real image per tile (factor 1: per image)
+            pos, valid = rng.sample_without_replacement(counts, self.ipc * cfg.factor ** 2,
+                                                        cfg.seed, rng.INIT,
                                                         classes=torch.arange(lo, hi, device=dev))
-            assert bool(valid.all())  # the config's check guarantees ipc <= the smallest class
+            assert bool(valid.all())  # the config's check guarantees there are enough
             idx = (self.sampler.offsets[lo:hi].to(dev)[:, None] + pos).reshape(-1)
             real = self.stream.images
-            images = self.data.normalize(real[idx.to(real.device)], dev)
+            images = encode_init(self.data.normalize(real[idx.to(real.device)], dev), self.ipc,
+                                 cfg.factor)
         return RunState(images=images.contiguous(), momentum=None)
 
     # -- one iteration ----------------------------------------------------------------------------
@@ -97,12 +109,7 @@ class DMEngine:
         """Run iteration ``state.iteration`` in place; returns the summed loss (a 0-dim tensor;
         with ``value=False`` and a ``partial`` objective, without its constant terms)."""
         loss, grad = self.loss_and_grad(state.images, state.iteration, value)
-        # SGD with momentum on the images, as torch.optim.SGD (no dampening, no weight decay)
-        if state.momentum is None:
-            state.momentum = grad  # a fresh tensor each iteration: no copy needed
-        else:
-            state.momentum.mul_(self.cfg.momentum).add_(grad)
-        state.images.add_(state.momentum, alpha=-self.cfg.lr_img)
+        self.optimizer.step(state, grad)
         state.iteration += 1
         return loss
 
@@ -111,6 +118,7 @@ class DMEngine:
         """The summed loss of iteration ``it``'s draws at ``images`` and its gradient (no update)."""
         cfg, dev = self.cfg, self.device
         init_parameters_(self.net, cfg.seed, rng.NET, it)
+        self.objective.begin(it)
         table = sample_siamese(self.ops, self.dsa, self.hw, cfg.seed, rng.AUG, it,
                                keys=torch.arange(self.lo, self.hi, device=dev))
         grad = torch.empty_like(images)
@@ -135,10 +143,11 @@ class DMEngine:
         rows = table.rows(torch.arange(c0 - self.lo, c1 - self.lo, device=dev))
         real, n_real = self.stream.take((it, c0, c1))
         real_counts = Counts(n_real, self.sampler.counts_host(c0, c1))
-        syn_counts = Counts(torch.full((k,), self.ipc, device=dev), torch.full((k,), self.ipc))
+        per = self.ipc * self.cfg.factor ** 2  # synthetic images per class the embedder sees
+        syn_counts = Counts(torch.full((k,), per, device=dev), torch.full((k,), per))
         g_real = torch.repeat_interleave(torch.arange(k, device=dev), n_real,
                                          output_size=int(real_counts.host.sum()))  # no sync
-        g_syn = torch.arange(k, device=dev).repeat_interleave(self.ipc)
+        g_syn = torch.arange(k, device=dev).repeat_interleave(per)
         # the real branch needs no autograd: inference mode (no version counters, no views
         # tracked); what the objective keeps of it is cloned out as ordinary tensors below
         with torch.inference_mode():  # uint8 -> normalised, augmented floats in one pass on Triton
@@ -151,10 +160,19 @@ class DMEngine:
         kept = tuple(t.clone() for t in kept)
         syn = syn.detach().requires_grad_(True)
         with torch.enable_grad():
-            f_syn = self.features(dsa_augment(syn, rows, g_syn, backend=self.dsa_backend))
+            f_syn = self.features(dsa_augment(syn, rows, g_syn, partition=self.partition(k),
+                                              backend=self.dsa_backend))
             loss = self.objective.loss(kept, real_counts, f_syn, syn_counts, value).sum()
             (g,) = torch.autograd.grad(loss, syn)
         return loss.detach(), g
+
+    def partition(self, k: int) -> Partition | None:
+        """The decode maps of a chunk of k classes (None without partitioning)."""
+        if self.cfg.factor == 1:
+            return None
+        if k not in self._partitions:
+            self._partitions[k] = partition(k, self.ipc, self.cfg.factor, self.device)
+        return self._partitions[k]
 
     def features(self, x: torch.Tensor, real: bool = False) -> torch.Tensor:
         """The embedder's features of ``x`` in the plan's precision (``real``: the forward-only

@@ -212,7 +212,7 @@ def evaluate_synset(synset: str | None = None, *, baseline: str | None = None, d
              epochs: int | None = None, batch_train: int | None = None, strategy: str | None = None,
              seed: int | None = None, device: str | None = None, exp: int | None = None,
              compare_random: bool = False, progress: bool = True, batched: bool | None = None,
-             compile: str = "auto", precision: str = "auto") -> dict:
+             compile: str = "auto", precision: str = "auto", aug_mode: str | None = None) -> dict:
     """Evaluate a synset file (or, with baseline='random', random real subsets) by the paper's
     protocol. Returns the summary the CLI prints as JSON."""
     if synset and baseline:
@@ -244,7 +244,8 @@ def evaluate_synset(synset: str | None = None, *, baseline: str | None = None, d
         epochs=epochs if epochs is not None else quick.get("epochs", 1000),
         batch_train=batch_train if batch_train is not None else 256,
         strategy=strategy if strategy is not None else saved.get("strategy", data.default_strategy),
-        aug_mode=saved.get("aug_mode", "S"),  # one DSA setting for condensing and evaluating
+        # one DSA setting for condensing and evaluating, unless given
+        aug_mode=aug_mode or saved.get("aug_mode") or "S",
         seed=seed if seed is not None else 0,
         batched=batched,
         compile=compile,
@@ -253,15 +254,20 @@ def evaluate_synset(synset: str | None = None, *, baseline: str | None = None, d
     cfg.check()
     dev = resolve_device(device)
     results = {}
+    trained_ipc = None
     if syn is not None:
-        ipc = check_synset_shape(syn["images"], syn["labels"], data, synset)
+        trained_ipc = check_synset_shape(syn["images"], syn["labels"], data, synset)
+        # a partitioned set stores ipc images per class and trains on ipc x factor^2: random
+        # real subsets get the storage budget
+        ipc = max(1, trained_ipc // int(saved.get("factor") or 1) ** 2)
         results["synset"] = evaluate_images(syn["images"], syn["labels"], data, cfg, dev, progress,
                                             desc=f"evaluate synset ({cfg.model})")
     if baseline or compare_random:
         results["random"] = evaluate_images(None, None, data, cfg, dev, progress, subset_ipc=ipc,
                                             desc=f"evaluate random subsets ({cfg.model})")
     main = results.get("synset", results.get("random"))
-    summary = {"dataset": data.name, "ipc": ipc, "model": cfg.model,
+    summary = {"dataset": data.name, "ipc": ipc, "trained_per_class": trained_ipc or ipc,
+               "model": cfg.model,
                "kind": "synset" if syn is not None else "random",
                "acc_mean": main["acc_mean"], "acc_std": main["acc_std"], "accs": main["accs"],
                "models": cfg.models, "epochs": cfg.epochs, "seed": cfg.seed, "device": str(dev),

@@ -73,6 +73,20 @@ def _torch_load(path: str):
                           f"it: {type(e).__name__} {first})") from None
 
 
+def _decode_stored(obj: dict, path: str):
+    """A synset file holding only the stored (partitioned) images: the decoded set."""
+    from .augment.partition import decode_set
+    stored, labels = obj["stored"], obj.get("stored_labels")
+    factor = obj.get("factor", (obj.get("config") or {}).get("factor", 1))
+    if not isinstance(labels, torch.Tensor) or labels.shape != (stored.shape[0],):
+        raise FastDMError(f"{path}: 'stored' needs 'stored_labels', one label per stored image")
+    if not isinstance(factor, int) or factor < 1 or stored.dim() != 4 or \
+            stored.shape[-1] % factor or stored.shape[-2] % factor:
+        raise FastDMError(f"{path}: factor {factor!r} does not partition the stored images")
+    with torch.no_grad():
+        return decode_set(stored.float(), labels.long(), factor)
+
+
 def load_synset(path: str, exp: int | None = None) -> dict:
     """Load ``path`` -> {images, labels, config (may be empty), kind}.
 
@@ -85,6 +99,8 @@ def load_synset(path: str, exp: int | None = None) -> dict:
     obj = _torch_load(path)
     if isinstance(obj, dict) and obj.get("format") == SYNSET_FORMAT:
         images, labels, config, kind = obj.get("images"), obj.get("labels"), obj.get("config", {}), "fastdm"
+        if images is None and isinstance(obj.get("stored"), torch.Tensor):  # decode it here
+            images, labels = _decode_stored(obj, path)
     elif isinstance(obj, dict) and isinstance(obj.get("data"), list) and obj["data"]:
         entries = obj["data"]
         i = len(entries) - 1 if exp is None else exp

@@ -10,6 +10,7 @@ import os
 import torch
 
 from . import __version__
+from .augment.partition import decode_set
 from .checkpoint import RunState
 from .errors import FastDMError
 from .io import SYNSET_FORMAT, SYNSET_VERSION, atomic_json_dump, atomic_torch_save
@@ -38,11 +39,17 @@ def prepare_folder(out: str, resume: bool, overwrite: bool) -> None:
 
 
 def synset_dict(cfg, data, state: RunState) -> dict:
-    images = state.images.detach().cpu().contiguous()
-    labels = torch.arange(data.num_classes).repeat_interleave(cfg.ipc)
+    """``stored``: the ipc images per class the run optimised; ``images``/``labels``: the set
+    training uses (with --factor > 1 the stored images decoded, ipc x factor^2 per class)."""
+    stored = state.images.detach().cpu().contiguous()
+    stored_labels = torch.arange(data.num_classes).repeat_interleave(cfg.ipc)
+    with torch.no_grad():
+        images, labels = decode_set(stored, stored_labels, cfg.factor)
+    images = images.contiguous()
     return {
         "format": SYNSET_FORMAT, "version": SYNSET_VERSION, "fastdm": __version__,
-        "images": images, "labels": labels, "config": cfg.to_dict(),
+        "images": images, "labels": labels, "stored": stored, "stored_labels": stored_labels,
+        "factor": cfg.factor, "config": cfg.to_dict(),
         "classes": list(data.classes), "mean": list(data.mean), "std": list(data.std),
         "iterations": state.iteration,
         "data": [[images, labels]],  # what the reference's evaluation code reads
@@ -63,7 +70,7 @@ def write_outputs(out: str, plan, data, state: RunState, run: dict) -> tuple[dic
     """Pictures, metrics.json, then synset.pt; returns (synset, metrics)."""
     cfg = plan.config
     synset = synset_dict(cfg, data, state)
-    save_run_pictures(out, state.images, data.denormalize, data.num_classes, cfg.ipc, state.losses,
+    save_run_pictures(out, synset["stored"], data.denormalize, data.num_classes, cfg.ipc, state.losses,
                       title=get_objective(plan.objective).title)
     metrics = metrics_dict(plan, state, run)
     atomic_json_dump(metrics, os.path.join(out, "metrics.json"))

@@ -118,7 +118,7 @@ def make_plan(config: CondenseConfig, data, device: str | torch.device | None = 
                        host_sharers=distributed.local_world() if classes is not None else 1)
     per_image = count_flops(net, (1, data.channels, *data.image_size))
     n_real = int(train.counts[lo:hi].clamp(max=cfg.batch_real).sum())
-    n_syn = (hi - lo) * cfg.ipc
+    n_syn = (hi - lo) * cfg.ipc * cfg.factor ** 2  # decoded: what the embedder sees
     memory = _memory(cfg, data, dev, per_image, tier, real_bytes, chunk, hi - lo, precision)
     return RunPlan(
         config=cfg, data_fingerprint=data.fingerprint, num_classes=data.num_classes,
@@ -143,7 +143,7 @@ def _chunk(cfg, data, dev, owned: int, batchnorm: bool) -> int:
         return data.num_classes
     if cfg.class_chunk:
         return min(cfg.class_chunk, owned)
-    per_class = min(cfg.batch_real, int(data.train.counts.max())) + cfg.ipc
+    per_class = min(cfg.batch_real, int(data.train.counts.max())) + cfg.ipc * cfg.factor ** 2
     pixels = per_class * data.image_size[0] * data.image_size[1] / 1024.0
     budget = CHUNK_BUDGET["cuda" if dev.type == "cuda" else "cpu"]
     return max(1, min(owned, int(budget // max(pixels, 1e-9))))
@@ -158,9 +158,10 @@ def _memory(cfg, data, dev, per_image, tier: str, real_bytes: int, chunk: int, o
     pixels = data.channels * data.image_size[0] * data.image_size[1]
     act = 2 if precision == "bf16" else 4
     resident = real_bytes if tier == "gpu" or (dev.type == "cpu" and tier == "memory") else 0
-    state = 3 * owned * cfg.ipc * pixels * 4
+    # images and their gradient, and the optimiser's state (SGD: momentum; AdamW: two moments)
+    state = (4 if cfg.optimizer == "adamw" else 3) * owned * cfg.ipc * pixels * 4
     n_real = chunk * min(cfg.batch_real, int(data.train.counts.max()))
-    n_syn = chunk * cfg.ipc
+    n_syn = chunk * cfg.ipc * cfg.factor ** 2
     # uint8 batch, its normalised and augmented floats, the widest layer
     real_branch = n_real * (pixels * 9 + per_image.widest * act)
     # augmented images and their gradient, every layer's output, the features on both sides

@@ -37,6 +37,7 @@ EVAL_INIT = 6    # evaluation model weights, per model
 EVAL_AUG = 7     # evaluation DSA, per (model, step, sample)
 EVAL_ORDER = 8   # evaluation shuffling, per (model, epoch, sample)
 SUBSET = 9       # random-real-subset baseline, per (model, class, image)
+FREQ = 10        # characteristic-function frequencies (ncfm), per iteration
 
 
 def _mix(h: torch.Tensor) -> torch.Tensor:

@@ -88,6 +88,14 @@ def positive(what: str):
     return check
 
 
+def _non_negative(flag: str):
+    def check(value):
+        if not value >= 0:
+            raise FastDMError(f"{flag} must be >= 0, got {value}")
+        return value
+    return check
+
+
 def _momentum(value):
     if not 0 <= value < 1:
         raise FastDMError(f"--momentum must be in [0, 1), got {value}")
@@ -105,6 +113,8 @@ def _strategy(value):
     return value
 
 
+# the methods of fastdm.methods (their preset table lives there)
+METHOD_NAMES = ("dm", "m3d", "datadam", "ncfm")
 PRECISIONS = ("auto", "fp32", "bf16")
 CONV_MODES = ("auto", "winograd", "direct")
 TIERS = ("auto", "gpu", "pinned", "memory", "disk")
@@ -120,25 +130,40 @@ CONDENSE = (
             "data", kind="run"),
     Setting("image_size", int, None, "side of folder datasets' images after resizing", "data",
             minimum=1, auto="the dataset's (64 for folders)"),
-    Setting("objective", str, "dm", "the distance matched per class", "method"),
+    Setting("method", str, "dm", "a DM-family method's published settings (objective, factor, "
+            "image optimiser, learning rate, iterations, real batch, augmentation); explicit flags "
+            "override them", "method", choices=METHOD_NAMES),
+    Setting("objective", str, None, "the distance matched per class", "method",
+            auto="the method's"),
+    Setting("factor", int, None, "partition and expand: each stored image holds factor x factor "
+            "sub-images, each upsampled to full size before augmentation (storage stays ipc "
+            "images per class)", "method", minimum=1, auto="the method's (dm: 1)"),
     Setting("ipc", int, None, "synthetic images per class", "method", minimum=1,
             auto="10 (digits: 1)"),
     Setting("model", str, None, "the embedder, a fresh random network every iteration", "method",
-            check=_model, auto="ConvNet (ConvNetD4 at 64 px, D5 at 128, D6 at 256)"),
+            check=_model, auto="the method's (datadam: ConvNetBN), else the dataset's: ConvNet "
+            "(ConvNetD4 at 64 px, D5 at 128, D6 at 256)"),
     Setting("init", str, "real", "initial synthetic images: random real ones, or noise", "method",
             choices=("real", "noise")),
     Setting("strategy", str, None, "DSA ops joined by _, or none", "method", check=_strategy,
-            auto="color_crop_cutout_flip_scale_rotate (no flip for digit datasets)"),
-    Setting("aug_mode", str, "S", "DSA mode: S applies one op per class and iteration, M all",
-            "method", choices=("S", "M")),
-    Setting("iterations", int, None, "DM iterations (a resumed run may extend them)", "schedule",
-            kind="length", minimum=0, auto="20000 (digits: 400)"),
+            auto="the method's (dm: color_crop_cutout_flip_scale_rotate, no flip for digits)"),
+    Setting("aug_mode", str, None, "DSA mode: S applies one op per class and iteration, M all",
+            "method", choices=("S", "M"), auto="the method's (dm: S)"),
+    Setting("iterations", int, None, "iterations (a resumed run may extend them)", "schedule",
+            kind="length", minimum=0, auto="the method's (dm: 20000; digits: 400)"),
     Setting("batch_real", int, None, "real images per class per iteration", "schedule", minimum=1,
-            auto="256 (digits: 64)"),
-    Setting("lr_img", float, None, "SGD learning rate of the synthetic images", "schedule",
-            check=positive("--lr-img"), auto="1 (10 for cifar10 at ipc >= 100)"),
-    Setting("momentum", float, 0.5, "SGD momentum of the synthetic images", "schedule",
-            check=_momentum),
+            auto="the method's (dm: 256; digits: 64)"),
+    Setting("optimizer", str, None, "the synthetic images' optimiser: sgd (with momentum, on the "
+            "normalised images) or adamw (on pixel values in [0, 1], as NCFM's code)", "schedule",
+            choices=("sgd", "adamw"), auto="the method's (dm: sgd)"),
+    Setting("lr_img", float, None, "learning rate of the synthetic images", "schedule",
+            check=positive("--lr-img"), auto="the method's (dm: 1; 10 for cifar10 at ipc >= 100)"),
+    Setting("momentum", float, None, "SGD momentum of the synthetic images (sgd only)", "schedule",
+            check=_momentum, auto="the method's (dm: 0.5)"),
+    Setting("weight_decay", float, None, "decoupled weight decay of the images (adamw only)",
+            "schedule", check=_non_negative("--weight-decay"), auto="the method's (ncfm: 5e-4)"),
+    Setting("clamp", bool, None, "keep every pixel in the valid range [0, 1] after each update",
+            "schedule", auto="the method's (dm: off)"),
     Setting("seed", int, 0, "every random draw derives from it", "schedule", minimum=0),
     Setting("checkpoint_every", int, 500, "iterations between checkpoints (0: only at the end)",
             "output", kind="run", minimum=0),

@@ -8,9 +8,8 @@ import math
 import pytest
 import torch
 
-from conftest import TEST_DEVICE as DEVICE
-from conftest import engine_for as build_engine
-from conftest import make_dataset, resolved
+from conftest import small_engine as engine_for
+from conftest import resolved
 from fastdm import backend, objectives
 from fastdm.cli import main
 from fastdm.errors import FastDMError
@@ -21,14 +20,9 @@ needs_kernels = pytest.mark.skipif("linear_mmd" not in backend.FUSED_OPS,
                                    reason="triton does not import")
 
 
-def engine_for(data, **kw):
-    return build_engine(data, **{"ipc": 2, "iterations": 4, "batch_real": 6, "model": "ConvNetW32",
-                                 "device": str(DEVICE), **kw})
-
-
 @pytest.fixture
-def data():
-    return make_dataset(num_classes=3, per_class=(9, 4, 8), size=(12, 12))
+def data(three_classes):
+    return three_classes
 
 
 def test_defaults_and_validation(data):
@@ -36,7 +30,7 @@ def test_defaults_and_validation(data):
     assert cfg.objective == "dm" and cfg.bandwidths is None and cfg.bandwidth_scale is None
     cfg = resolved(data, ipc=2, objective="m3d")
     assert cfg.bandwidths == list(DEFAULT_BANDWIDTHS) and cfg.bandwidth_scale == "relative"
-    for kw, msg in (({"objective": "rbf"}, "unknown objective 'rbf'; choose from dm, m3d"),
+    for kw, msg in (({"objective": "rbf"}, "unknown objective 'rbf'; choose from datadam, dm, m3d, ncfm"),
                     ({"bandwidths": [1.0]}, "--bandwidths applies to --objective m3d only"),
                     ({"objective": "m3d", "bandwidths": [1.0, 0.0]}, "positive"),
                     ({"objective": "m3d", "bandwidths": []}, "positive"),

@@ -266,12 +266,19 @@ def test_opcheck():
     u8 = torch.randint(0, 256, (4, 3, 6, 5), dtype=torch.uint8, device=DEVICE)
     mean = torch.tensor([0.5, 0.4, 0.3], device=DEVICE)
     std = torch.tensor([0.2, 0.25, 0.3], device=DEVICE)
+    from fastdm.augment.partition import partition
+    p = partition(2, 1, 2, DEVICE)  # 2 stored images of 6 x 4 -> 8 decoded
+    part = [p.source, p.tile, p.index]
+    stored = torch.randn(2, 3, 6, 4, device=DEVICE, requires_grad=True)
+    dgroup = torch.tensor([0, 1, 2, 1, 0, 2, 1, 0], device=DEVICE)
     for be in ("triton", "torch"):
         for mode in ("S", "M"):
             torch.library.opcheck(torch.ops.fastdm.dsa.default,
-                                  (x, group, tensors, None, None, FULL, mode, be))
+                                  (x, group, tensors, None, None, [], 1, FULL, mode, be))
         torch.library.opcheck(torch.ops.fastdm.dsa.default,
-                              (u8, group, tensors, mean, std, FULL, "S", be))
+                              (u8, group, tensors, mean, std, [], 1, FULL, "S", be))
+        torch.library.opcheck(torch.ops.fastdm.dsa.default,
+                              (stored, dgroup, tensors, None, None, part, 2, "crop_flip", "M", be))
 
 
 def test_torch_compile_traces_without_graph_breaks():

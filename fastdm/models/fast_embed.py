@@ -30,16 +30,30 @@ def winograd_layers(net: nn.Module, image_size) -> tuple[int, ...]:
     return tuple(layers)
 
 
-def winograd_embed(net: nn.Module, layers: tuple[int, ...]):
-    """``net.embed`` with the convolutions at ``layers`` computed by Winograd (forward only),
+def tapped_embed(net: nn.Module, layers: tuple[int, ...] = (), taps: tuple[int, ...] = (),
+                 tap=None):
+    """``net.embed`` (a ConvNet's: features(x).flatten(1)) with the convolutions at ``layers``
+    computed by Winograd (forward only) and the outputs of the modules at ``taps`` returned
+    after the embedding: (embedding, *tapped) when there are taps, each passed through ``tap``
+    if given (inside the embedder, so that a compiled one fuses it with the layer that makes the
+    output, and the output itself need not be kept). With Winograd layers it runs
     in NHWC throughout: the other convolutions (an RGB first layer) measured 1.6x faster on
     channels_last input than on NCHW, and the Winograd op reads and writes NHWC."""
-    chosen = frozenset(layers)
+    chosen, keep = frozenset(layers), frozenset(taps)
 
     def embed(x):
-        x = x.contiguous(memory_format=torch.channels_last)
+        if chosen:
+            x = x.contiguous(memory_format=torch.channels_last)
+        tapped = []
         for i, m in enumerate(net.features):
             x = winograd_conv2d(x, m.weight, m.bias, m.padding[0]) if i in chosen else m(x)
-        return x.flatten(1)
+            if i in keep:
+                tapped.append(tap(x) if tap is not None else x)
+        return (x.flatten(1), *tapped) if keep else x.flatten(1)
 
     return embed
+
+
+def winograd_embed(net: nn.Module, layers: tuple[int, ...]):
+    """``net.embed`` with the convolutions at ``layers`` computed by Winograd (forward only)."""
+    return tapped_embed(net, layers)

@@ -7,4 +7,4 @@ reference and fused ops in ``fastdm.ops``, its own settings (if any) in ``settin
 below, and its tests.
 """
 from .base import OBJECTIVES, Objective, RealStats, get, register  # noqa: F401
-from . import dm, m3d  # noqa: F401,E402  (registration)
+from . import datadam, dm, m3d, ncfm  # noqa: F401,E402  (registration)

@@ -48,6 +48,7 @@ class Objective:
     title: ClassVar[str]                 # the loss plot's title
     ops: ClassVar[tuple[str, ...]]       # the fused ops it runs (their backends are in the plan)
     settings: ClassVar[tuple] = ()       # its own settings (fastdm.settings.Setting)
+    defaults: ClassVar[dict] = {}        # what its settings' None resolves to
     # True when ``loss(..., value=False)`` leaves out terms that do not depend on the synthetic
     # set (same gradient, cheaper): the run then records no loss value between log points
     partial: ClassVar[bool] = False
@@ -58,7 +59,23 @@ class Objective:
     @classmethod
     def resolve(cls, values: dict) -> dict:
         """Fill the defaults of this objective's own settings in ``values`` (the config's)."""
+        for key, default in cls.defaults.items():
+            if values.get(key) is None:
+                values[key] = list(default) if isinstance(default, tuple) else default
         return values
+
+    def begin(self, iteration: int) -> None:
+        """Called before each iteration's chunks (for draws of the objective's own)."""
+
+    def taps(self, net: torch.nn.Module) -> tuple[int, ...]:
+        """Indices in ``net.features`` whose outputs the objective matches besides the
+        embedding; with any, ``reduce_real`` and ``loss`` receive (embedding, *tap(outputs))."""
+        return ()
+
+    def tap(self, output: torch.Tensor) -> torch.Tensor:
+        """What of a tapped output the objective keeps, computed inside the embedder (a
+        compiled embedder fuses it with the layer that makes the output)."""
+        return output
 
     def reduce_real(self, features: torch.Tensor, counts: Counts) -> RealStats:
         """What the real side is reduced to for ``loss`` (a tuple of tensors)."""

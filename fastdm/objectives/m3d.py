@@ -33,13 +33,7 @@ class GaussianMMD(Objective):
                 "method", choices=("relative", "absolute"), auto="relative", objective="m3d"),
     )
 
-    @classmethod
-    def resolve(cls, values):
-        if values.get("bandwidths") is None:
-            values["bandwidths"] = list(DEFAULT_BANDWIDTHS)
-        if values.get("bandwidth_scale") is None:
-            values["bandwidth_scale"] = "relative"
-        return values
+    defaults = {"bandwidths": DEFAULT_BANDWIDTHS, "bandwidth_scale": "relative"}
 
     def __init__(self, config, backends, device):
         super().__init__(config, backends, device)

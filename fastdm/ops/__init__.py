@@ -3,4 +3,4 @@ with the helpers they share in ``common``.
 
 Importing this package registers the available Triton kernels in ``fastdm.backend.FUSED_OPS``.
 """
-from . import dsa, gaussian_mmd, linear_mmd, segments  # noqa: F401
+from . import attention, characteristic, dsa, gaussian_mmd, linear_mmd, segments  # noqa: F401

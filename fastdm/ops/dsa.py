@@ -19,7 +19,13 @@ deterministic: input pixel q sums the gradient of every output pixel that read i
 forward's own bilinear weights recomputed bit for bit (the exact transpose of the forward).
 DSA is affine in x, so the backward needs the table only, never the images.
 
-The torch path (``fastdm.augment.apply_dsa``) is the reference and the op's implementation
+Partitioned synthetic images (--factor F, fastdm.augment.partition): the first segment reads
+each decoded image's pixels straight from its stored image's tile, bilinearly upsampled by F,
+so no decoded tensor is made; its backward runs one program per (stored image, tile, block of
+tile pixels) and gathers, through the transposed upsample (a window of 2F + 2 decoded pixels
+per side), the DSA input gradient at those decoded pixels: still a gather, still deterministic.
+
+The torch path (decode, then ``fastdm.augment.apply_dsa``) is the reference and the op's implementation
 whenever the backend is 'torch'; ``fastdm.backend.backend_for('dsa', device)`` picks.
 """
 from __future__ import annotations
@@ -27,6 +33,7 @@ from __future__ import annotations
 import torch
 
 from ..augment import DSATable, apply_dsa, parse_strategy
+from ..augment.partition import Partition, decode
 from ..backend import interpreting
 from ..data.images import normalize
 from ..errors import FastDMError
@@ -79,18 +86,23 @@ def _pack(t: DSATable, seg: tuple[str, ...]) -> tuple[torch.Tensor, torch.Tensor
 
 
 # -- the torch path (the reference every fast path is tested against) ------------------------
-def torch_reference(x, group, table: DSATable, mean=None, std=None) -> torch.Tensor:
+def torch_reference(x, group, table: DSATable, mean=None, std=None,
+                    partition: Partition | None = None) -> torch.Tensor:
     """The same augmentation with torch ops: normalise uint8 (fastdm.data.images.normalize),
-    then ``apply_dsa``."""
+    decode stored images (fastdm.augment.partition.decode), then ``apply_dsa``."""
     if not x.is_floating_point():  # NCHW first: same reduction order for every input layout
         x = normalize(x.contiguous(), mean.tolist(), std.tolist())
+    if partition is not None:
+        x = decode(x, partition)
     return apply_dsa(x, table, group)
 
 
-def _torch_backward(grad, group, table: DSATable) -> torch.Tensor:
+def _torch_backward(grad, group, table: DSATable, partition=None, stored=None) -> torch.Tensor:
     # DSA is affine in x, so its input gradient does not depend on x: the vjp at zero. (func.vjp,
     # not autograd.grad: inside a custom op's backward the autograd keys are excluded.)
-    _, vjp = torch.func.vjp(lambda z: apply_dsa(z, table, group), torch.zeros_like(grad))
+    shape = grad.shape if partition is None else (partition.index.shape[0], *grad.shape[1:])
+    _, vjp = torch.func.vjp(lambda z: torch_reference(z, group, table, partition=partition),
+                            grad.new_zeros(shape))
     return vjp(grad)[0]
 
 
@@ -194,9 +206,53 @@ if triton is not None:
         return tl.where(m, v, 0.0), m
 
     @triton.jit
-    def _sum_kernel(x_ptr, sum_ptr, group_ptr, ip_ptr, mean_ptr, std_ptr, C, H, W,
-                    sxn, sxc, sxh, sxw, NORM: tl.constexpr, BLOCK_C: tl.constexpr,
-                    BLOCK_P: tl.constexpr):
+    def _load_decoded(x_ptr, base, ch, cmask, ry, rx, valid, sxc, sxh, sxw, ti, tj, H, W,
+                      F: tl.constexpr):
+        """Decoded pixels (ry, rx): tile (ti, tj) of the stored image upsampled x F, bilinear
+        with align_corners=False, in upsample_bilinear2d's order of operations."""
+        SH = H // F
+        SW = W // F
+        sy = tl.maximum((ry.to(tl.float32) + 0.5) * (1.0 / F) - 0.5, 0.0)
+        sx = tl.maximum((rx.to(tl.float32) + 0.5) * (1.0 / F) - 0.5, 0.0)
+        y0 = sy.to(tl.int32)
+        x0 = sx.to(tl.int32)
+        y1 = tl.minimum(y0 + 1, SH - 1)
+        x1 = tl.minimum(x0 + 1, SW - 1)
+        h1 = sy - y0.to(tl.float32)
+        w1 = sx - x0.to(tl.float32)
+        h0 = 1.0 - h1
+        w0 = 1.0 - w1
+        m = cmask[:, None] & valid[None, :]
+        row = x_ptr + base + ch[:, None] * sxc
+        Y0 = (ti * SH + y0)[None, :] * sxh
+        Y1 = (ti * SH + y1)[None, :] * sxh
+        X0 = (tj * SW + x0)[None, :] * sxw
+        X1 = (tj * SW + x1)[None, :] * sxw
+        v00 = tl.load(row + Y0 + X0, mask=m, other=0).to(tl.float32)
+        v01 = tl.load(row + Y0 + X1, mask=m, other=0).to(tl.float32)
+        v10 = tl.load(row + Y1 + X0, mask=m, other=0).to(tl.float32)
+        v11 = tl.load(row + Y1 + X1, mask=m, other=0).to(tl.float32)
+        v = h0[None, :] * (w0[None, :] * v00 + w1[None, :] * v01) + \
+            h1[None, :] * (w0[None, :] * v10 + w1[None, :] * v11)
+        return tl.where(m, v, 0.0), m
+
+    @triton.jit
+    def _load_px(x_ptr, n, source_ptr, tile_ptr, ch, cmask, ry, rx, valid, sxn, sxc, sxh, sxw,
+                 mean_ptr, std_ptr, H, W, NORM: tl.constexpr, F: tl.constexpr):
+        """Input pixels (ry, rx) of sample n: read directly, or decoded from its stored image."""
+        if F > 1:
+            src = tl.load(source_ptr + n)
+            k = tl.load(tile_ptr + n)
+            return _load_decoded(x_ptr, src.to(tl.int64) * sxn, ch, cmask, ry, rx, valid, sxc,
+                                 sxh, sxw, k // F, k % F, H, W, F)
+        else:
+            return _load_norm(x_ptr, n.to(tl.int64) * sxn, ch, cmask, ry, rx, valid, sxc, sxh,
+                              sxw, mean_ptr, std_ptr, NORM)
+
+    @triton.jit
+    def _sum_kernel(x_ptr, sum_ptr, group_ptr, ip_ptr, mean_ptr, std_ptr, source_ptr, tile_ptr,
+                    C, H, W, sxn, sxc, sxh, sxw, NORM: tl.constexpr, F: tl.constexpr,
+                    BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):
         """Per-sample sum of the (normalised) input, for the contrast mean; one program per
         sample, so the sum is deterministic. Samples without colour are skipped."""
         n = tl.program_id(0)
@@ -205,18 +261,18 @@ if triton is not None:
         tiles = tl.where((flags & 1) != 0, tl.cdiv(H * W, BLOCK_P), 0)
         ch = tl.arange(0, BLOCK_C)
         cmask = ch < C
-        base = n.to(tl.int64) * sxn
         acc = tl.zeros((BLOCK_C, BLOCK_P), tl.float32)
         for t in range(0, tiles):
             p = t * BLOCK_P + tl.arange(0, BLOCK_P)
-            v, m = _load_norm(x_ptr, base, ch, cmask, p // W, p % W, p < H * W, sxc, sxh, sxw,
-                              mean_ptr, std_ptr, NORM)
+            v, m = _load_px(x_ptr, n, source_ptr, tile_ptr, ch, cmask, p // W, p % W, p < H * W,
+                            sxn, sxc, sxh, sxw, mean_ptr, std_ptr, H, W, NORM, F)
             acc += v
         tl.store(sum_ptr + n, tl.sum(tl.sum(acc, axis=1), axis=0))
 
     @triton.jit
     def _fwd_kernel(x_ptr, out_ptr, group_ptr, ip_ptr, fp_ptr, mean_ptr, std_ptr, sum_ptr,
-                    C, H, W, sxn, sxc, sxh, sxw, ANY: tl.constexpr, NTAPS: tl.constexpr, NORM: tl.constexpr,
+                    source_ptr, tile_ptr, C, H, W, sxn, sxc, sxh, sxw, ANY: tl.constexpr,
+                    NTAPS: tl.constexpr, NORM: tl.constexpr, F: tl.constexpr,
                     BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):
         n = tl.program_id(0)
         p = tl.program_id(1) * BLOCK_P + tl.arange(0, BLOCK_P)
@@ -236,13 +292,12 @@ if triton is not None:
         m2 = b
         if ANY & 1:  # contrast's mean: mean(x) + b (saturation keeps the mean)
             m2 = tl.load(sum_ptr + n) / (C * H * W) + b
-        base = n.to(tl.int64) * sxn
         acc = tl.zeros((BLOCK_C, BLOCK_P), tl.float32)
         for T in tl.static_range(NTAPS):
             ry, rx, w, valid = _tap(T, i, j, pmask, flags, is_aff, iy, ix, H, W, tx, ty, r0, r1,
                                     c0, c1, fl, ANY)
-            v, m = _load_norm(x_ptr, base, ch, cmask, ry, rx, valid, sxc, sxh, sxw, mean_ptr,
-                              std_ptr, NORM)
+            v, m = _load_px(x_ptr, n, source_ptr, tile_ptr, ch, cmask, ry, rx, valid, sxn, sxc,
+                            sxh, sxw, mean_ptr, std_ptr, H, W, NORM, F)
             if ANY & 1:  # brightness, saturation, contrast on the pixel read (before any fill)
                 y1 = v + b
                 m1 = tl.sum(tl.where(cmask[:, None], y1, 0.0), axis=0) / C
@@ -284,21 +339,12 @@ if triton is not None:
         tl.store(sum_ptr + n, tl.sum(acc, axis=0))
 
     @triton.jit
-    def _bwd_kernel(g_ptr, dx_ptr, group_ptr, ip_ptr, fp_ptr, gsum_ptr, C, H, W,
-                    ANY: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):
-        """d loss / d x at input pixels q: forward the integer ops from q to the pixel r of the
-        bilinear op's input, gather every output pixel whose taps read r (a window found by
-        inverting the affine map), then the colour ops' transpose with their mean terms."""
-        n = tl.program_id(0)
-        q = tl.program_id(1) * BLOCK_P + tl.arange(0, BLOCK_P)
-        qmask = q < H * W
-        ch = tl.arange(0, BLOCK_C)
-        cmask = ch < C
-        g = tl.load(group_ptr + n)
-        flags, tx, ty, r0, r1, c0, c1, fl = _int_row(ip_ptr, g)
-        ry = q // W
-        rx = q % W
-        valid = qmask
+    def _grad_at(g_ptr, base, ry, rx, valid, flags, tx, ty, r0, r1, c0, c1, fl, fp_ptr, g, gsum_ptr,
+                 n, C, H, W, ch, cmask, ANY: tl.constexpr):
+        """d loss / d (the DSA input) at pixels (ry, rx) of sample n: forward the integer ops to
+        the pixel r of the bilinear op's input, gather every output pixel whose taps read r (a
+        window found by inverting the affine map), then the colour ops' transpose with their
+        mean terms."""
         if ANY & 2:
             cr = (flags & 2) != 0
             ry = ry - tl.where(cr, tx, 0)
@@ -309,7 +355,6 @@ if triton is not None:
             valid = valid & (cut == 0)
         if ANY & 8:
             rx = tl.where(((flags & 8) != 0) & (fl != 0), W - 1 - rx, rx)
-        base = n.to(tl.int64) * C * H * W
         gptr = g_ptr + base + ch[:, None] * (H * W)
         is_aff = (flags & 48) != 0
         direct = valid & (is_aff == 0)
@@ -322,7 +367,7 @@ if triton is not None:
             bb = t10 * H / W
             cc = t01 * W / H
             d = t00
-            oy, ox = _source_point(q * 0, q * 0, H, W, t00, t01, t02, t10, t11, t12)
+            oy, ox = _source_point(ry * 0, ry * 0, H, W, t00, t01, t02, t10, t11, t12)
             det = a * d - bb * cc
             full = tl.abs(det) < 1e-6  # (near-)singular: search the whole image
             sdet = tl.where(full, 1.0, det)
@@ -368,7 +413,77 @@ if triton is not None:
             md = tl.sum(tl.where(cmask[:, None], dy2, 0.0), axis=0) / C
             dx = s * dy2 + (1.0 - s) * md[None, :]
             acc = tl.where((flags & 1) != 0, dx, acc)
+        return acc
+
+    @triton.jit
+    def _bwd_kernel(g_ptr, dx_ptr, group_ptr, ip_ptr, fp_ptr, gsum_ptr, C, H, W,
+                    ANY: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):
+        """d loss / d x at input pixels q of sample n."""
+        n = tl.program_id(0)
+        q = tl.program_id(1) * BLOCK_P + tl.arange(0, BLOCK_P)
+        qmask = q < H * W
+        ch = tl.arange(0, BLOCK_C)
+        cmask = ch < C
+        g = tl.load(group_ptr + n)
+        flags, tx, ty, r0, r1, c0, c1, fl = _int_row(ip_ptr, g)
+        base = n.to(tl.int64) * C * H * W
+        acc = _grad_at(g_ptr, base, q // W, q % W, qmask, flags, tx, ty, r0, r1, c0, c1, fl,
+                       fp_ptr, g, gsum_ptr, n, C, H, W, ch, cmask, ANY)
         optr = dx_ptr + base + ch[:, None] * (H * W) + q[None, :]
+        tl.store(optr, acc.to(dx_ptr.dtype.element_ty), mask=cmask[:, None] & qmask[None, :])
+
+    @triton.jit
+    def _up_weight(y, u, F: tl.constexpr, S):
+        """Weight of tile pixel u in decoded pixel y of a bilinear x F upsample of S pixels
+        (align_corners=False, as torch's upsample_bilinear2d: edges clamp)."""
+        sy = tl.maximum((y.to(tl.float32) + 0.5) * (1.0 / F) - 0.5, 0.0)
+        y0 = sy.to(tl.int32)
+        y1 = tl.minimum(y0 + 1, S - 1)
+        ly = sy - y0.to(tl.float32)
+        return tl.where(y0 == u, 1.0 - ly, 0.0) + tl.where(y1 == u, ly, 0.0)
+
+    @triton.jit
+    def _bwd_decode_kernel(g_ptr, dx_ptr, group_ptr, index_ptr, ip_ptr, fp_ptr, gsum_ptr, C, H, W,
+                           F: tl.constexpr, ANY: tl.constexpr, BLOCK_C: tl.constexpr,
+                           BLOCK_P: tl.constexpr):
+        """d loss / d (stored image s) at the pixels of its tile k: the transpose of the
+        decode's upsample (every decoded pixel whose bilinear taps read the tile pixel, a
+        window of 2F + 2 per side) of the DSA input gradient at those decoded pixels."""
+        sk = tl.program_id(0)
+        s_idx = sk // (F * F)
+        k = sk % (F * F)
+        SH = H // F
+        SW = W // F
+        q = tl.program_id(1) * BLOCK_P + tl.arange(0, BLOCK_P)
+        qmask = q < SH * SW
+        u = q // SW
+        v = q % SW
+        ch = tl.arange(0, BLOCK_C)
+        cmask = ch < C
+        n = tl.load(index_ptr + sk)  # the decoded row of (s, k)
+        g = tl.load(group_ptr + n)
+        flags, tx, ty, r0, r1, c0, c1, fl = _int_row(ip_ptr, g)
+        base = n.to(tl.int64) * C * H * W
+        # decoded rows y with floor(source(y)) in {u - 1, u}: y >= F (u - 0.5) - 0.5
+        y_lo = tl.maximum(((u.to(tl.float32) - 0.5) * F - 0.5).to(tl.int32) - 1, 0)
+        x_lo = tl.maximum(((v.to(tl.float32) - 0.5) * F - 0.5).to(tl.int32) - 1, 0)
+        acc = tl.zeros((BLOCK_C, BLOCK_P), tl.float32)
+        for dy in tl.static_range(2 * F + 2):
+            y = y_lo + dy
+            wy = tl.where(y < H, _up_weight(y, u, F, SH), 0.0)
+            for dx in tl.static_range(2 * F + 2):
+                x = x_lo + dx
+                wx = tl.where(x < W, _up_weight(x, v, F, SW), 0.0)
+                w = wy * wx
+                ok = qmask & (w > 0.0)
+                gd = _grad_at(g_ptr, base, tl.minimum(y, H - 1), tl.minimum(x, W - 1), ok, flags,
+                              tx, ty, r0, r1, c0, c1, fl, fp_ptr, g, gsum_ptr, n, C, H, W, ch,
+                              cmask, ANY)
+                acc += tl.where(ok[None, :], w[None, :] * gd, 0.0)
+        ti = k // F
+        tj = k % F
+        pix = (ti * SH + u) * W + tj * SW + v
+        optr = dx_ptr + s_idx.to(tl.int64) * C * H * W + ch[:, None] * (H * W) + pix[None, :]
         tl.store(optr, acc.to(dx_ptr.dtype.element_ty), mask=cmask[:, None] & qmask[None, :])
 
     register("dsa", __name__)
@@ -386,13 +501,17 @@ def _taps(union: int) -> int:
     return 4 if union & (SCALE | ROTATE) else 1
 
 
-def _triton_forward(x, group, t: DSATable, mean, std) -> torch.Tensor:
+def _triton_forward(x, group, t: DSATable, mean, std, part=None) -> torch.Tensor:
+    """``part``: (source, tile, index, factor) to decode x's stored images in the first
+    segment's read."""
     with on_device(x):
-        n, c, h, w = x.shape
+        _, c, h, w = x.shape
+        n = group.shape[0]
         out_dtype = x.dtype if x.is_floating_point() else torch.float32
         block_c, block_p, warps = _blocks(c, h * w)
         cur, norm = x, not x.is_floating_point()
         dummy = torch.empty(1, dtype=torch.float32, device=x.device)
+        source, tile, factor = (part[0], part[1], part[3]) if part is not None else (dummy, dummy, 1)
         for seg in segments(t.ops, t.mode):
             ip, fp, union = _pack(t, seg)
             out = torch.empty((n, c, h, w), dtype=out_dtype, device=x.device)
@@ -401,22 +520,26 @@ def _triton_forward(x, group, t: DSATable, mean, std) -> torch.Tensor:
             sd = std if norm else dummy
             strides = cur.stride()
             if union & COLOR:
-                _sum_kernel[(n,)](cur, sums, group, ip, mu, sd, c, h, w, *strides, NORM=norm,
-                                  BLOCK_C=block_c, BLOCK_P=block_p, num_warps=warps)
+                _sum_kernel[(n,)](cur, sums, group, ip, mu, sd, source, tile, c, h, w, *strides,
+                                  NORM=norm, F=factor, BLOCK_C=block_c, BLOCK_P=block_p,
+                                  num_warps=warps)
             _fwd_kernel[(n, triton.cdiv(h * w, block_p))](
-                cur, out, group, ip, fp, mu, sd, sums, c, h, w, *strides, ANY=union,
-                NTAPS=_taps(union), NORM=norm, BLOCK_C=block_c, BLOCK_P=block_p, num_warps=warps)
-            cur, norm = out, False
+                cur, out, group, ip, fp, mu, sd, sums, source, tile, c, h, w, *strides, ANY=union,
+                NTAPS=_taps(union), NORM=norm, F=factor, BLOCK_C=block_c, BLOCK_P=block_p,
+                num_warps=warps)
+            cur, norm, factor = out, False, 1
         return cur
 
 
-def _triton_backward(grad, group, t: DSATable) -> torch.Tensor:
+def _triton_backward(grad, group, t: DSATable, part=None) -> torch.Tensor:
+    """``part``: as the forward's; the first segment's gradient then lands in the stored images."""
     with on_device(grad):
         n, c, h, w = grad.shape
         block_c, block_p, warps = _blocks(c, h * w)
         dummy = torch.empty(1, dtype=torch.float32, device=grad.device)
         cur = grad.contiguous()
-        for seg in reversed(segments(t.ops, t.mode)):
+        segs = segments(t.ops, t.mode)
+        for i, seg in enumerate(reversed(segs)):
             ip, fp, union = _pack(t, seg)
             sums = dummy
             if union & COLOR:
@@ -424,10 +547,19 @@ def _triton_backward(grad, group, t: DSATable) -> torch.Tensor:
                 _grad_sum_kernel[(n,)](cur, sums, group, ip, fp, c, h, w, ANY=union,
                                        NTAPS=_taps(union), BLOCK_C=block_c, BLOCK_P=block_p,
                                        num_warps=warps)
-            out = torch.empty_like(cur)
-            _bwd_kernel[(n, triton.cdiv(h * w, block_p))](cur, out, group, ip, fp, sums, c, h, w,
-                                                          ANY=union, BLOCK_C=block_c,
-                                                          BLOCK_P=block_p, num_warps=warps)
+            if part is not None and i == len(segs) - 1:
+                index, factor = part[2], part[3]
+                out = torch.empty((index.shape[0], c, h, w), dtype=cur.dtype, device=cur.device)
+                side = (h // factor) * (w // factor)
+                bp = min(block_p, triton.next_power_of_2(side))
+                _bwd_decode_kernel[(index.numel(), triton.cdiv(side, bp))](
+                    cur, out, group, index, ip, fp, sums, c, h, w, F=factor, ANY=union,
+                    BLOCK_C=block_c, BLOCK_P=bp, num_warps=warps)
+            else:
+                out = torch.empty_like(cur)
+                _bwd_kernel[(n, triton.cdiv(h * w, block_p))](cur, out, group, ip, fp, sums, c, h,
+                                                              w, ANY=union, BLOCK_C=block_c,
+                                                              BLOCK_P=block_p, num_warps=warps)
             cur = out
         return cur
 
@@ -437,48 +569,57 @@ def _table(tensors, strategy: str, mode: str) -> DSATable:
     return DSATable(parse_strategy(strategy), mode, *tensors)
 
 
+def _partition(part: list[torch.Tensor], factor: int) -> Partition | None:
+    return Partition(factor, *part) if part else None
+
+
 @torch.library.custom_op("fastdm::dsa", mutates_args=())
 def _dsa_op(x: torch.Tensor, group: torch.Tensor, table: list[torch.Tensor],
-            mean: torch.Tensor | None, std: torch.Tensor | None, strategy: str, mode: str,
-            backend: str) -> torch.Tensor:
+            mean: torch.Tensor | None, std: torch.Tensor | None, part: list[torch.Tensor],
+            factor: int, strategy: str, mode: str, backend: str) -> torch.Tensor:
     t = _table(table, strategy, mode)
     if backend == "triton":
-        out = _triton_forward(x, group, t, mean, std)
+        out = _triton_forward(x, group, t, mean, std, (*part, factor) if part else None)
     else:
-        out = torch_reference(x, group, t, mean, std)
+        out = torch_reference(x, group, t, mean, std, _partition(part, factor))
     return out.clone() if out is x else out.contiguous()
 
 
 @_dsa_op.register_fake
-def _(x, group, table, mean, std, strategy, mode, backend):
+def _(x, group, table, mean, std, part, factor, strategy, mode, backend):
     dtype = x.dtype if x.dtype.is_floating_point else torch.float32
-    return x.new_empty(x.shape, dtype=dtype)
+    return x.new_empty((group.shape[0], *x.shape[1:]), dtype=dtype)
 
 
 @torch.library.custom_op("fastdm::dsa_backward", mutates_args=())
 def _dsa_backward_op(grad: torch.Tensor, group: torch.Tensor, table: list[torch.Tensor],
-                     strategy: str, mode: str, backend: str) -> torch.Tensor:
+                     part: list[torch.Tensor], factor: int, strategy: str, mode: str,
+                     backend: str) -> torch.Tensor:
     t = _table(table, strategy, mode)
     if backend == "triton":
-        return _triton_backward(grad, group, t)
-    return _torch_backward(grad.contiguous(), group, t)
+        return _triton_backward(grad, group, t, (*part, factor) if part else None)
+    return _torch_backward(grad.contiguous(), group, t, _partition(part, factor))
 
 
 @_dsa_backward_op.register_fake
-def _(grad, group, table, strategy, mode, backend):
-    return torch.empty_like(grad, memory_format=torch.contiguous_format)
+def _(grad, group, table, part, factor, strategy, mode, backend):
+    rows = part[2].shape[0] if part else grad.shape[0]
+    return grad.new_empty((rows, *grad.shape[1:]))
 
 
 def _setup_context(ctx, inputs, output):
-    x, group, table, mean, std, strategy, mode, backend = inputs
-    ctx.save_for_backward(group, *table)
-    ctx.meta = (strategy, mode, backend)
+    x, group, table, mean, std, part, factor, strategy, mode, backend = inputs
+    ctx.save_for_backward(group, *part, *table)
+    ctx.meta = (len(part), factor, strategy, mode, backend)
 
 
 def _backward(ctx, grad):
-    group, *table = ctx.saved_tensors
-    gx = _dsa_backward_op(grad, group, table, *ctx.meta) if ctx.needs_input_grad[0] else None
-    return gx, None, [None] * len(table), None, None, None, None, None
+    np_, factor, *meta = ctx.meta
+    group, *rest = ctx.saved_tensors
+    part, table = rest[:np_], rest[np_:]
+    gx = _dsa_backward_op(grad, group, table, part, factor, *meta) \
+        if ctx.needs_input_grad[0] else None
+    return gx, None, [None] * len(table), None, None, [None] * np_, None, None, None, None
 
 
 _dsa_op.register_autograd(_backward, setup_context=_setup_context)
@@ -516,7 +657,7 @@ def _check_table(t: DSATable) -> None:
 
 def dsa_augment(x: torch.Tensor, table: DSATable, group: torch.Tensor | None = None, *,
                 mean=None, std=None, channels_last: bool = False,
-                backend: str | None = None) -> torch.Tensor:
+                partition: Partition | None = None, backend: str | None = None) -> torch.Tensor:
     """Augment ``x`` with table rows ``group[i]`` (default row i), on the chosen backend.
 
     x: float32/bf16/fp16 N x C x H x W (differentiable), or uint8 N x C x H x W (or N x H x W x C
@@ -537,6 +678,14 @@ def dsa_augment(x: torch.Tensor, table: DSATable, group: torch.Tensor | None = N
     if channels_last:
         x = x.permute(0, 3, 1, 2)
     n, c, h, w = x.shape
+    if partition is not None:
+        if not x.is_floating_point():
+            raise FastDMError("partitioned (stored) images must be float: real uint8 images are "
+                              "never decoded")
+        if partition.index.shape[0] != n or h % partition.factor or w % partition.factor:
+            raise FastDMError(f"the partition maps {partition.index.shape[0]} stored images of "
+                              f"sides divisible by {partition.factor}; got {n} of {h}x{w}")
+        n = partition.decoded
     if x.dtype == torch.uint8:
         if mean is None or std is None:
             raise FastDMError("uint8 images need the per-channel mean and std to normalise with")
@@ -570,7 +719,11 @@ def dsa_augment(x: torch.Tensor, table: DSATable, group: torch.Tensor | None = N
     if backend == "torch" or not table.ops or n == 0:
         # native ops and autograd: no custom-op dispatch, and torch.compile sees (and fuses)
         # the ops themselves; fastdm::dsa runs this same code for backend='torch'
-        return torch_reference(x, group, table, mean, std).contiguous()
+        return torch_reference(x, group, table, mean, std, partition).contiguous()
     tensors = [getattr(table, f).contiguous() for f in _FIELDS]
-    return _dsa_op(x, group.contiguous(), tensors, mean,
-                   std, "_".join(table.ops), table.mode, backend)
+    part = [] if partition is None else \
+        [t.to(device=x.device, dtype=torch.int64).contiguous()
+         for t in (partition.source, partition.tile, partition.index)]
+    return _dsa_op(x, group.contiguous(), tensors, mean, std, part,
+                   1 if partition is None else partition.factor, "_".join(table.ops), table.mode,
+                   backend)

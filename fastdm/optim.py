@@ -1,0 +1,60 @@
+"""The synthetic images' optimisers, as the methods' code steps them (one step per iteration).
+
+* ``sgd``: torch.optim.SGD with momentum (no dampening, no weight decay) on the normalised
+  images, as DM's reference. The state is the momentum buffer.
+* ``adamw``: torch.optim.AdamW (betas 0.9/0.999, eps 1e-8, bias-corrected, decoupled decay) on
+  the pixel values in [0, 1], as NCFM's code keeps its images: fastdm stores normalised images
+  x = (u - mean) / std, so the step maps the gradient to u (g / std), steps u and maps back.
+  The state is [exp_avg, exp_avg_sq] stacked on dim 1 (rows stay the images' rows, so
+  checkpoints shard as the images do); the step count is the iteration.
+``clamp`` then keeps u in [0, 1].
+"""
+from __future__ import annotations
+
+import torch
+
+from .checkpoint import RunState
+
+BETAS, EPS = (0.9, 0.999), 1e-8
+
+
+class ImageOptimizer:
+    def __init__(self, cfg, mean, std, device):
+        self.cfg = cfg
+        shape = (1, len(mean), 1, 1)
+        self.mean = torch.tensor(mean, dtype=torch.float32, device=device).view(shape)
+        self.std = torch.tensor(std, dtype=torch.float32, device=device).view(shape)
+
+    def step(self, state: RunState, grad: torch.Tensor) -> None:
+        """Update ``state.images`` (and its optimiser state) in place with ``grad``; the
+        iteration count is the caller's."""
+        cfg = self.cfg
+        if cfg.optimizer == "adamw":
+            self._adamw(state, grad)
+        elif state.momentum is None:
+            state.momentum = grad  # a fresh tensor each iteration: no copy needed
+            state.images.add_(state.momentum, alpha=-cfg.lr_img)
+        else:
+            state.momentum.mul_(cfg.momentum).add_(grad)
+            state.images.add_(state.momentum, alpha=-cfg.lr_img)
+        if cfg.clamp:
+            lo, hi = -self.mean / self.std, (1 - self.mean) / self.std
+            torch.maximum(state.images, lo, out=state.images)
+            torch.minimum(state.images, hi, out=state.images)
+
+    def _adamw(self, state: RunState, grad: torch.Tensor) -> None:
+        cfg, x = self.cfg, state.images
+        if state.momentum is None:
+            state.momentum = torch.zeros((x.shape[0], 2, *x.shape[1:]), dtype=torch.float32,
+                                         device=x.device)
+        m, v = state.momentum[:, 0], state.momentum[:, 1]
+        t = state.iteration + 1
+        g = grad / self.std
+        u = x * self.std + self.mean
+        u.mul_(1 - cfg.lr_img * cfg.weight_decay)
+        m.lerp_(g, 1 - BETAS[0])
+        v.mul_(BETAS[1]).addcmul_(g, g, value=1 - BETAS[1])
+        step = cfg.lr_img / (1 - BETAS[0] ** t)
+        denom = (v.sqrt() / (1 - BETAS[1] ** t) ** 0.5).add_(EPS)
+        u.addcdiv_(m, denom, value=-step)
+        x.copy_((u - self.mean) / self.std)
