@@ -39,7 +39,7 @@ SETTING = by_name(SETTINGS)
 LEGACY_MMD = {"linear": "dm", "gaussian": "m3d"}
 # what records written before methods and partitioning ran with (keys they lack)
 LEGACY_VALUES = {"method": "dm", "factor": 1, "optimizer": "sgd", "weight_decay": 0.0,
-                 "clamp": False}
+                 "step": "iteration", "clamp": False}
 
 
 def _to_dict(self) -> dict:

@@ -7,6 +7,7 @@ Per iteration t (Zhao & Bilen, WACV 2023, Algorithm 1, with every draw a functio
     R_c       <- batch_real real images of class c            from (seed, t, c)
     loss      =  sum_c objective(psi(A(R_c; omega_c)), psi(A(D(S_c); omega_c)))
     S         <- one step of the images' optimiser on d loss / d S    (SGD or AdamW)
+                 (--step class: one step after each class's loss instead, as NCFM's loop)
 
 D decodes partitioned images (--factor: each stored image's tiles upsampled to full size; the
 identity at factor 1), inside the DSA kernels' read on the fused path.
@@ -108,25 +109,56 @@ class DMEngine:
     def step(self, state: RunState, value: bool = True) -> torch.Tensor:
         """Run iteration ``state.iteration`` in place; returns the summed loss (a 0-dim tensor;
         with ``value=False`` and a ``partial`` objective, without its constant terms)."""
-        loss, grad = self.loss_and_grad(state.images, state.iteration, value)
-        self.optimizer.step(state, grad)
+        it = state.iteration
+        if self.cfg.step == "class":
+            loss = self.class_steps(state, value)
+        else:  # one update on the sum over classes
+            loss, grad = self.loss_and_grad(state.images, it, value)
+            self.optimizer.step(state, grad, it + 1)
         state.iteration += 1
         return loss
+
+    def class_steps(self, state: RunState, value: bool = True) -> torch.Tensor:
+        """``--step class``: one update after each class (NCFM's, IDM's and DANCE's loops), each
+        class's loss taken at the images the previous classes' updates left. Every class of the
+        set takes its turn in order; a class another process owns is a zero-gradient update
+        here (its momentum still moves this process's rows, as on one shared tensor)."""
+        it, k = state.iteration, self.data.num_classes
+        table = self.draw(it)
+        chunks = self.chunks()  # one class each (the plan's rule for --step class)
+        self.plan_stream(it, chunks)
+        total = torch.zeros((), device=self.device)
+        for c in range(k):
+            grad = torch.zeros_like(state.images)
+            if self.lo <= c < self.hi:
+                rows = slice((c - self.lo) * self.ipc, (c + 1 - self.lo) * self.ipc)
+                loss, grad[rows] = self.chunk_loss(state.images[rows], table, it, c, c + 1, value)
+                total += loss
+            self.optimizer.step(state, grad, it * k + c + 1)
+        return total
+
+    def draw(self, it: int):
+        """Iteration ``it``'s draws: the embedder's weights (in place), the objective's own, and
+        the DSA table of every class of this process."""
+        cfg = self.cfg
+        init_parameters_(self.net, cfg.seed, rng.NET, it)
+        self.objective.begin(it)
+        return sample_siamese(self.ops, self.dsa, self.hw, cfg.seed, rng.AUG, it,
+                              keys=torch.arange(self.lo, self.hi, device=self.device))
+
+    def plan_stream(self, it: int, chunks) -> None:
+        """This iteration's real batches, then the next one's first: gathered ahead on host tiers."""
+        ahead = chunks[:self.stream.depth] if it + 1 < self.cfg.iterations else []
+        self.stream.plan([(it, c0, c1) for c0, c1 in chunks] + [(it + 1, c0, c1) for c0, c1 in ahead])
 
     def loss_and_grad(self, images: torch.Tensor, it: int,
                       value: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
         """The summed loss of iteration ``it``'s draws at ``images`` and its gradient (no update)."""
-        cfg, dev = self.cfg, self.device
-        init_parameters_(self.net, cfg.seed, rng.NET, it)
-        self.objective.begin(it)
-        table = sample_siamese(self.ops, self.dsa, self.hw, cfg.seed, rng.AUG, it,
-                               keys=torch.arange(self.lo, self.hi, device=dev))
+        table = self.draw(it)
         grad = torch.empty_like(images)
-        total = torch.zeros((), device=dev)
+        total = torch.zeros((), device=self.device)
         chunks = self.chunks()
-        # this iteration's real batches, then the next one's first: gathered ahead on host tiers
-        ahead = chunks[:self.stream.depth] if it + 1 < cfg.iterations else []
-        self.stream.plan([(it, c0, c1) for c0, c1 in chunks] + [(it + 1, c0, c1) for c0, c1 in ahead])
+        self.plan_stream(it, chunks)
         for c0, c1 in chunks:
             rows = slice((c0 - self.lo) * self.ipc, (c1 - self.lo) * self.ipc)
             loss, grad[rows] = self.chunk_loss(images[rows], table, it, c0, c1, value)

@@ -13,8 +13,9 @@ disagrees with its paper):
   embedder is the depth-3 ConvNet.
 * ``ncfm``: NCFM's CIFAR configs (Wang et al., CVPR 2025), random embedders only (its trained
   "middle" encoders and calibration are the trained-embedder pipeline's): factor 2, AdamW lr 1e-3
-  and weight decay 5e-4 on [0, 1] pixels, clamped, 1024 real images per class, IDC-style
-  augmentation (colour, crop and cutout on every batch).
+  and weight decay 5e-4 on [0, 1] pixels, clamped, one update after each class (its loop's
+  order), 1024 real images per class, IDC-style augmentation (colour, crop and cutout on every
+  batch).
 
 Dataset-specific schedules (the embedded digits' short one) override the rows' schedule; the
 rows override the generic defaults.
@@ -26,16 +27,16 @@ from .settings import METHOD_NAMES
 # None: the dataset's default (its DSA strategy, its embedder)
 METHODS: dict[str, dict] = {
     "dm": dict(objective="dm", factor=1, optimizer="sgd", lr_img=1.0, momentum=0.5,
-               weight_decay=0.0, clamp=False, iterations=20000, batch_real=256, strategy=None,
+               weight_decay=0.0, step="iteration", clamp=False, iterations=20000, batch_real=256, strategy=None,
                aug_mode="S", model=None),
     "m3d": dict(objective="m3d", factor=2, optimizer="sgd", lr_img=1.0, momentum=0.5,
-                weight_decay=0.0, clamp=False, iterations=20000, batch_real=256, strategy=None,
+                weight_decay=0.0, step="iteration", clamp=False, iterations=20000, batch_real=256, strategy=None,
                 aug_mode="S", model=None),
     "datadam": dict(objective="datadam", factor=1, optimizer="sgd", lr_img=1.0, momentum=0.5,
-                    weight_decay=0.0, clamp=False, iterations=20000, batch_real=64,
+                    weight_decay=0.0, step="iteration", clamp=False, iterations=20000, batch_real=64,
                     strategy=None, aug_mode="S", model="ConvNetBN"),
     "ncfm": dict(objective="ncfm", factor=2, optimizer="adamw", lr_img=1e-3, momentum=0.5,
-                 weight_decay=5e-4, clamp=True, iterations=20000, batch_real=1024,
+                 weight_decay=5e-4, step="class", clamp=True, iterations=20000, batch_real=1024,
                  strategy="color_crop_cutout", aug_mode="M", model=None),
 }
 assert tuple(METHODS) == METHOD_NAMES
@@ -56,7 +57,7 @@ def preset(method: str, dataset: str, ipc: int, default_model: str) -> dict:
 
 def markdown_table() -> str:
     """The presets as the README shows them."""
-    keys = ("objective", "factor", "optimizer", "lr_img", "momentum", "weight_decay", "clamp",
+    keys = ("objective", "factor", "optimizer", "lr_img", "momentum", "weight_decay", "step", "clamp",
             "iterations", "batch_real", "strategy", "aug_mode", "model")
     lines = ["| --method | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
     for name, row in METHODS.items():

@@ -1,4 +1,5 @@
-"""The synthetic images' optimisers, as the methods' code steps them (one step per iteration).
+"""The synthetic images' optimisers, as the methods' code steps them (one step per iteration, or
+one per class with --step class).
 
 * ``sgd``: torch.optim.SGD with momentum (no dampening, no weight decay) on the normalised
   images, as DM's reference. The state is the momentum buffer.
@@ -6,7 +7,8 @@
   the pixel values in [0, 1], as NCFM's code keeps its images: fastdm stores normalised images
   x = (u - mean) / std, so the step maps the gradient to u (g / std), steps u and maps back.
   The state is [exp_avg, exp_avg_sq] stacked on dim 1 (rows stay the images' rows, so
-  checkpoints shard as the images do); the step count is the iteration.
+  checkpoints shard as the images do); the step count follows from the iteration (and, with
+  --step class, the class).
 ``clamp`` then keeps u in [0, 1].
 """
 from __future__ import annotations
@@ -25,12 +27,12 @@ class ImageOptimizer:
         self.mean = torch.tensor(mean, dtype=torch.float32, device=device).view(shape)
         self.std = torch.tensor(std, dtype=torch.float32, device=device).view(shape)
 
-    def step(self, state: RunState, grad: torch.Tensor) -> None:
-        """Update ``state.images`` (and its optimiser state) in place with ``grad``; the
-        iteration count is the caller's."""
+    def step(self, state: RunState, grad: torch.Tensor, t: int) -> None:
+        """Update ``state.images`` (and its optimiser state) in place with ``grad``; ``t``: the
+        number of this step, from 1 (AdamW's bias correction)."""
         cfg = self.cfg
         if cfg.optimizer == "adamw":
-            self._adamw(state, grad)
+            self._adamw(state, grad, t)
         elif state.momentum is None:
             state.momentum = grad  # a fresh tensor each iteration: no copy needed
             state.images.add_(state.momentum, alpha=-cfg.lr_img)
@@ -42,13 +44,12 @@ class ImageOptimizer:
             torch.maximum(state.images, lo, out=state.images)
             torch.minimum(state.images, hi, out=state.images)
 
-    def _adamw(self, state: RunState, grad: torch.Tensor) -> None:
+    def _adamw(self, state: RunState, grad: torch.Tensor, t: int) -> None:
         cfg, x = self.cfg, state.images
         if state.momentum is None:
             state.momentum = torch.zeros((x.shape[0], 2, *x.shape[1:]), dtype=torch.float32,
                                          device=x.device)
         m, v = state.momentum[:, 0], state.momentum[:, 1]
-        t = state.iteration + 1
         g = grad / self.std
         u = x * self.std + self.mean
         u.mul_(1 - cfg.lr_img * cfg.weight_decay)

@@ -8,7 +8,8 @@ engine builds what the plan says and decides nothing; metrics.json records the p
 ``fastdm condense --dry-run`` prints it without condensing.
 
 Choice rules (measurements in benchmarks/RESULTS.md):
-* chunk: a budget of images x pixels per pass (CHUNK_BUDGET); on the CPU small chunks measured
+* chunk: one class with --step class (each class's update precedes the next class's loss);
+  else a budget of images x pixels per pass (CHUNK_BUDGET); on the CPU small chunks measured
   faster (cifar10 ipc 10: one class per chunk 1.5x faster than five), on CUDA large ones fill
   the GPU. BatchNorm models take all classes in one pass (their statistics mix classes).
 * compile: on CUDA, and on the CPU from 32 px (fastdm.models.compiled.wants_compile).
@@ -133,6 +134,14 @@ def make_plan(config: CondenseConfig, data, device: str | torch.device | None = 
 
 
 def _chunk(cfg, data, dev, owned: int, batchnorm: bool) -> int:
+    if cfg.step == "class":  # each class's update comes before the next class's loss
+        if batchnorm:
+            raise FastDMError(f"--step class takes one class per pass, but model {cfg.model} has "
+                              f"BatchNorm, whose statistics need every class in one batch; use "
+                              f"--step iteration or a model without BatchNorm")
+        if cfg.class_chunk not in (None, 1):
+            log.warning("--step class: one class per pass (--class-chunk %d ignored)", cfg.class_chunk)
+        return 1
     if batchnorm:
         if owned != data.num_classes:
             raise FastDMError(f"model {cfg.model} has BatchNorm, whose statistics mix all "

@@ -162,6 +162,10 @@ CONDENSE = (
             check=_momentum, auto="the method's (dm: 0.5)"),
     Setting("weight_decay", float, None, "decoupled weight decay of the images (adamw only)",
             "schedule", check=_non_negative("--weight-decay"), auto="the method's (ncfm: 5e-4)"),
+    Setting("step", str, None, "when the images are updated: iteration (one step on the sum "
+            "over classes: DM, DataDAM) or class (one step after each class's loss, on the shared "
+            "set: NCFM's, IDM's and DANCE's loops; one class per pass)", "schedule",
+            choices=("iteration", "class"), auto="the method's (dm: iteration)"),
     Setting("clamp", bool, None, "keep every pixel in the valid range [0, 1] after each update",
             "schedule", auto="the method's (dm: off)"),
     Setting("seed", int, 0, "every random draw derives from it", "schedule", minimum=0),

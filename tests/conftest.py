@@ -88,10 +88,10 @@ def engine_for(data, device=None, classes=None, compile_backend="inductor", **se
     return DMEngine(plan_for(data, device, classes, **settings), data, compile_backend=compile_backend)
 
 
-def small_engine(data, **settings):
+def small_engine(data, classes=None, **settings):
     """A seconds-fast engine on ``data``: ipc 2, 4 iterations, 6 real images per class, a
-    32-wide ConvNet, on the test device (settings override)."""
-    return engine_for(data, **{"ipc": 2, "iterations": 4, "batch_real": 6, "model": "ConvNetW32",
+    32-wide ConvNet, on the test device (settings override; ``classes``: a shard)."""
+    return engine_for(data, classes=classes, **{"ipc": 2, "iterations": 4, "batch_real": 6, "model": "ConvNetW32",
                                "device": str(TEST_DEVICE), **settings})
 
 

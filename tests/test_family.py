@@ -328,7 +328,7 @@ def test_adamw_steps_unit_pixels_as_torch_does(data):
     state = RunState(images=x.clone(), momentum=None)
     for it in range(3):
         g = torch.randn_like(x)
-        opt.step(state, g)
+        opt.step(state, g, it + 1)
         state.iteration += 1
         u.grad = g / std  # d loss / d u
         ref.step()
@@ -336,7 +336,7 @@ def test_adamw_steps_unit_pixels_as_torch_does(data):
     clamped = ImageOptimizer(resolved(data, ipc=1, method="ncfm", lr_img=10.0), data.mean,
                              data.std, "cpu")
     state = RunState(images=x.clone(), momentum=None)
-    clamped.step(state, torch.randn_like(x))
+    clamped.step(state, torch.randn_like(x), 1)
     v = state.images * std + mean
     assert float(v.min()) >= -1e-6 and float(v.max()) <= 1 + 1e-6
 
@@ -410,3 +410,51 @@ def test_a_family_run_resumes_bit_identically(data, tmp_path):
     run(e2, s2, out=str(tmp_path), progress=False)
     assert s2.momentum.shape == (3, 2, 3, 12, 12)
     assert torch.equal(s2.images, s.images) and torch.equal(s2.momentum, s.momentum)
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adamw"])
+def test_class_steps_are_a_per_class_loop_on_one_tensor(data, optimizer):
+    """--step class: class c's loss is taken at the images left by classes < c's updates, and
+    each update is torch.optim's step on the whole set with only class c's gradient."""
+    kw = dict(ipc=1, optimizer=optimizer, lr_img=0.05 if optimizer == "adamw" else 1.0,
+              weight_decay=0.01 if optimizer == "adamw" else None, conv="direct")
+    e = engine_for(data, step="class", **kw)
+    assert e.plan.class_chunk == 1
+    state = e.initial_state()
+    ref = engine_for(data, **kw)  # its loss_and_grad: every class at the same images
+    mean, std = torch.tensor(data.mean).view(1, 3, 1, 1), torch.tensor(data.std).view(1, 3, 1, 1)
+    x = state.images.clone()
+    leaf = (x * std + mean if optimizer == "adamw" else x).clone().requires_grad_(True)
+    opt = torch.optim.AdamW([leaf], lr=0.05, weight_decay=0.01) if optimizer == "adamw" else \
+        torch.optim.SGD([leaf], lr=1.0, momentum=0.5)
+    for it in range(2):
+        e.step(state)
+        for c in range(3):
+            images = (leaf.detach() - mean) / std if optimizer == "adamw" else leaf.detach()
+            g = ref.loss_and_grad(images.contiguous(), it)[1]
+            mask = torch.zeros(3, 1, 1, 1)
+            mask[c] = 1
+            leaf.grad = g * mask / (std if optimizer == "adamw" else 1)
+            opt.step()
+    want = (leaf.detach() - mean) / std if optimizer == "adamw" else leaf.detach()
+    torch.testing.assert_close(state.images, want, rtol=1e-4, atol=1e-5)
+
+
+def test_class_steps_shard_like_one_process(data):
+    """Each process steps every class in order (zero gradient for classes it does not own):
+    its rows end where one process puts them."""
+    kw = dict(ipc=1, method="ncfm", frequencies=16, factor=1, conv="direct")
+    whole = engine_for(data, **kw)
+    s = whole.initial_state()
+    parts = [engine_for(data, classes=c, **kw) for c in ((0, 2), (2, 3))]
+    ps = [p.initial_state() for p in parts]
+    for _ in range(2):
+        whole.step(s)
+        for p, st in zip(parts, ps):
+            p.step(st)
+    torch.testing.assert_close(torch.cat([st.images for st in ps]), s.images, rtol=0, atol=0)
+
+
+def test_class_steps_refuse_batchnorm(data):
+    with pytest.raises(FastDMError, match="--step class takes one class per pass"):
+        engine_for(data, step="class", model="ConvNetBN")

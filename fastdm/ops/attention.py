@@ -39,7 +39,7 @@ if triton is not None:
         av = tl.abs(v)
         if POW1:
             return av
-        return tl.where(av > 0, tl.exp2(p * tl.log2(tl.maximum(av, 1e-38))), 0.0)
+        return tl.where(av > 0, tl.exp2(p * tl.log2(tl.maximum(av, 1e-30))), 0.0)
 
     @triton.jit
     def _att_fwd_kernel(a_ptr, y_ptr, norm_ptr, C, HW, W, sn, sc, sh, sw, p, POW1: tl.constexpr,
@@ -99,7 +99,7 @@ if triton is not None:
                     dv = sgn
                 else:
                     av = tl.abs(v)
-                    dv = tl.where(av > 0, p * tl.exp2((p - 1.0) * tl.log2(tl.maximum(av, 1e-38))),
+                    dv = tl.where(av > 0, p * tl.exp2((p - 1.0) * tl.log2(tl.maximum(av, 1e-30))),
                                   0.0) * sgn
                 tl.store(dbase + ch[:, None] * HW + pix[None, :],
                          (dv * dA[None, :]).to(da_ptr.dtype.element_ty), mask=m)

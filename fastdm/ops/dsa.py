@@ -468,10 +468,10 @@ if triton is not None:
         y_lo = tl.maximum(((u.to(tl.float32) - 0.5) * F - 0.5).to(tl.int32) - 1, 0)
         x_lo = tl.maximum(((v.to(tl.float32) - 0.5) * F - 0.5).to(tl.int32) - 1, 0)
         acc = tl.zeros((BLOCK_C, BLOCK_P), tl.float32)
-        for dy in tl.static_range(2 * F + 2):
+        for dy in range(0, 2 * F + 2):  # a runtime loop: unrolled, the kernel grows 4(F + 1)^2 times
             y = y_lo + dy
             wy = tl.where(y < H, _up_weight(y, u, F, SH), 0.0)
-            for dx in tl.static_range(2 * F + 2):
+            for dx in range(0, 2 * F + 2):
                 x = x_lo + dx
                 wx = tl.where(x < W, _up_weight(x, v, F, SW), 0.0)
                 w = wy * wx
