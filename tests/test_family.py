@@ -301,15 +301,35 @@ def test_ncfm_loss_is_ncfms_match_loss(data):
 def test_family_iteration_on_triton_equals_torch(monkeypatch, data, method):
     """One iteration with every fused op (decode in the DSA read, attention or characteristic
     kernels) equals the torch backend's."""
+    from fastdm.ops import attention as att, characteristic as cf, dsa as dsa_op
     settings = {"datadam": dict(factor=2, model="ConvNetW32"),
                 "ncfm": dict(frequencies=32)}[method]
+    calls = []
+
+    def spy(module, name, partitioned=False):
+        real = getattr(module, name)
+
+        def wrapped(*args, **kw):
+            # the DSA launches: record whether the stored images were decoded in the read
+            key = f"{module.__name__.rsplit('.', 1)[1]}.{name}"
+            calls.append((key, args[-1] is not None) if partitioned else (key, True))
+            return real(*args, **kw)
+        monkeypatch.setattr(module, name, wrapped)
     results = {}
     for be in ("torch", "triton"):
         monkeypatch.setenv("FASTDM_BACKEND", be)
         e = engine_for(data, method=method, ipc=1, class_chunk=2, conv="direct", **settings)
         assert set(e.plan.backends.values()) == {be}
         state = e.initial_state()
+        if be == "triton":  # the fused paths must run, not fall back to torch
+            spy(dsa_op, "_triton_forward", True)
+            spy(dsa_op, "_triton_backward", True)
+            spy(att, "_triton_forward")
+            spy(cf, "_triton_sums")
         results[be] = e.loss_and_grad(state.images, 1)
+    assert ("dsa._triton_forward", True) in calls and ("dsa._triton_backward", True) in calls
+    fused = {"ncfm": "characteristic._triton_sums", "datadam": "attention._triton_forward"}
+    assert (fused[method], True) in calls
     torch.testing.assert_close(results["triton"][0], results["torch"][0], atol=1e-4, rtol=1e-4)
     close_in_norm(results["triton"][1], results["torch"][1], 1e-3)
 
