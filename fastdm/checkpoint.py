@@ -35,6 +35,7 @@ class RunState:
     elapsed: float = 0.0               # seconds spent in iterations so far
     precision: str | None = None       # the embedder arithmetic those iterations ran in
     conv: str | None = None            # their real-branch convolutions (winograd, direct, both: "a+b")
+    source: dict | None = None         # the embedder source's own state (IDM's queue), if any
 
 
 def checkpoint_path(out: str) -> str:
@@ -55,7 +56,7 @@ def _payload(plan, state: RunState) -> dict:
             "iteration": state.iteration, "images": state.images.detach().cpu(),
             "momentum": None if state.momentum is None else state.momentum.cpu(),
             "losses": list(state.losses), "elapsed": state.elapsed, "classes": list(plan.classes),
-            "precision": state.precision, "conv": state.conv}
+            "precision": state.precision, "conv": state.conv, "source": state.source}
 
 
 def save_checkpoint(out: str, plan, state: RunState, dist=None) -> None:
@@ -175,4 +176,4 @@ def load_checkpoint(out: str, plan) -> RunState:
     return RunState(images=torch.cat(images).to(device), momentum=mom,
                     iteration=int(first["iteration"]), losses=list(first["losses"]),
                     elapsed=float(first["elapsed"]), precision=first.get("precision"),
-                    conv=first.get("conv"))
+                    conv=first.get("conv"), source=first.get("source"))

@@ -80,7 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = _Parser(prog="fastdm", description="Dataset condensation by Distribution Matching.")
     parser.add_argument("--version", action="version", version=f"fastdm {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{condense,evaluate,info}",
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{condense,evaluate,pretrain,prepare,info}",
                                 parser_class=_Parser)
 
     c = sub.add_parser("condense", help="learn a synthetic set (writes OUT/synset.pt, grid.png, "
@@ -133,6 +133,29 @@ def build_parser() -> argparse.ArgumentParser:
                    help="fail when more than this fraction of a split cannot be decoded (default 0.02)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
+    t = sub.add_parser("pretrain", help="train a bank of networks on the real data for "
+                                        "--embedders bank:PATH (DANCE, NCFM; resumable)")
+    t.add_argument("--dataset", required=True, help="the dataset to train on (as condense's)")
+    t.add_argument("--data-root", help="the folder holding the dataset")
+    t.add_argument("--download", action="store_true", help="let torchvision download it")
+    t.add_argument("--image-size", type=int, help="side of folder datasets' images")
+    t.add_argument("--out", required=True, help="the bank's folder (bank.pt, bank.json)")
+    t.add_argument("--model", help="the networks (default: the dataset's embedder)")
+    t.add_argument("--models", type=int, default=20, help="members of the bank (default 20)")
+    t.add_argument("--epochs", type=int, default=60, help="epochs per member (default 60)")
+    t.add_argument("--batch-size", type=int, default=64, help="default 64 (DANCE; NCFM: 128)")
+    t.add_argument("--lr", type=float, default=0.01, help="SGD learning rate (default 0.01)")
+    t.add_argument("--images-per-class", type=int,
+                   help="train on this many real images per class (a quick bank; default: all)")
+    t.add_argument("--seed", type=int, default=0, help="default 0")
+    t.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    t.add_argument("--together", dest="together", action="store_const", const=True,
+                   help="train all members in one vmapped step (default on CUDA)")
+    t.add_argument("--one-at-a-time", dest="together", action="store_const", const=False,
+                   help="train the members one after another (default on the CPU)")
+    t.add_argument("--overwrite", action="store_true", help="replace a bank already in --out")
+    t.add_argument("--no-progress", action="store_true", help="no progress bar")
+
     sub.add_parser("info", help="versions, devices and usable backends")
     return parser
 
@@ -147,6 +170,8 @@ def main(argv=None) -> int:
             return cmd_evaluate(args)
         if args.command == "prepare":
             return cmd_prepare(args)
+        if args.command == "pretrain":
+            return cmd_pretrain(args)
         return cmd_info()
     except FastDMError as err:
         print(f"fastdm: error: {_rank_prefix()}{err}", file=sys.stderr)
@@ -253,6 +278,20 @@ def cmd_condense(args) -> int:
 
 
 # -- prepare -----------------------------------------------------------------------------------
+def cmd_pretrain(args) -> int:
+    from .pretrain import PretrainConfig, pretrain
+    cfg = PretrainConfig(dataset=args.dataset, data_root=args.data_root, download=args.download,
+                         image_size=args.image_size, model=args.model, models=args.models,
+                         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                         images_per_class=args.images_per_class, seed=args.seed,
+                         device=args.device, together=args.together)
+    info = pretrain(cfg, args.out, progress=not args.no_progress, overwrite=args.overwrite)
+    print(f"wrote {args.out}/bank.pt and bank.json: {info['members']} x {info['model']}, test "
+          f"accuracy {100 * info['accuracy_mean']:.2f} % (mean), {info['train_seconds']:.0f} s; "
+          f"use it with: fastdm condense --dataset {info['dataset']} --embedders bank:{args.out}")
+    return 0
+
+
 def cmd_prepare(args) -> int:
     from .data.prepare import prepare_store
 

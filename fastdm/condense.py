@@ -92,6 +92,8 @@ def _condense(config: CondenseConfig, out, resume: bool, overwrite: bool, progre
                           f"--overwrite to start afresh, or another --out")
     engine = DMEngine(plan, data)
     state = load_checkpoint(out, plan) if resume else engine.initial_state()
+    if resume:
+        engine.source.load_state_dict(state.source)
     if state.iteration > cfg.iterations:
         raise FastDMError(f"the checkpoint in {out} is at iteration {state.iteration}, past "
                           f"--iterations {cfg.iterations}; pass --iterations {state.iteration} or more")

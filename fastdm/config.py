@@ -40,6 +40,9 @@ LEGACY_MMD = {"linear": "dm", "gaussian": "m3d"}
 # what records written before methods and partitioning ran with (keys they lack)
 LEGACY_VALUES = {"method": "dm", "factor": 1, "optimizer": "sgd", "weight_decay": 0.0,
                  "step": "iteration", "clamp": False}
+# ... and records written before embedder sources (part 1 of the family)
+SOURCE_VALUES = {"embedders": "random", "bank_members": 0, "calib_weight": 0.0, "ce_weight": 0.0,
+                 "queue_interval": 30, "init_resize": "nearest"}
 
 
 def _to_dict(self) -> dict:
@@ -56,6 +59,10 @@ def _from_dict(cls, d: dict) -> "CondenseConfig":
     if "method" not in d:  # written before methods: what it ran with
         for k, v in LEGACY_VALUES.items():
             d.setdefault(k, v)
+    if "embedders" not in d:  # written before embedder sources: random embedders
+        for k, v in SOURCE_VALUES.items():
+            d.setdefault(k, v)
+        d.setdefault("image_space", "pixels" if d.get("optimizer") == "adamw" else "normalized")
     owner = d.get("objective", "dm")
     return cls(**{k: v for k, v in d.items()
                   if k in SETTING and SETTING[k].objective in (None, owner)})
@@ -82,9 +89,16 @@ def resolve_config(config: CondenseConfig, dataset) -> CondenseConfig:
         v["ipc"] = quick.get("ipc", 10)
     v["method"] = SETTING["method"].validate(v["method"])
     row = preset(v["method"], dataset.name, v["ipc"], dataset.default_model)
+    explicit = {key for key in PRESET_KEYS if v[key] is not None}
     for key in PRESET_KEYS:  # explicit values win, then the dataset's schedule, then the method's
         if v[key] is None:
             v[key] = quick.get(key, row[key])
+    # a method's source terms follow its source: --method ncfm --embedders random is part 1's
+    # random-embedder NCFM, without the calibration that needs a bank
+    kind = SETTING["embedders"].validate(v["embedders"]).partition(":")[0]
+    for key, needs in (("calib_weight", "bank"), ("ce_weight", "queue")):
+        if key not in explicit and kind != needs:
+            v[key] = 0.0
     objective = objectives.get(v["objective"])
     for s in SETTINGS:  # another objective's settings are mistakes, not silently unused
         if s.objective not in (None, objective.name) and v[s.name] is not None:
@@ -92,6 +106,9 @@ def resolve_config(config: CondenseConfig, dataset) -> CondenseConfig:
                               f"objective is {objective.name})")
     for s in SETTINGS:
         v[s.name] = s.validate(v[s.name])
+    if v["image_space"] is None:  # AdamW steps pixel values (NCFM's code), SGD normalised ones
+        v["image_space"] = "pixels" if v["optimizer"] == "adamw" else "normalized"
+    _check_source(v)
     v["image_size"] = dataset.image_size[0]
     v["model"] = SETTING["model"].validate(v["model"])
     if v["strategy"] is None:
@@ -119,6 +136,30 @@ def resolve_config(config: CondenseConfig, dataset) -> CondenseConfig:
                           f"{smallest} training images); use a smaller --ipc or --factor, or "
                           f"--init noise")
     return CondenseConfig(**v)
+
+
+def _check_source(v: dict) -> None:
+    """The embedder source's requirements, checked before anything is built."""
+    from .embedders import parse_source
+    from .models import uses_batchnorm
+    kind, path = parse_source(v["embedders"])
+    if kind == "bank" and path is None:
+        raise FastDMError(f"--method {v['method']} matches features of a pretrained bank: give "
+                          f"--embedders bank:PATH (make one with 'fastdm pretrain --dataset "
+                          f"{v['dataset']} --out PATH'), or --embedders random")
+    if kind == "bank" and not os.path.isfile(os.path.join(path, "bank.pt")):
+        raise FastDMError(f"--embedders bank:{path}: no bank there (PATH/bank.pt); make one with "
+                          f"'fastdm pretrain --dataset {v['dataset']} --out {path}'")
+    if kind == "queue" and uses_batchnorm(v["model"]):
+        raise FastDMError(f"--embedders queue trains its networks in place, which BatchNorm's "
+                          f"running statistics do not allow here (IDM's code refuses BN models "
+                          f"too); use a model without BatchNorm")
+    if v["calib_weight"] > 0 and kind != "bank":
+        raise FastDMError(f"--calib-weight needs the trained networks of --embedders bank:PATH "
+                          f"(this run's embedders: {v['embedders']}); use --calib-weight 0")
+    if v["ce_weight"] > 0 and kind != "queue":
+        raise FastDMError(f"--ce-weight weighs IDM's term by a queue network's accuracy: it needs "
+                          f"--embedders queue (this run's: {v['embedders']}); use --ce-weight 0")
 
 
 if __name__ == "__main__":

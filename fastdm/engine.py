@@ -2,12 +2,17 @@
 
 Per iteration t (Zhao & Bilen, WACV 2023, Algorithm 1, with every draw a function of the seed):
 
-    psi       <- a randomly initialised embedder              weights from (seed, t)
+    psi       <- the iteration's embedder: randomly initialised   weights from (seed, t)
+                 (--embedders queue|bank: IDM's trained queue, DANCE's interpolated bank member)
     omega_c   <- a DSA draw, shared by class c's two sides    from (seed, t, c)
     R_c       <- batch_real real images of class c            from (seed, t, c)
     loss      =  sum_c objective(psi(A(R_c; omega_c)), psi(A(D(S_c); omega_c)))
+                 (+ the source's class term: IDM's accuracy-weighted cross-entropy)
     S         <- one step of the images' optimiser on d loss / d S    (SGD or AdamW)
                  (--step class: one step after each class's loss instead, as NCFM's loop)
+    S         <- with a calibrating source (DANCE, NCFM): one more step per class on
+                 calib_weight * CE(expert(A(D(S_c))), c), sharing the optimiser's state
+    the source updates itself (the queue trains some of its networks on real batches)
 
 D decodes partitioned images (--factor: each stored image's tiles upsampled to full size; the
 identity at factor 1), inside the DSA kernels' read on the fused path.
@@ -26,6 +31,8 @@ import math
 
 import torch
 
+import torch.nn.functional as F
+
 from . import objectives, rng
 from .augment import DSAParams, parse_strategy, sample_siamese
 from .augment.partition import Partition, encode_init, partition
@@ -33,7 +40,8 @@ from .checkpoint import RunState
 from .data import Dataset
 from .data.sampler import RealSampler
 from .data.stream import RealStream
-from .models import build_model, init_parameters_
+from .embedders import build_source
+from .models import build_model
 from .models.compiled import compile_fn
 from .models.fast_embed import tapped_embed
 from .objectives.base import Counts
@@ -78,6 +86,12 @@ class DMEngine:
         images = train.images if (base, end) == (0, len(train)) else train.images[base:end]
         self.sampler = RealSampler(train.counts, train.offsets - base, cfg.batch_real, cfg.seed)
         self.stream = RealStream(images, self.device, plan.real_tier, self.sampler, mapped=train.mapped)
+        # where each iteration's weights come from; a calibrating source's trained network
+        self.source = build_source(cfg, self.net, data, self.device, self.stream.images)
+        self.expert = compiled(self.source.expert) if self.source.expert is not None else None
+        # image updates per iteration: the matching's (one, or one per class), the calibration's
+        k = data.num_classes
+        self.updates = (k if cfg.step == "class" else 1) + (k if self.expert is not None else 0)
 
     def close(self) -> None:
         """Stop the real-image stream's worker threads (the engine cannot take batches after)."""
@@ -102,7 +116,7 @@ class DMEngine:
             idx = (self.sampler.offsets[lo:hi].to(dev)[:, None] + pos).reshape(-1)
             real = self.stream.images
             images = encode_init(self.data.normalize(real[idx.to(real.device)], dev), self.ipc,
-                                 cfg.factor)
+                                 cfg.factor, cfg.init_resize)
         return RunState(images=images.contiguous(), momentum=None)
 
     # -- one iteration ----------------------------------------------------------------------------
@@ -114,7 +128,10 @@ class DMEngine:
             loss = self.class_steps(state, value)
         else:  # one update on the sum over classes
             loss, grad = self.loss_and_grad(state.images, it, value)
-            self.optimizer.step(state, grad, it + 1)
+            self.optimizer.step(state, grad, it * self.updates + 1)
+        if self.expert is not None:
+            self.calibrate(state, it)
+        self.source.end(it)
         state.iteration += 1
         return loss
 
@@ -134,14 +151,39 @@ class DMEngine:
                 rows = slice((c - self.lo) * self.ipc, (c + 1 - self.lo) * self.ipc)
                 loss, grad[rows] = self.chunk_loss(state.images[rows], table, it, c, c + 1, value)
                 total += loss
-            self.optimizer.step(state, grad, it * k + c + 1)
+            self.optimizer.step(state, grad, it * self.updates + c + 1)
         return total
+
+    def calibrate(self, state: RunState, it: int) -> None:
+        """DANCE's and NCFM's calibration: after the matching, one update per class on the
+        cross-entropy of the source's trained network on class c's augmented synthetic images
+        (one DSA draw per class, from (seed, t, c) on its own stream), with the optimiser's state."""
+        k, dev, cfg = self.data.num_classes, self.device, self.cfg
+        table = sample_siamese(self.ops, self.dsa, self.hw, cfg.seed, rng.CALIB, it,
+                               keys=torch.arange(self.lo, self.hi, device=dev))
+        first = it * self.updates + (k if cfg.step == "class" else 1)
+        per = self.ipc * cfg.factor ** 2
+        for c in range(k):
+            grad = torch.zeros_like(state.images)
+            if self.lo <= c < self.hi:
+                rows = slice((c - self.lo) * self.ipc, (c + 1 - self.lo) * self.ipc)
+                syn = state.images[rows].detach().requires_grad_(True)
+                with torch.enable_grad():
+                    x = dsa_augment(syn, table.rows(torch.tensor([c - self.lo], device=dev)),
+                                    torch.zeros(per, dtype=torch.int64, device=dev),
+                                    partition=self.partition(1), backend=self.dsa_backend)
+                    with autocast(self.plan.precision, dev):
+                        logits = self.expert(x)
+                    labels = torch.full((per,), c, dtype=torch.int64, device=dev)
+                    loss = cfg.calib_weight * F.cross_entropy(logits.float(), labels)
+                    (grad[rows],) = torch.autograd.grad(loss, syn)
+            self.optimizer.step(state, grad, first + c + 1)
 
     def draw(self, it: int):
         """Iteration ``it``'s draws: the embedder's weights (in place), the objective's own, and
         the DSA table of every class of this process."""
         cfg = self.cfg
-        init_parameters_(self.net, cfg.seed, rng.NET, it)
+        self.source.begin(it)
         self.objective.begin(it)
         return sample_siamese(self.ops, self.dsa, self.hw, cfg.seed, rng.AUG, it,
                               keys=torch.arange(self.lo, self.hi, device=self.device))
@@ -195,6 +237,10 @@ class DMEngine:
             f_syn = self.features(dsa_augment(syn, rows, g_syn, partition=self.partition(k),
                                               backend=self.dsa_backend))
             loss = self.objective.loss(kept, real_counts, f_syn, syn_counts, value).sum()
+            extra = self.source.class_term(f_syn[0] if isinstance(f_syn, tuple) else f_syn,
+                                           torch.arange(c0, c1, device=dev), per)
+            if extra is not None:
+                loss = loss + extra
             (g,) = torch.autograd.grad(loss, syn)
         return loss.detach(), g
 

@@ -1,15 +1,17 @@
 """The synthetic images' optimisers, as the methods' code steps them (one step per iteration, or
 one per class with --step class).
 
-* ``sgd``: torch.optim.SGD with momentum (no dampening, no weight decay) on the normalised
-  images, as DM's reference. The state is the momentum buffer.
-* ``adamw``: torch.optim.AdamW (betas 0.9/0.999, eps 1e-8, bias-corrected, decoupled decay) on
-  the pixel values in [0, 1], as NCFM's code keeps its images: fastdm stores normalised images
-  x = (u - mean) / std, so the step maps the gradient to u (g / std), steps u and maps back.
+* ``sgd``: torch.optim.SGD with momentum (no dampening, no weight decay). The state is the
+  momentum buffer.
+* ``adamw``: torch.optim.AdamW (betas 0.9/0.999, eps 1e-8, bias-corrected, decoupled decay).
   The state is [exp_avg, exp_avg_sq] stacked on dim 1 (rows stay the images' rows, so
   checkpoints shard as the images do); the step count follows from the iteration (and, with
-  --step class, the class).
-``clamp`` then keeps u in [0, 1].
+  --step class or calibration, the update within it).
+
+``image_space``: fastdm stores normalised images x = (u - mean) / std. ``normalized`` steps x
+(DM's reference, IDM); ``pixels`` steps the pixel values u in [0, 1] as DANCE's and NCFM's code
+keep their images: the gradient maps to u (g / std), u steps and maps back. ``clamp`` then keeps
+u in [0, 1].
 """
 from __future__ import annotations
 
@@ -33,6 +35,8 @@ class ImageOptimizer:
         cfg = self.cfg
         if cfg.optimizer == "adamw":
             self._adamw(state, grad, t)
+        elif cfg.image_space == "pixels":
+            self._sgd_pixels(state, grad)
         elif state.momentum is None:
             state.momentum = grad  # a fresh tensor each iteration: no copy needed
             state.images.add_(state.momentum, alpha=-cfg.lr_img)
@@ -44,18 +48,30 @@ class ImageOptimizer:
             torch.maximum(state.images, lo, out=state.images)
             torch.minimum(state.images, hi, out=state.images)
 
+    def _sgd_pixels(self, state: RunState, grad: torch.Tensor) -> None:
+        cfg, x = self.cfg, state.images
+        g = grad / self.std
+        if state.momentum is None:  # torch's first step: the buffer is the gradient
+            state.momentum = g
+        else:
+            state.momentum.mul_(cfg.momentum).add_(g)
+        u = x * self.std + self.mean
+        u.add_(state.momentum, alpha=-cfg.lr_img)
+        x.copy_((u - self.mean) / self.std)
+
     def _adamw(self, state: RunState, grad: torch.Tensor, t: int) -> None:
         cfg, x = self.cfg, state.images
         if state.momentum is None:
             state.momentum = torch.zeros((x.shape[0], 2, *x.shape[1:]), dtype=torch.float32,
                                          device=x.device)
         m, v = state.momentum[:, 0], state.momentum[:, 1]
-        g = grad / self.std
-        u = x * self.std + self.mean
+        pixels = cfg.image_space == "pixels"
+        g = grad / self.std if pixels else grad
+        u = x * self.std + self.mean if pixels else x.clone()
         u.mul_(1 - cfg.lr_img * cfg.weight_decay)
         m.lerp_(g, 1 - BETAS[0])
         v.mul_(BETAS[1]).addcmul_(g, g, value=1 - BETAS[1])
         step = cfg.lr_img / (1 - BETAS[0] ** t)
         denom = (v.sqrt() / (1 - BETAS[1] ** t) ** 0.5).add_(EPS)
         u.addcdiv_(m, denom, value=-step)
-        x.copy_((u - self.mean) / self.std)
+        x.copy_((u - self.mean) / self.std if pixels else u)

@@ -29,6 +29,7 @@ from . import distributed, objectives
 from .backend import backend_for, conv_for
 from .config import CondenseConfig, resolve_config
 from .data.stream import choose_tier
+from .embedders import source_shardable
 from .devices import device_name, resolve_device
 from .errors import FastDMError
 from .footprint import count_flops
@@ -110,6 +111,10 @@ def make_plan(config: CondenseConfig, data, device: str | torch.device | None = 
         from . import native
         if not native.built("winograd"):
             notes.append("the native Winograd kernels are built on the first run (about a minute)")
+    if not source_shardable(cfg.embedders) and hi - lo != data.num_classes:
+        raise FastDMError("--embedders queue cannot be sharded over processes: its networks train "
+                          "on real images of every class, and a process holds only its own "
+                          "classes' rows; run one process (or --embedders random or bank:PATH)")
     batchnorm = uses_batchnorm(cfg.model)
     chunk = _chunk(cfg, data, dev, hi - lo, batchnorm)
     train = data.train

@@ -38,6 +38,15 @@ EVAL_AUG = 7     # evaluation DSA, per (model, step, sample)
 EVAL_ORDER = 8   # evaluation shuffling, per (model, epoch, sample)
 SUBSET = 9       # random-real-subset baseline, per (model, class, image)
 FREQ = 10        # characteristic-function frequencies (ncfm), per iteration
+BANK = 11        # bank member and interpolation weight, per iteration
+QUEUE_INIT = 12  # a queue network's initial weights, per network
+QUEUE_PICK = 13  # the queue network an iteration matches with, per iteration
+QUEUE_TRAIN = 14 # the queue networks an iteration trains and their real batches
+CALIB = 15       # the calibration step's DSA, per (iteration, class)
+PRETRAIN_INIT = 16   # a bank member's initial weights, per member
+PRETRAIN_ORDER = 17  # a bank member's batch order, per (member, epoch)
+PRETRAIN_AUG = 18    # a bank member's augmentation, per (member, step)
+PRETRAIN_MIX = 19    # a bank member's CutMix draws, per (member, step)
 
 
 def _mix(h: torch.Tensor) -> torch.Tensor:

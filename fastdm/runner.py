@@ -52,6 +52,7 @@ def run(engine: DMEngine, state: RunState, out: str | None = None, progress: boo
 
     def save():
         flush()
+        state.source = engine.source.state_dict()
         save_checkpoint(out, engine.plan, state, dist)
         saved[0] = state.iteration
 

@@ -107,6 +107,12 @@ def _model(value):
     return check_model_name(value)
 
 
+def _embedders(value):
+    from .embedders import parse_source
+    parse_source(value)
+    return value
+
+
 def _strategy(value):
     from .augment import parse_strategy
     parse_strategy(value)
@@ -114,7 +120,7 @@ def _strategy(value):
 
 
 # the methods of fastdm.methods (their preset table lives there)
-METHOD_NAMES = ("dm", "m3d", "datadam", "ncfm")
+METHOD_NAMES = ("dm", "m3d", "datadam", "ncfm", "idm", "dance")
 PRECISIONS = ("auto", "fp32", "bf16")
 CONV_MODES = ("auto", "winograd", "direct")
 TIERS = ("auto", "gpu", "pinned", "memory", "disk")
@@ -143,19 +149,52 @@ CONDENSE = (
     Setting("model", str, None, "the embedder, a fresh random network every iteration", "method",
             check=_model, auto="the method's (datadam: ConvNetBN), else the dataset's: ConvNet "
             "(ConvNetD4 at 64 px, D5 at 128, D6 at 256)"),
+    Setting("embedders", str, None, "where each iteration's embedder comes from: random (fresh "
+            "weights every iteration), queue (IDM: networks trained online on real batches) or "
+            "bank:PATH (DANCE/NCFM: a member of a pretrained bank, its weights interpolated "
+            "between initial and trained; make one with fastdm pretrain)", "method",
+            check=_embedders, auto="the method's (dm: random)"),
+    Setting("bank_members", int, None, "how many of the bank's members the run draws from (the "
+            "first N; 0: all)", "method", minimum=0, auto="the method's (dance: 5; ncfm: all)"),
+    Setting("calib_weight", float, None, "weight of the calibration step: after each iteration's "
+            "matching, one more update per class on the cross-entropy of the bank member's "
+            "trained network on the augmented synthetic images (DANCE, NCFM; 0: none)", "method",
+            check=_non_negative("--calib-weight"), auto="the method's (dance, ncfm: 1; else 0)"),
+    Setting("ce_weight", float, None, "IDM's class-aware term: this weight x the queue network's "
+            "running training accuracy in percent x the cross-entropy of its logits on the "
+            "augmented synthetic images, added to each class's loss (0: none)", "method",
+            check=_non_negative("--ce-weight"), auto="the method's (idm: 0.5)"),
+    Setting("queue_size", int, 100, "--embedders queue: the most networks the queue holds (the "
+            "oldest leaves first)", "method", minimum=1),
+    Setting("queue_interval", int, None, "--embedders queue: iterations between new random "
+            "networks joining the queue", "method", minimum=1,
+            auto="the method's (idm: 30; 5 at ipc 1)"),
+    Setting("queue_train", int, 2, "--embedders queue: networks trained after each iteration",
+            "method", minimum=0),
+    Setting("queue_steps", int, 10, "--embedders queue: SGD steps of each trained network per "
+            "iteration", "method", minimum=1),
+    Setting("queue_batch", int, 256, "--embedders queue: real images (of all classes) per "
+            "training step", "method", minimum=1),
+    Setting("queue_lr", float, 0.01, "--embedders queue: the networks' SGD learning rate "
+            "(momentum 0.9, weight decay 5e-4)", "method", check=positive("--queue-lr")),
     Setting("init", str, "real", "initial synthetic images: random real ones, or noise", "method",
             choices=("real", "noise")),
     Setting("strategy", str, None, "DSA ops joined by _, or none", "method", check=_strategy,
             auto="the method's (dm: color_crop_cutout_flip_scale_rotate, no flip for digits)"),
     Setting("aug_mode", str, None, "DSA mode: S applies one op per class and iteration, M all",
             "method", choices=("S", "M"), auto="the method's (dm: S)"),
+    Setting("init_resize", str, None, "how a real image shrinks to a tile at --factor > 1: "
+            "nearest (DANCE, NCFM) or bilinear (IDM)", "method",
+            choices=("nearest", "bilinear"), auto="the method's (dm: nearest)"),
     Setting("iterations", int, None, "iterations (a resumed run may extend them)", "schedule",
             kind="length", minimum=0, auto="the method's (dm: 20000; digits: 400)"),
     Setting("batch_real", int, None, "real images per class per iteration", "schedule", minimum=1,
             auto="the method's (dm: 256; digits: 64)"),
-    Setting("optimizer", str, None, "the synthetic images' optimiser: sgd (with momentum, on the "
-            "normalised images) or adamw (on pixel values in [0, 1], as NCFM's code)", "schedule",
+    Setting("optimizer", str, None, "the synthetic images' optimiser: sgd (with momentum) or adamw", "schedule",
             choices=("sgd", "adamw"), auto="the method's (dm: sgd)"),
+    Setting("image_space", str, None, "the space the image optimiser steps in: normalized (DM's "
+            "reference) or pixels (values in [0, 1], as DANCE's and NCFM's code)", "schedule",
+            choices=("normalized", "pixels"), auto="the method's (dm: normalized; pixels with adamw)"),
     Setting("lr_img", float, None, "learning rate of the synthetic images", "schedule",
             check=positive("--lr-img"), auto="the method's (dm: 1; 10 for cifar10 at ipc >= 100)"),
     Setting("momentum", float, None, "SGD momentum of the synthetic images (sgd only)", "schedule",

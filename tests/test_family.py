@@ -289,7 +289,9 @@ def test_ncfm_loss_is_ncfms_match_loss(data):
     fs = F.normalize(e.net.embed(syn), dim=1)
     want = sum(300 * ncfm_cf_loss(fr[4 * c:4 * c + 4], fs[2 * c:2 * c + 2], t) for c in range(3))
     assert float(loss) == pytest.approx(float(want), rel=1e-5)
-    close_in_norm(grad, torch.autograd.grad(want, syn)[0], 1e-3)
+    # float32 on both sides: 1.3e-3 seen with 2 threads (RESULTS.md: the codes' float32
+    # gradients differ by 1.5e-3 on the same inputs)
+    close_in_norm(grad, torch.autograd.grad(want, syn)[0], 3e-3)
     e.objective.begin(3)
     assert not torch.equal(e.objective.frequencies(t.shape[1]), t)
     e.objective.begin(2)
@@ -303,7 +305,7 @@ def test_family_iteration_on_triton_equals_torch(monkeypatch, data, method):
     kernels) equals the torch backend's."""
     from fastdm.ops import attention as att, characteristic as cf, dsa as dsa_op
     settings = {"datadam": dict(factor=2, model="ConvNetW32"),
-                "ncfm": dict(frequencies=32)}[method]
+                "ncfm": dict(frequencies=32, embedders="random")}[method]
     calls = []
 
     def spy(module, name, partitioned=False):
@@ -354,7 +356,7 @@ def test_adamw_steps_unit_pixels_as_torch_does(data):
         u.grad = g / std  # d loss / d u
         ref.step()
     torch.testing.assert_close(state.images * std + mean, u.detach(), rtol=1e-5, atol=1e-6)
-    clamped = ImageOptimizer(resolved(data, ipc=1, method="ncfm", lr_img=10.0), data.mean,
+    clamped = ImageOptimizer(resolved(data, ipc=1, method="ncfm", embedders="random", lr_img=10.0), data.mean,
                              data.std, "cpu")
     state = RunState(images=x.clone(), momentum=None)
     clamped.step(state, torch.randn_like(x), 1)
@@ -363,13 +365,13 @@ def test_adamw_steps_unit_pixels_as_torch_does(data):
 
 
 def test_method_presets_and_overrides(data):
-    cfg = resolved(data, method="ncfm", ipc=1)
+    cfg = resolved(data, method="ncfm", ipc=1, embedders="random")
     row = METHODS["ncfm"]
     for key in ("objective", "factor", "optimizer", "lr_img", "weight_decay", "clamp",
                 "iterations", "batch_real", "strategy", "aug_mode"):
         assert getattr(cfg, key) == row[key], key
     assert cfg.frequencies == 4096
-    cfg = resolved(data, method="ncfm", ipc=1, factor=1, lr_img=0.5, objective="dm")
+    cfg = resolved(data, method="ncfm", ipc=1, factor=1, lr_img=0.5, objective="dm", embedders="random", calib_weight=0.0)
     assert (cfg.factor, cfg.lr_img, cfg.objective, cfg.optimizer) == (1, 0.5, "dm", "adamw")
     dm = resolved(data, ipc=2)
     assert (dm.method, dm.objective, dm.factor, dm.optimizer, dm.momentum, dm.clamp) == \
@@ -419,7 +421,7 @@ def test_a_family_run_resumes_bit_identically(data, tmp_path):
     stopped and resumed ends on the same images as one run straight through."""
     from fastdm.checkpoint import load_checkpoint
     from fastdm.runner import run
-    kw = dict(method="ncfm", ipc=1, frequencies=16, model="ConvNetW32")
+    kw = dict(method="ncfm", embedders="random", ipc=1, frequencies=16, model="ConvNetW32")
     straight = engine_for(data, iterations=4, **kw)
     s = straight.initial_state()
     run(straight, s, progress=False)
@@ -464,7 +466,7 @@ def test_class_steps_are_a_per_class_loop_on_one_tensor(data, optimizer):
 def test_class_steps_shard_like_one_process(data):
     """Each process steps every class in order (zero gradient for classes it does not own):
     its rows end where one process puts them."""
-    kw = dict(ipc=1, method="ncfm", frequencies=16, factor=1, conv="direct")
+    kw = dict(ipc=1, method="ncfm", embedders="random", frequencies=16, factor=1, conv="direct")
     whole = engine_for(data, **kw)
     s = whole.initial_state()
     parts = [engine_for(data, classes=c, **kw) for c in ((0, 2), (2, 3))]

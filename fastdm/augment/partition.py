@@ -72,15 +72,17 @@ def decode_set(x: torch.Tensor, labels: torch.Tensor, factor: int) -> tuple[torc
     return decode(x, p), labels[p.source]
 
 
-def encode_init(real: torch.Tensor, ipc: int, factor: int) -> torch.Tensor:
+def encode_init(real: torch.Tensor, ipc: int, factor: int, resize: str = "nearest") -> torch.Tensor:
     """Stored images from ``real`` [classes * ipc * factor^2, C, H, W] (class-contiguous, each
-    class's images in the order they fill tiles): each resized to the tile (nearest) and placed
-    so that tile k of stored image s holds image k * ipc + s."""
+    class's images in the order they fill tiles): each resized to the tile (``resize``: nearest
+    as DANCE's and NCFM's init, or bilinear as IDM's ``downscale``) and placed so that tile k
+    of stored image s holds image k * ipc + s."""
     if factor == 1:
         return real
     n, c, h, w = real.shape
     f2 = factor * factor
-    small = F.interpolate(real, size=(h // factor, w // factor), mode="nearest")
+    small = F.interpolate(real, size=(h // factor, w // factor), mode=resize,
+                          **({"align_corners": False} if resize == "bilinear" else {}))
     small = small.view(-1, f2, ipc, c, h // factor, w // factor).transpose(1, 2)  # [K, s, k, ...]
     small = small.reshape(-1, factor, factor, c, h // factor, w // factor)
     return small.permute(0, 3, 1, 4, 2, 5).reshape(-1, c, h, w).contiguous()
