@@ -2,8 +2,12 @@
 partitioning, against random real images, evaluated by one protocol.
 
     python -m benchmarks.family_table --data-root ROOT --datasets mnist,fashionmnist \\
-        --ipc 1,10 --methods dm,m3d,datadam,ncfm --factors 1,2 --iterations 200 \\
+        --ipc 1,10 --methods dm,m3d,datadam,ncfm-random --factors 1,2 --iterations 200 \\
         --batch-real 64 --models 3 --epochs 300 --out runs/family
+    python -m benchmarks.family_table ... --methods dm,idm,dance,ncfm --factors 2 --banks BANKS
+
+A column NAME is the method's preset; NAME-random the method with random embedders (part 1's
+ncfm); bank-based presets read the bank BANKS/DATASET (fastdm pretrain).
 
 Every cell condenses with the method's preset (``--method``), except what the schedule fixes
 for all (iterations, real batch, factor), then evaluates with DM's protocol (the dataset's DSA
@@ -23,10 +27,41 @@ from fastdm.config import CondenseConfig
 from fastdm.data import load_dataset
 from fastdm.evaluate import evaluate_synset
 from fastdm.io import atomic_json_dump
+from fastdm.methods import METHODS
 
 
 def _csv(text, kind=str):
     return [kind(v) for v in text.split(",") if v.strip()]
+
+
+def _overrides(text: str) -> dict:
+    """``key=value,...`` settings for every cell (numbers parsed)."""
+    out = {}
+    for item in _csv(text):
+        key, _, value = item.partition("=")
+        for kind in (int, float):
+            try:
+                value = kind(value)
+                break
+            except ValueError:
+                pass
+        out[key.strip()] = value
+    return out
+
+
+def method_settings(args, dataset: str, spec: str) -> dict:
+    """A table column's settings: ``NAME`` is the method's preset (a bank-based one reads
+    BANKS/DATASET), ``NAME-random`` the method with random embedders (part 1's ncfm)."""
+    name, _, variant = spec.partition("-")
+    settings = {"method": name}
+    if variant == "random":
+        settings["embedders"] = "random"
+    elif METHODS[name]["embedders"] == "bank":
+        if not args.banks:
+            raise SystemExit(f"--methods {spec} needs --banks DIR (a bank per dataset, made by "
+                             f"fastdm pretrain --out DIR/{dataset})")
+        settings["embedders"] = f"bank:{os.path.join(args.banks, dataset)}"
+    return settings
 
 
 def cell(args, dataset, ipc, method, factor, strategy) -> dict:
@@ -35,9 +70,10 @@ def cell(args, dataset, ipc, method, factor, strategy) -> dict:
     if os.path.exists(path):
         with open(path) as fh:
             return json.load(fh)
-    cfg = CondenseConfig(dataset=dataset, data_root=args.data_root, download=True, ipc=ipc,
-                         method=method, factor=factor, iterations=args.iterations,
-                         batch_real=args.batch_real, seed=args.seed, device=args.device)
+    cfg = CondenseConfig(**{**dict(
+        dataset=dataset, data_root=args.data_root, download=True, ipc=ipc, factor=factor,
+        iterations=args.iterations, batch_real=args.batch_real, seed=args.seed,
+        device=args.device), **method_settings(args, dataset, method), **_overrides(args.set)})
     t0 = time.perf_counter()
     res = condense_dataset(cfg, out, overwrite=True, progress=False)
     condense_s = time.perf_counter() - t0
@@ -48,6 +84,7 @@ def cell(args, dataset, ipc, method, factor, strategy) -> dict:
     row = {"dataset": dataset, "ipc": ipc, "method": method, "factor": factor,
            "acc_mean": ev["acc_mean"], "acc_std": ev["acc_std"], "accs": ev["accs"],
            "per_iteration_s": m["timings"]["per_iteration_s"], "condense_s": condense_s,
+           "embedder_source_s": m["timings"].get("embedder_source_s"),
            "eval_s": ev["seconds"], "config": m["config"]}
     atomic_json_dump(row, path)
     return row
@@ -83,6 +120,10 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default="auto")
     ap.add_argument("--out", default="runs/family")
+    ap.add_argument("--banks", help="a folder holding one bank per dataset (DIR/mnist, ...) for "
+                                    "the bank-based methods (dance, ncfm)")
+    ap.add_argument("--set", default="", help="key=value,... settings for every cell (e.g. "
+                                              "queue_batch=64)")
     args = ap.parse_args(argv)
     os.makedirs(args.out, exist_ok=True)
     lines = [f"Schedule: {args.iterations} iterations, batch_real {args.batch_real}, seed "

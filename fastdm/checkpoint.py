@@ -36,6 +36,7 @@ class RunState:
     precision: str | None = None       # the embedder arithmetic those iterations ran in
     conv: str | None = None            # their real-branch convolutions (winograd, direct, both: "a+b")
     source: dict | None = None         # the embedder source's own state (IDM's queue), if any
+    lr_schedule: dict | None = None    # --lr-plateau's state (the images' learning rate), if any
 
 
 def checkpoint_path(out: str) -> str:
@@ -56,7 +57,8 @@ def _payload(plan, state: RunState) -> dict:
             "iteration": state.iteration, "images": state.images.detach().cpu(),
             "momentum": None if state.momentum is None else state.momentum.cpu(),
             "losses": list(state.losses), "elapsed": state.elapsed, "classes": list(plan.classes),
-            "precision": state.precision, "conv": state.conv, "source": state.source}
+            "precision": state.precision, "conv": state.conv, "source": state.source,
+            "lr_schedule": state.lr_schedule}
 
 
 def save_checkpoint(out: str, plan, state: RunState, dist=None) -> None:
@@ -176,4 +178,5 @@ def load_checkpoint(out: str, plan) -> RunState:
     return RunState(images=torch.cat(images).to(device), momentum=mom,
                     iteration=int(first["iteration"]), losses=list(first["losses"]),
                     elapsed=float(first["elapsed"]), precision=first.get("precision"),
-                    conv=first.get("conv"), source=first.get("source"))
+                    conv=first.get("conv"), source=first.get("source"),
+                    lr_schedule=first.get("lr_schedule"))

@@ -141,6 +141,7 @@ def _condense(config: CondenseConfig, out, resume: bool, overwrite: bool, progre
         "real_batches": dict(engine.stream.stats), "resumed_from": started, "iterations": done,
         "timings": {"load_data_s": round(t_data, 3), "this_session_s": round(time.perf_counter() - t_run, 3),
                     "iterations_s": round(state.elapsed, 3),
+                    "embedder_source_s": round(engine.source_seconds, 3),
                     "per_iteration_s": round(state.elapsed / done, 5) if done else None,
                     "total_s": round(time.perf_counter() - t_start, 3)}})
     return {"out": out, "synset": synset, "metrics": metrics, "plan": plan}

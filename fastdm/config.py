@@ -42,7 +42,8 @@ LEGACY_VALUES = {"method": "dm", "factor": 1, "optimizer": "sgd", "weight_decay"
                  "step": "iteration", "clamp": False}
 # ... and records written before embedder sources (part 1 of the family)
 SOURCE_VALUES = {"embedders": "random", "bank_members": 0, "calib_weight": 0.0, "ce_weight": 0.0,
-                 "queue_interval": 30, "init_resize": "nearest"}
+                 "queue_interval": 30, "queue_steps": 10, "queue_meter_reset": 100,
+                 "init_resize": "nearest", "lr_plateau": 0}
 
 
 def _to_dict(self) -> dict:

@@ -28,6 +28,7 @@ plan (fastdm.plan) decided.
 from __future__ import annotations
 
 import math
+import time
 
 import torch
 
@@ -47,7 +48,7 @@ from .models.fast_embed import tapped_embed
 from .objectives.base import Counts
 from .ops.dsa import dsa_augment
 from .plan import RunPlan
-from .optim import ImageOptimizer
+from .optim import ImageOptimizer, Plateau
 from .precision import autocast
 
 
@@ -78,6 +79,7 @@ class DMEngine:
         self.real_embed = compiled(tapped_embed(self.net, plan.winograd_layers, taps, tap)) \
             if plan.winograd_layers else self.embed
         self.optimizer = ImageOptimizer(cfg, data.mean, data.std, self.device)
+        self.plateau = Plateau(self.optimizer, cfg.lr_plateau) if cfg.lr_plateau else None
         self._partitions: dict[int, Partition] = {}
         # this process's classes' rows of the class-sorted training set, where the tier keeps them
         train = data.train
@@ -89,6 +91,9 @@ class DMEngine:
         # where each iteration's weights come from; a calibrating source's trained network
         self.source = build_source(cfg, self.net, data, self.device, self.stream.images)
         self.expert = compiled(self.source.expert) if self.source.expert is not None else None
+        # host time in the source's begin/end (queue training, bank copies; on CUDA only what
+        # the host waits for: the work itself is queued asynchronously)
+        self.source_seconds = 0.0
         # image updates per iteration: the matching's (one, or one per class), the calibration's
         k = data.num_classes
         self.updates = (k if cfg.step == "class" else 1) + (k if self.expert is not None else 0)
@@ -124,14 +129,21 @@ class DMEngine:
         """Run iteration ``state.iteration`` in place; returns the summed loss (a 0-dim tensor;
         with ``value=False`` and a ``partial`` objective, without its constant terms)."""
         it = state.iteration
+        if self.plateau is not None:  # the schedule reads every iteration's whole loss
+            self.plateau.load_state_dict(state.lr_schedule)
+            value = True
         if self.cfg.step == "class":
             loss = self.class_steps(state, value)
         else:  # one update on the sum over classes
             loss, grad = self.loss_and_grad(state.images, it, value)
             self.optimizer.step(state, grad, it * self.updates + 1)
-        if self.expert is not None:
-            self.calibrate(state, it)
+        calib = self.calibrate(state, it) if self.expert is not None else 0.0
+        if self.plateau is not None:  # NCFM's (matching + calibration) / classes; one sync
+            self.plateau.step(float(loss + calib) / self.data.num_classes)
+            state.lr_schedule = self.plateau.state_dict()
+        t0 = time.perf_counter()
         self.source.end(it)
+        self.source_seconds += time.perf_counter() - t0
         state.iteration += 1
         return loss
 
@@ -154,11 +166,14 @@ class DMEngine:
             self.optimizer.step(state, grad, it * self.updates + c + 1)
         return total
 
-    def calibrate(self, state: RunState, it: int) -> None:
+    def calibrate(self, state: RunState, it: int) -> torch.Tensor:
         """DANCE's and NCFM's calibration: after the matching, one update per class on the
         cross-entropy of the source's trained network on class c's augmented synthetic images
-        (one DSA draw per class, from (seed, t, c) on its own stream), with the optimiser's state."""
+        (one DSA draw per class, from (seed, t, c) on its own stream), with the optimiser's
+        state. Returns the summed calibration loss."""
         k, dev, cfg = self.data.num_classes, self.device, self.cfg
+        total = torch.zeros((), device=dev)
+        owned = torch.arange(self.hi - self.lo, device=dev)
         table = sample_siamese(self.ops, self.dsa, self.hw, cfg.seed, rng.CALIB, it,
                                keys=torch.arange(self.lo, self.hi, device=dev))
         first = it * self.updates + (k if cfg.step == "class" else 1)
@@ -169,7 +184,7 @@ class DMEngine:
                 rows = slice((c - self.lo) * self.ipc, (c + 1 - self.lo) * self.ipc)
                 syn = state.images[rows].detach().requires_grad_(True)
                 with torch.enable_grad():
-                    x = dsa_augment(syn, table.rows(torch.tensor([c - self.lo], device=dev)),
+                    x = dsa_augment(syn, table.rows(owned[c - self.lo:c - self.lo + 1]),
                                     torch.zeros(per, dtype=torch.int64, device=dev),
                                     partition=self.partition(1), backend=self.dsa_backend)
                     with autocast(self.plan.precision, dev):
@@ -177,13 +192,17 @@ class DMEngine:
                     labels = torch.full((per,), c, dtype=torch.int64, device=dev)
                     loss = cfg.calib_weight * F.cross_entropy(logits.float(), labels)
                     (grad[rows],) = torch.autograd.grad(loss, syn)
+                total += loss.detach()
             self.optimizer.step(state, grad, first + c + 1)
+        return total
 
     def draw(self, it: int):
         """Iteration ``it``'s draws: the embedder's weights (in place), the objective's own, and
         the DSA table of every class of this process."""
         cfg = self.cfg
+        t0 = time.perf_counter()
         self.source.begin(it)
+        self.source_seconds += time.perf_counter() - t0
         self.objective.begin(it)
         return sample_siamese(self.ops, self.dsa, self.hw, cfg.seed, rng.AUG, it,
                               keys=torch.arange(self.lo, self.hi, device=self.device))

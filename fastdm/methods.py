@@ -36,7 +36,8 @@ from .settings import METHOD_NAMES
 
 # None: the dataset's default (its DSA strategy, its embedder)
 _RANDOM = dict(embedders="random", bank_members=0, calib_weight=0.0, ce_weight=0.0,
-               queue_interval=30, init_resize="nearest", image_space=None)
+               queue_interval=30, queue_steps=10, queue_meter_reset=100, init_resize="nearest",
+               image_space=None, lr_plateau=0)
 METHODS: dict[str, dict] = {
     "dm": dict(objective="dm", factor=1, optimizer="sgd", lr_img=1.0, momentum=0.5,
                weight_decay=0.0, step="iteration", clamp=False, iterations=20000, batch_real=256,
@@ -50,7 +51,7 @@ METHODS: dict[str, dict] = {
     "ncfm": dict(objective="ncfm", factor=2, optimizer="adamw", lr_img=1e-3, momentum=0.5,
                  weight_decay=5e-4, step="class", clamp=True, iterations=20000, batch_real=1024,
                  strategy="color_crop_cutout", aug_mode="M", model=None,
-                 **{**_RANDOM, "embedders": "bank", "calib_weight": 1.0}),
+                 **{**_RANDOM, "embedders": "bank", "calib_weight": 1.0, "lr_plateau": 500}),
     "idm": dict(objective="dm", factor=2, optimizer="sgd", lr_img=0.2, momentum=0.5,
                 weight_decay=0.0, step="class", clamp=False, iterations=20000, batch_real=256,
                 strategy=None, aug_mode="S", model=None,
@@ -69,7 +70,9 @@ PRESET_KEYS = tuple(METHODS["dm"])
 # what preset() changes by setting, as the table shows it
 RULES = {("dm", "lr_img"): "1 (cifar10 ipc >= 100: 10)", ("dance", "lr_img"): "0.01 x ipc",
          ("idm", "batch_real"): "256 (ipc 1: 5000)",
-         ("idm", "ce_weight"): "0.5 (cifar10 ipc >= 50, cifar100 ipc >= 10: 0.1)"}
+         ("idm", "ce_weight"): "0.5 (cifar10 ipc >= 50, cifar100 ipc >= 10: 0.1; tinyimagenet "
+                               "ipc 50: 0.8)",
+         ("ncfm", "optimizer"): "adamw (cifar100 ipc 10: sgd, lr 0.01)"}
 
 
 def preset(method: str, dataset: str, ipc: int, default_model: str) -> dict:
@@ -80,13 +83,25 @@ def preset(method: str, dataset: str, ipc: int, default_model: str) -> dict:
         row["model"] = default_model
     if method == "dm" and dataset == "cifar10" and ipc >= 100:  # the reference's rule
         row["lr_img"] = 10.0
-    if method == "dance":  # reproduce_condense.py: lr_img = 0.01 * ipc
+    if method == "dance":  # reproduce_condense.py: lr_img = 0.01 * ipc, depth 3 below ImageNet
         row["lr_img"] = 0.01 * ipc
+        if dataset == "tinyimagenet":
+            row["model"] = "ConvNet"
+    if method == "ncfm" and dataset == "cifar100" and ipc == 10:  # config/ipc10/cifar100.yaml
+        row.update(optimizer="sgd", lr_img=0.01, momentum=0.5, weight_decay=0.0)
     if method == "idm":  # command.txt's per-setting flags
         if ipc == 1:
             row.update(batch_real=5000, queue_interval=5)
         if (dataset == "cifar10" and ipc >= 50) or (dataset == "cifar100" and ipc >= 10):
             row["ce_weight"] = 0.1
+        if dataset in ("cifar10", "cifar100") and ipc >= 50:
+            row["queue_meter_reset"] = 500
+        if dataset == "cifar100" and ipc == 10:
+            row["queue_steps"] = 50
+        if dataset == "tinyimagenet" and ipc >= 10:
+            row["queue_meter_reset"] = 500 if ipc < 50 else 1000
+        if dataset == "tinyimagenet" and ipc >= 50:
+            row.update(queue_steps=50, ce_weight=0.8)
     return row
 
 
@@ -94,7 +109,7 @@ def markdown_table() -> str:
     """The presets as the README shows them."""
     keys = ("objective", "embedders", "factor", "optimizer", "image_space", "lr_img", "momentum",
             "weight_decay", "step", "clamp", "iterations", "batch_real", "strategy", "aug_mode",
-            "model", "ce_weight", "calib_weight", "bank_members")
+            "model", "ce_weight", "calib_weight", "bank_members", "lr_plateau")
     lines = ["| --method | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
     for name, row in METHODS.items():
         cells = []

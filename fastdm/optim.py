@@ -25,6 +25,7 @@ BETAS, EPS = (0.9, 0.999), 1e-8
 class ImageOptimizer:
     def __init__(self, cfg, mean, std, device):
         self.cfg = cfg
+        self.lr = cfg.lr_img  # --lr-plateau lowers it (Plateau)
         shape = (1, len(mean), 1, 1)
         self.mean = torch.tensor(mean, dtype=torch.float32, device=device).view(shape)
         self.std = torch.tensor(std, dtype=torch.float32, device=device).view(shape)
@@ -39,10 +40,10 @@ class ImageOptimizer:
             self._sgd_pixels(state, grad)
         elif state.momentum is None:
             state.momentum = grad  # a fresh tensor each iteration: no copy needed
-            state.images.add_(state.momentum, alpha=-cfg.lr_img)
+            state.images.add_(state.momentum, alpha=-self.lr)
         else:
             state.momentum.mul_(cfg.momentum).add_(grad)
-            state.images.add_(state.momentum, alpha=-cfg.lr_img)
+            state.images.add_(state.momentum, alpha=-self.lr)
         if cfg.clamp:
             lo, hi = -self.mean / self.std, (1 - self.mean) / self.std
             torch.maximum(state.images, lo, out=state.images)
@@ -56,7 +57,7 @@ class ImageOptimizer:
         else:
             state.momentum.mul_(cfg.momentum).add_(g)
         u = x * self.std + self.mean
-        u.add_(state.momentum, alpha=-cfg.lr_img)
+        u.add_(state.momentum, alpha=-self.lr)
         x.copy_((u - self.mean) / self.std)
 
     def _adamw(self, state: RunState, grad: torch.Tensor, t: int) -> None:
@@ -68,10 +69,40 @@ class ImageOptimizer:
         pixels = cfg.image_space == "pixels"
         g = grad / self.std if pixels else grad
         u = x * self.std + self.mean if pixels else x.clone()
-        u.mul_(1 - cfg.lr_img * cfg.weight_decay)
+        u.mul_(1 - self.lr * cfg.weight_decay)
         m.lerp_(g, 1 - BETAS[0])
         v.mul_(BETAS[1]).addcmul_(g, g, value=1 - BETAS[1])
-        step = cfg.lr_img / (1 - BETAS[0] ** t)
+        step = self.lr / (1 - BETAS[0] ** t)
         denom = (v.sqrt() / (1 - BETAS[1] ** t) ** 0.5).add_(EPS)
         u.addcdiv_(m, denom, value=-step)
         x.copy_((u - self.mean) / self.std if pixels else u)
+
+
+class Plateau:
+    """torch.optim.lr_scheduler.ReduceLROnPlateau as NCFM configures it (mode min, factor 0.5,
+    relative threshold 1e-4, no cooldown), stepped once per iteration on its loss; its state
+    goes into checkpoints (``state_dict``)."""
+
+    FACTOR, THRESHOLD, EPS = 0.5, 1e-4, 1e-8
+
+    def __init__(self, optimizer: ImageOptimizer, patience: int):
+        self.optimizer, self.patience = optimizer, patience
+        self.best, self.bad = float("inf"), 0
+
+    def step(self, loss: float) -> None:
+        if loss < self.best * (1 - self.THRESHOLD):
+            self.best, self.bad = loss, 0
+        else:
+            self.bad += 1
+        if self.bad > self.patience:
+            new = self.optimizer.lr * self.FACTOR
+            if self.optimizer.lr - new > self.EPS:
+                self.optimizer.lr = new
+            self.bad = 0
+
+    def state_dict(self) -> dict:
+        return {"lr": self.optimizer.lr, "best": self.best, "bad": self.bad}
+
+    def load_state_dict(self, state: dict | None) -> None:
+        if state:
+            self.optimizer.lr, self.best, self.bad = state["lr"], state["best"], state["bad"]

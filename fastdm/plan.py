@@ -115,6 +115,10 @@ def make_plan(config: CondenseConfig, data, device: str | torch.device | None = 
         raise FastDMError("--embedders queue cannot be sharded over processes: its networks train "
                           "on real images of every class, and a process holds only its own "
                           "classes' rows; run one process (or --embedders random or bank:PATH)")
+    if cfg.lr_plateau and hi - lo != data.num_classes:
+        raise FastDMError("--lr-plateau steps on the loss of every class each iteration, which a "
+                          "process holding some classes does not have; run one process or "
+                          "--lr-plateau 0")
     batchnorm = uses_batchnorm(cfg.model)
     chunk = _chunk(cfg, data, dev, hi - lo, batchnorm)
     train = data.train

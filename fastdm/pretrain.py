@@ -75,8 +75,8 @@ class PretrainConfig:
 
     @property
     def milestones(self) -> tuple[int, int]:
-        """DANCE's [40, 50] at 60 epochs, scaled to the run's."""
-        return round(self.epochs * 2 / 3), round(self.epochs * 5 / 6)
+        """DANCE's MultiStepLR milestones: [2E // 3, 5E // 6] ([40, 50] at 60 epochs)."""
+        return 2 * self.epochs // 3, 5 * self.epochs // 6
 
 
 def cutmix_(x: torch.Tensor, cfg: PretrainConfig, member: int, step: int):

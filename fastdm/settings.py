@@ -171,8 +171,13 @@ CONDENSE = (
             auto="the method's (idm: 30; 5 at ipc 1)"),
     Setting("queue_train", int, 2, "--embedders queue: networks trained after each iteration",
             "method", minimum=0),
-    Setting("queue_steps", int, 10, "--embedders queue: SGD steps of each trained network per "
-            "iteration", "method", minimum=1),
+    Setting("queue_steps", int, None, "--embedders queue: SGD steps of each trained network per "
+            "iteration", "method", minimum=1, auto="the method's (idm: 10; 50 for cifar100 ipc 10 "
+            "and tinyimagenet ipc 50)"),
+    Setting("queue_meter_reset", int, None, "--embedders queue: iterations between restarts of "
+            "the networks' accuracy meters (IDM's evaluation interval)", "method", minimum=1,
+            auto="the method's (idm: 100; 500 at ipc 50 and tinyimagenet ipc 10, 1000 at "
+                 "tinyimagenet ipc 50)"),
     Setting("queue_batch", int, 256, "--embedders queue: real images (of all classes) per "
             "training step", "method", minimum=1),
     Setting("queue_lr", float, 0.01, "--embedders queue: the networks' SGD learning rate "
@@ -192,6 +197,10 @@ CONDENSE = (
             auto="the method's (dm: 256; digits: 64)"),
     Setting("optimizer", str, None, "the synthetic images' optimiser: sgd (with momentum) or adamw", "schedule",
             choices=("sgd", "adamw"), auto="the method's (dm: sgd)"),
+    Setting("lr_plateau", int, None, "halve the images' learning rate when the iteration's loss "
+            "(matching plus calibration, per class) has not improved for this many iterations "
+            "(NCFM's ReduceLROnPlateau; 0: never). Reads the loss every iteration", "schedule",
+            minimum=0, auto="the method's (ncfm: 500; else 0)"),
     Setting("image_space", str, None, "the space the image optimiser steps in: normalized (DM's "
             "reference) or pixels (values in [0, 1], as DANCE's and NCFM's code)", "schedule",
             choices=("normalized", "pixels"), auto="the method's (dm: normalized; pixels with adamw)"),

@@ -336,3 +336,66 @@ def test_pretrain_cli(tmp_path, capsys):
     assert info["members"] == 2 and info["config"]["images_per_class"] == 6
     assert "--embedders bank:" in capsys.readouterr().out
     assert main(["pretrain", "--dataset", "digits", "--models", "0", "--out", str(out)]) == 2
+
+
+def test_queue_trains_the_same_together(data):
+    """The vmapped step (CUDA's path) trains the drawn networks as one after another does."""
+    from fastdm.embedders.stacked import stacked_forward
+    kw = dict(method="idm", queue_train=2, queue_steps=2, queue_batch=5, **TINY)
+    a, b = engine_for(data, **kw).source, engine_for(data, **kw).source
+    b.together, b.forward = True, stacked_forward(b.net)
+    for q in (a, b):
+        q.begin(0)
+        q.end(0)
+    for x, y in zip(a.nets, b.nets):
+        assert torch.equal(x["count"], y["count"])
+        for name in x["params"]:
+            torch.testing.assert_close(x["params"][name], y["params"][name], rtol=1e-4, atol=1e-6)
+
+
+def test_bank_runs_shard_like_one_process(data, bank):
+    """Every process draws the same member; calibration steps every class in order (zero
+    gradient for classes another process owns), so a shard's rows end as one process's do."""
+    from fastdm.runner import run
+    kw = dict(method="dance", embedders=f"bank:{bank}", bank_members=0, batch_real=4,
+              iterations=2, **TINY)
+    whole = engine_for(data, **kw)
+    s = whole.initial_state()
+    run(whole, s, progress=False)
+    part = engine_for(data, classes=(1, 3), **kw)
+    sp = part.initial_state()
+    run(part, sp, progress=False)
+    torch.testing.assert_close(sp.images, s.images[1:], rtol=1e-5, atol=1e-6)
+
+
+def test_plateau_is_torchs_reduce_lr_on_plateau(data):
+    from fastdm.optim import ImageOptimizer, Plateau
+    cfg = resolved(data, ipc=1, lr_img=0.8)
+    opt = ImageOptimizer(cfg, data.mean, data.std, "cpu")
+    ours = Plateau(opt, patience=2)
+    leaf = torch.zeros(1, requires_grad=True)
+    ref_opt = torch.optim.SGD([leaf], lr=0.8)
+    ref = torch.optim.lr_scheduler.ReduceLROnPlateau(ref_opt, mode="min", factor=0.5, patience=2)
+    for loss in [5, 4, 4, 4, 4, 3.9999, 3, 3, 3, 3, 3, 3, 2, 2.5, 2.5, 2.5, 2.5]:
+        ours.step(loss)
+        ref.step(loss)
+        assert opt.lr == ref_opt.param_groups[0]["lr"]
+    assert opt.lr < 0.8
+
+
+def test_plateau_state_resumes(data, tmp_path):
+    """--lr-plateau's learning rate and counters are in the checkpoint."""
+    from fastdm.checkpoint import load_checkpoint
+    from fastdm.runner import run
+    kw = dict(method="ncfm", embedders="random", frequencies=16, lr_plateau=1, batch_real=4,
+              **TINY)
+    straight = engine_for(data, iterations=4, **kw)
+    s = straight.initial_state()
+    run(straight, s, progress=False)
+    e = engine_for(data, iterations=2, checkpoint_every=1, **kw)
+    run(e, e.initial_state(), out=str(tmp_path), progress=False)
+    e2 = engine_for(data, iterations=4, **kw)
+    s2 = load_checkpoint(str(tmp_path), e2.plan)
+    assert s2.lr_schedule is not None
+    run(e2, s2, out=str(tmp_path), progress=False)
+    assert s2.lr_schedule == s.lr_schedule and torch.equal(s2.images, s.images)

@@ -28,3 +28,20 @@ def test_family_table_runs_cells_and_resumes(tmp_path, capsys):
     (tmp_path / "t" / "digits_ipc1_dm_f2" / "synset.pt").unlink()  # read back, not rerun
     assert family_table.main(args) == 0
     assert not (tmp_path / "t" / "digits_ipc1_dm_f2" / "synset.pt").exists()
+
+
+def test_family_table_runs_trained_embedder_methods(tmp_path):
+    """idm (queue) and dance (a bank per dataset under --banks), with --set overrides."""
+    from fastdm.cli import main
+    assert main(["pretrain", "--dataset", "digits", "--models", "1", "--epochs", "1",
+                 "--images-per-class", "5", "--out", str(tmp_path / "banks" / "digits"),
+                 "--no-progress"]) == 0
+    args = ["--data-root", str(tmp_path), "--datasets", "digits", "--ipc", "1", "--methods",
+            "idm,dance", "--factors", "2", "--iterations", "2", "--models", "1", "--epochs", "1",
+            "--device", "cpu", "--out", str(tmp_path / "t"), "--banks", str(tmp_path / "banks"),
+            "--set", "queue_batch=8,queue_steps=1,bank_members=0"]
+    assert family_table.main(args) == 0
+    idm = json.loads((tmp_path / "t" / "digits_ipc1_idm_f2" / "result.json").read_text())
+    dance = json.loads((tmp_path / "t" / "digits_ipc1_dance_f2" / "result.json").read_text())
+    assert idm["config"]["embedders"] == "queue" and idm["config"]["queue_batch"] == 8
+    assert dance["config"]["embedders"].startswith("bank:") and idm["embedder_source_s"] > 0

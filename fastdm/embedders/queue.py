@@ -6,9 +6,11 @@ network drawn from (seed, t), whose weights are copied into the engine's embedde
 training accuracy (in percent, as IDM's torchnet meter reports it) weighs IDM's class-aware
 cross-entropy term. After the iteration's updates, queue_train networks drawn from (seed, t)
 take queue_steps SGD steps (momentum 0.9, weight decay 5e-4) each on queue_batch real images of
-all classes (no augmentation), all of them together in one vmapped step; the meter counts each
-step's accuracy before the step. Meters restart every 100 iterations (IDM resets them at its
-evaluation interval). The queue's networks, momenta and meters are the checkpoint's.
+all classes (no augmentation), together in one vmapped step on CUDA; the meter counts each
+step's accuracy before the step. Meters restart every queue_meter_reset iterations (IDM resets
+them at its evaluation interval). A meter whose accuracy is exactly 0 reads 100, as the
+summary of IDM's code we follow states (torchnet's ``accuracy and (1 - err) or err`` form; a
+port with a plain if/else would read 0; it matters only for a network at exactly 0 %). The queue's networks, momenta and meters are the checkpoint's.
 
 It cannot be sharded over processes: its networks train on real images of every class, and a
 process holds only its own classes' rows.
@@ -25,7 +27,6 @@ from .base import EmbedderSource
 from .stacked import sgd_, single_forward, stacked_forward
 
 INITIAL = 3          # networks in the queue before the first iteration (IDM's code)
-METER_RESET = 100    # iterations between meter resets (IDM's eval_interval)
 MOMENTUM, WEIGHT_DECAY = 0.9, 5e-4  # IDM's --net_decay
 
 
@@ -41,7 +42,8 @@ class QueueSource(EmbedderSource):
         if cfg.ce_weight > 0 and not isinstance(head, torch.nn.Linear):
             raise FastDMError(f"--ce-weight: model {cfg.model} has no linear classifier on its "
                               f"embedding (the ConvNet family has); use --ce-weight 0")
-        self.images, self.labels = real_images, data.train.labels
+        self.images = real_images
+        self.labels = data.train.labels.to(real_images.device)
         # the trained networks in one vmapped step on CUDA; on the CPU one after another
         # (grouped convolutions measured 20-50x slower there: benchmarks/RESULTS.md)
         self.together = self.device.type == "cuda"
@@ -69,7 +71,7 @@ class QueueSource(EmbedderSource):
 
     def begin(self, iteration: int) -> None:
         cfg = self.cfg
-        if iteration > 0 and iteration % METER_RESET == 0:
+        if iteration > 0 and iteration % cfg.queue_meter_reset == 0:
             for net in self.nets:
                 net["correct"].zero_()
                 net["count"].zero_()
@@ -101,19 +103,21 @@ class QueueSource(EmbedderSource):
         nets = [self.nets[i] for i in order[:q].tolist()]
         total = self.images.shape[0]
         batch = min(cfg.queue_batch, total)
-        # every step's batch of every network at once: [q * steps, batch] rows of the whole set
-        draws = q * cfg.queue_steps
+        # every step's batch of every network at once, drawn where the images are read:
+        # [q * steps, batch] rows of the whole set
+        draws, where = q * cfg.queue_steps, self.images.device
         rows, _ = rng.sample_without_replacement(
-            torch.full((draws,), total, dtype=torch.int64), batch, cfg.seed, rng.QUEUE_TRAIN,
-            iteration, 1, classes=torch.arange(draws), max_count=total)
+            torch.full((draws,), total, dtype=torch.int64, device=where), batch, cfg.seed,
+            rng.QUEUE_TRAIN, iteration, 1, classes=torch.arange(draws, device=where),
+            max_count=total)
         rows = rows.view(q, cfg.queue_steps, batch)
+        labels = self.labels[rows].to(self.device, non_blocking=True)
         params = {k: torch.stack([n["params"][k] for n in nets]) for k in nets[0]["params"]}
         moms = {k: torch.stack([n["momentum"][k] for n in nets]) for k in params}
         for s in range(cfg.queue_steps):
-            idx = rows[:, s].reshape(-1)
-            x = self.data.normalize(self.images[idx.to(self.images.device)], self.device)
+            x = self.data.normalize(self.images[rows[:, s].reshape(-1)], self.device)
             x = x.view(q, batch, *x.shape[1:])
-            y = self.labels[idx].to(self.device).view(q, batch)
+            y = labels[:, s]
             prm = {k: v.requires_grad_(True) for k, v in params.items()}
             with torch.enable_grad():
                 logits = self.forward(prm, {}, x)
