@@ -166,12 +166,16 @@ def _train_epoch(group, cfg, data, rows, device, forward, progress_step) -> None
     group["epoch"] = ep + 1
 
 
-def pretrain(cfg: PretrainConfig, out: str, progress: bool = True, overwrite: bool = False) -> dict:
-    """Train the bank into ``out`` (continuing an interrupted run there); returns bank.json's dict."""
+def pretrain(cfg: PretrainConfig, out: str, progress: bool = True, overwrite: bool = False,
+             data=None) -> dict:
+    """Train the bank into ``out`` (continuing an interrupted run there); returns bank.json's
+    dict. ``data``: an already loaded fastdm Dataset (default: load ``cfg.dataset``)."""
     from tqdm import tqdm
 
     cfg.check()
-    data = load_dataset(cfg.dataset, cfg.data_root, cfg.download, cfg.image_size, progress=progress)
+    if data is None:
+        data = load_dataset(cfg.dataset, cfg.data_root, cfg.download, cfg.image_size,
+                            progress=progress)
     cfg = dataclasses.replace(cfg, model=check_model_name(cfg.model or data.default_model))
     device = resolve_device(cfg.device)
     together = cfg.together if cfg.together is not None else device.type == "cuda"

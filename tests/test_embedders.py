@@ -35,12 +35,7 @@ def bank(data, tmp_path_factory):
 def pretrain_on(data, cfg, out, **kw):
     """fastdm.pretrain.pretrain on an in-memory dataset."""
     import fastdm.pretrain as pt
-    orig = pt.load_dataset
-    pt.load_dataset = lambda *a, **k: data
-    try:
-        return pt.pretrain(cfg, out, progress=False, **kw)
-    finally:
-        pt.load_dataset = orig
+    return pt.pretrain(cfg, out, progress=False, data=data, **kw)
 
 
 # -- settings ------------------------------------------------------------------------------------

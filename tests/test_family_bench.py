@@ -45,3 +45,14 @@ def test_family_table_runs_trained_embedder_methods(tmp_path):
     dance = json.loads((tmp_path / "t" / "digits_ipc1_dance_f2" / "result.json").read_text())
     assert idm["config"]["embedders"] == "queue" and idm["config"]["queue_batch"] == 8
     assert dance["config"]["embedders"].startswith("bank:") and idm["embedder_source_s"] > 0
+
+
+def test_source_cost_times_each_pipeline(tmp_path):
+    from benchmarks import source_cost
+    report = source_cost.main(["--setting", "toy-ipc2", "--variants", "dm-f2,idm,dance",
+                               "--iters", "1", "--warmup", "0", "--per-class", "20",
+                               "--device", "cpu", "--set", "queue_batch=8,queue_steps=1",
+                               "--json", str(tmp_path / "c.json")])
+    rows = report["variants"]
+    assert rows["dm-f2"]["vs_dm_f2"] == 1.0 and rows["idm"]["source_share"] > 0
+    assert report["bank_seconds"] > 0
