@@ -189,6 +189,16 @@ def test_cli_prepare_condense_evaluate(src, tmp_path, capsys):
                  "--no-progress"]) == 0
     res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert res["dataset"] == "store" and 0 <= res["acc_mean"] <= 1
+    # a bank pretrained on the store, and DANCE's pipeline condensing with it
+    bank = tmp_path / "bank"
+    assert main(["pretrain", "--dataset", "store", "--data-root", str(store), "--model",
+                 "ConvNetW32", "--models", "1", "--epochs", "1", "--out", str(bank),
+                 "--no-progress"]) == 0
+    assert main(["condense", "--dataset", "store", "--data-root", str(store), "--ipc", "1",
+                 "--method", "dance", "--embedders", f"bank:{bank}", "--bank-members", "1",
+                 "--iterations", "2", "--batch-real", "4", "--model", "ConvNetW32",
+                 "--out", str(tmp_path / "dance"), "--no-progress"]) == 0
+    capsys.readouterr()
     assert main(["prepare", "--dataset", "imagefolder", "--src", str(tmp_path / "missing"),
                  "--out", str(tmp_path / "x"), "--no-progress"]) == 2
     assert "not a folder" in capsys.readouterr().err
