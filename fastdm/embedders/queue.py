@@ -45,7 +45,7 @@ class QueueSource(EmbedderSource):
         self.images = real_images
         self.labels = data.train.labels.to(real_images.device)
         # the trained networks in one vmapped step on CUDA; on the CPU one after another
-        # (grouped convolutions measured 20-50x slower there: benchmarks/RESULTS.md)
+        # (grouped convolutions measured 1.7x slower there: benchmarks/RESULTS.md)
         self.together = self.device.type == "cuda"
         self.forward = stacked_forward(net) if self.together else single_forward(net)
         self.nets = [self._new(i) for i in range(INITIAL)]
