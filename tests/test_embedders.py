@@ -289,19 +289,26 @@ def test_idm_class_term_is_accuracy_weighted_cross_entropy(data):
         torch.testing.assert_close(g - g0, gc, rtol=1e-4, atol=1e-5)
 
 
-def test_queue_runs_resume_bit_identically(data, tmp_path):
+def straight_and_resumed(data, out, **kw):
+    """(engine, state) of 4 iterations run straight, and of 2 saved then resumed to 4 (as
+    condense resumes: the checkpoint's source state loaded into the new engine's source)."""
     from fastdm.checkpoint import load_checkpoint
     from fastdm.runner import run
-    kw = dict(method="idm", queue_interval=2, queue_batch=6, queue_steps=2, batch_real=4, **TINY)
     straight = engine_for(data, iterations=4, **kw)
     s = straight.initial_state()
     run(straight, s, progress=False)
     e = engine_for(data, iterations=2, checkpoint_every=1, **kw)
-    run(e, e.initial_state(), out=str(tmp_path), progress=False)
+    run(e, e.initial_state(), out=out, progress=False)
     e2 = engine_for(data, iterations=4, **kw)
-    s2 = load_checkpoint(str(tmp_path), e2.plan)
+    s2 = load_checkpoint(out, e2.plan)
     e2.source.load_state_dict(s2.source)
-    run(e2, s2, out=str(tmp_path), progress=False)
+    run(e2, s2, out=out, progress=False)
+    return straight, s, e2, s2
+
+
+def test_queue_runs_resume_bit_identically(data, tmp_path):
+    kw = dict(method="idm", queue_interval=2, queue_batch=6, queue_steps=2, batch_real=4, **TINY)
+    straight, s, e2, s2 = straight_and_resumed(data, str(tmp_path), **kw)
     assert torch.equal(s2.images, s.images)
     for a, b in zip(straight.source.nets, e2.source.nets):
         assert a["id"] == b["id"] and torch.equal(a["count"], b["count"])
@@ -380,17 +387,8 @@ def test_plateau_is_torchs_reduce_lr_on_plateau(data):
 
 def test_plateau_state_resumes(data, tmp_path):
     """--lr-plateau's learning rate and counters are in the checkpoint."""
-    from fastdm.checkpoint import load_checkpoint
-    from fastdm.runner import run
     kw = dict(method="ncfm", embedders="random", frequencies=16, lr_plateau=1, batch_real=4,
               **TINY)
-    straight = engine_for(data, iterations=4, **kw)
-    s = straight.initial_state()
-    run(straight, s, progress=False)
-    e = engine_for(data, iterations=2, checkpoint_every=1, **kw)
-    run(e, e.initial_state(), out=str(tmp_path), progress=False)
-    e2 = engine_for(data, iterations=4, **kw)
-    s2 = load_checkpoint(str(tmp_path), e2.plan)
+    _, s, _, s2 = straight_and_resumed(data, str(tmp_path), **kw)
     assert s2.lr_schedule is not None
-    run(e2, s2, out=str(tmp_path), progress=False)
     assert s2.lr_schedule == s.lr_schedule and torch.equal(s2.images, s.images)
