@@ -49,6 +49,7 @@ def test_inductor_training_matches_eager(data):
     assert _max_rel_diff([eager], [comp]) < 1e-4  # 6 SGD steps; inductor reorders float sums
 
 
+@pytest.mark.slow  # 15 s on the 2-core CI machine: the quick tier stays under 5 minutes
 def test_compiled_stack_matches_uncompiled(data):
     x = data.normalize(data.train.images)
     cfg = EvalConfig(model="ConvNetW32", models=2, epochs=1, batch_train=6,

@@ -5,6 +5,7 @@ import pytest
 from benchmarks import dsa_bench
 
 
+@pytest.mark.slow  # 16 s on the 2-core CI machine: the quick tier stays under 5 minutes
 def test_tiny_run_schema_and_arithmetic(tmp_path):
     out = tmp_path / "dsa.json"
     report = dsa_bench.main(["--device", "cpu", "--backends", "torch,triton", "--settings", "toy-ipc2",

@@ -30,6 +30,7 @@ def run_to_end(engine, **kw):
     return state
 
 
+@pytest.mark.slow  # 21 s on the 2-core CI machine: the quick tier stays under 5 minutes
 def test_loss_decreases_on_fixed_draws():
     data = load_dataset("digits")
     e = engine_for(data, ipc=1, iterations=60, batch_real=64, model="ConvNet")
