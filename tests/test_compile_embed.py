@@ -26,6 +26,7 @@ def data():
     return make_dataset(num_classes=5, per_class=(9, 4, 8, 7, 6), size=(12, 12))
 
 
+@pytest.mark.slow  # 7 s on the 2-core CI machine: the quick tier stays under 5 minutes
 def test_no_recompilation_after_warm_up(data):
     """20 iterations, each with freshly drawn weights: graphs are compiled in the first
     iterations (real/synthetic batches, the last chunk's sizes) and never again."""

@@ -82,6 +82,7 @@ def test_many_evaluations_in_one_process_keep_compiling():
                                  cfg, [0, 1], "cpu", compile_backend="aot_eager")
 
 
+@pytest.mark.slow  # 9 s on the 2-core CI machine: the quick tier stays under 5 minutes
 def test_evaluate_images_compiles_by_rule(monkeypatch):
     made = []
 

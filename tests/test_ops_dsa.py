@@ -142,7 +142,11 @@ AFFINES = {
 }
 
 
-@pytest.mark.parametrize("shape", [(2, 3, 9, 1), (2, 3, 1, 9), (2, 1, 2, 2), (2, 3, 16, 16), (2, 2, 5, 17)],
+# the 16 x 16 cases run 1-7 s each in the interpreter: slow tier (the other shapes reach the
+# same code paths in the quick tier)
+@pytest.mark.parametrize("shape", [(2, 3, 9, 1), (2, 3, 1, 9), (2, 1, 2, 2),
+                                   pytest.param((2, 3, 16, 16), marks=pytest.mark.slow),
+                                   (2, 2, 5, 17)],
                          ids=lambda s: "x".join(map(str, s)))
 @pytest.mark.parametrize("name", list(AFFINES))
 def test_extreme_affine_maps_forward_gradient_and_transpose(name, shape):
