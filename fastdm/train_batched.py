@@ -11,14 +11,13 @@ fused call (one table row per sample).
 """
 from __future__ import annotations
 
-import copy
-
 import torch
 import torch.nn.functional as F
 
 from . import rng
 from .augment import DSAParams, DSATable, parse_strategy, sample_per_sample
 from .backend import backend_for
+from .embedders.stacked import stacked_forward
 from .models import build_model, uses_batchnorm
 from .ops.dsa import dsa_augment
 from .precision import autocast
@@ -45,12 +44,7 @@ def train_models_batched(images: torch.Tensor, labels: torch.Tensor, num_classes
     nets = [build_model(cfg.model, images.shape[2], num_classes, hw, cfg.seed, rng.EVAL_INIT, k,
                         device=device).train() for k in ks]
     params, buffers = torch.func.stack_module_state(nets)
-    skeleton = copy.deepcopy(nets[0]).to("meta")
-
-    def forward(prm, buf, x):
-        return torch.func.functional_call(skeleton, (prm, buf), (x,))
-
-    batched = torch.func.vmap(forward)
+    batched = stacked_forward(nets[0])
     if compile_backend is not None:
         # static shapes: with dynamic ones (dynamo's choice from the second size on) vmapped
         # group_norm fails to trace (symbolic sizes of batched tensors; torch 2.14)
