@@ -7,7 +7,7 @@ __all__ = ["__version__", "FastDMError", "condense_dataset", "evaluate_synset", 
            "load_dataset", "make_plan"]
 
 _LAZY = {"condense_dataset": ("condense", "condense_dataset"),
-         "evaluate_synset": ("evaluate", "evaluate_synset"),
+         "evaluate_synset": ("evaluate_job", "evaluate_synset"),
          "CondenseConfig": ("config", "CondenseConfig"), "load_dataset": ("data", "load_dataset"),
          "make_plan": ("plan", "make_plan")}
 

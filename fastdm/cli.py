@@ -61,6 +61,8 @@ def _add_condense_args(c: argparse.ArgumentParser) -> None:
     run.add_argument("--resume", action="store_true", help="continue the run in OUT from its checkpoint")
     run.add_argument("--overwrite", action="store_true", help="start afresh even if OUT holds a run")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
+    run.add_argument("--tensorboard", metavar="DIR",
+                     help="write TensorBoard's live loss, speed and image grids to DIR")
     run.add_argument("--dry-run", action="store_true",
                      help="resolve the run plan (device, backends, chunk, memory, ...) and print it "
                           "as JSON without condensing or writing anything")
@@ -80,7 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = _Parser(prog="fastdm", description="Dataset condensation by Distribution Matching.")
     parser.add_argument("--version", action="version", version=f"fastdm {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{condense,evaluate,pretrain,prepare,info}",
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{condense,evaluate,pretrain,reproduce,prepare,info}",
                                 parser_class=_Parser)
 
     c = sub.add_parser("condense", help="learn a synthetic set (writes OUT/synset.pt, grid.png, "
@@ -118,6 +120,28 @@ def build_parser() -> argparse.ArgumentParser:
                         "GPUs with native bf16, fp32 elsewhere; testing is always fp32")
     e.add_argument("--compare-random", action="store_true",
                    help="also evaluate random real subsets of the same size, the same way")
+    from .protocols import ALIASES, PROTOCOLS
+    e.add_argument("--protocol", choices=[*PROTOCOLS, *ALIASES, "own"],
+                   help="how the models are trained (default dm): "
+                        + "; ".join(f"{p.name}: {p.summary}" for p in PROTOCOLS.values())
+                        + "; idm, m3d: dm's; own: the synset's method's. --epochs, --batch-train, "
+                          "--strategy override the protocol's")
+    e.add_argument("--teacher", metavar="PATH",
+                   help="the soft protocol's teacher: a bank folder from fastdm pretrain (its first "
+                        "member); default: trained once and cached beside the data "
+                        "(DATA_ROOT/fastdm-teachers)")
+    e.add_argument("--teacher-epochs", type=int,
+                   help="epochs of a teacher trained here (default 30)")
+    e.add_argument("--teacher-images-per-class", type=int,
+                   help="train the teacher on this many real images per class (a quick teacher; "
+                        "default all, which --rank's full-data accuracy assumes)")
+    e.add_argument("--rank", action="store_true",
+                   help="also report DD-Ranking's scores: hard label recovery (HLR), improvement "
+                        "over random (IOR) and the label-robust score (LRS)")
+    e.add_argument("--plot", metavar="PNG",
+                   help="the training curves' picture (default: eval_PROTOCOL.png beside the synset)")
+    e.add_argument("--tensorboard", metavar="DIR",
+                   help="write TensorBoard scalars (loss and accuracy per model) to DIR")
     e.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     p = sub.add_parser("prepare", help="decode an image folder once into a uint8 store for "
@@ -154,7 +178,31 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--one-at-a-time", dest="together", action="store_const", const=False,
                    help="train the members one after another (default on the CPU)")
     t.add_argument("--overwrite", action="store_true", help="replace a bank already in --out")
+    t.add_argument("--tensorboard", metavar="DIR",
+                   help="write TensorBoard's training loss per epoch and test accuracies to DIR")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    r = sub.add_parser("reproduce", help="run a paper's table cells (condense + evaluate, resumable "
+                                         "cell by cell) and write the measured numbers beside the "
+                                         "published ones (OUT/table.md, table.png)")
+    r.add_argument("table", choices=["dm-paper"], help="dm-paper: DM (Zhao & Bilen, WACV 2023), Table 1")
+    r.add_argument("--datasets", default="mnist",
+                   help="comma-separated (default mnist; the paper: mnist, cifar10, cifar100, "
+                        "tinyimagenet; others run with measured numbers only)")
+    r.add_argument("--ipc", default="1,10,50", help="comma-separated images per class (default 1,10,50)")
+    r.add_argument("--schedule", choices=["paper", "quick"], default="quick",
+                   help="paper: 20000 iterations, batch_real 256, 5 models x 1000 epochs (a GPU "
+                        "job); quick (default): 200 iterations, batch_real 64, 3 models x 300 epochs")
+    r.add_argument("--iterations", type=int, help="override the schedule's iterations")
+    r.add_argument("--batch-real", type=int, help="override the schedule's batch_real")
+    r.add_argument("--models", type=int, help="override the schedule's models per evaluation")
+    r.add_argument("--epochs", type=int, help="override the schedule's evaluation epochs")
+    r.add_argument("--data-root", help="the folder holding the datasets")
+    r.add_argument("--download", action="store_true", help="let torchvision download them")
+    r.add_argument("--out", default="runs/reproduce", help="the cells' folder (default runs/reproduce)")
+    r.add_argument("--seed", type=int, default=0, help="default 0")
+    r.add_argument("--device", help="auto, cpu or cuda")
+    r.add_argument("--no-progress", action="store_true", help="no progress bars")
 
     sub.add_parser("info", help="versions, devices and usable backends")
     return parser
@@ -172,6 +220,8 @@ def main(argv=None) -> int:
             return cmd_prepare(args)
         if args.command == "pretrain":
             return cmd_pretrain(args)
+        if args.command == "reproduce":
+            return cmd_reproduce(args)
         return cmd_info()
     except FastDMError as err:
         print(f"fastdm: error: {_rank_prefix()}{err}", file=sys.stderr)
@@ -242,7 +292,8 @@ def cmd_condense(args) -> int:
         raise FastDMError("condense needs --dataset NAME (digits is the embedded default dataset)")
     try:
         res = condense_dataset(CondenseConfig(**given), args.out, args.resume, args.overwrite,
-                               progress=not args.no_progress, dry_run=args.dry_run)
+                               progress=not args.no_progress, dry_run=args.dry_run,
+                               tensorboard=args.tensorboard)
     except Interrupted as stop:
         if stop.saved is None:
             print(f"fastdm: interrupted during iteration {stop.iteration + 1}, before any checkpoint "
@@ -277,6 +328,32 @@ def cmd_condense(args) -> int:
     return 0
 
 
+# -- reproduce ---------------------------------------------------------------------------------
+def _ints(text: str, flag: str) -> list[int]:
+    try:
+        return [int(v) for v in text.replace(",", " ").split()]
+    except ValueError:
+        raise FastDMError(f"{flag} takes integers separated by commas, got '{text}'") from None
+
+
+def cmd_reproduce(args) -> int:
+    from .reproduce import reproduce
+    datasets = [d.strip().lower() for d in args.datasets.split(",") if d.strip()]
+    try:
+        res = reproduce(args.table, args.data_root, datasets, _ints(args.ipc, "--ipc"),
+                        args.schedule, args.out, bool(args.download), args.device, args.seed,
+                        progress=not args.no_progress,
+                        overrides={"iterations": args.iterations, "batch_real": args.batch_real,
+                                   "models": args.models, "epochs": args.epochs})
+    except KeyboardInterrupt:
+        print(f"fastdm: interrupted; finished cells (and the running cell's checkpoint) are kept in "
+              f"{args.out}: rerun the same command to continue", file=sys.stderr)
+        return 130
+    print(res["markdown"])
+    print(f"wrote {res['table']} and table.png")
+    return 0
+
+
 # -- prepare -----------------------------------------------------------------------------------
 def cmd_pretrain(args) -> int:
     from .pretrain import PretrainConfig, pretrain
@@ -285,7 +362,8 @@ def cmd_pretrain(args) -> int:
                          epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                          images_per_class=args.images_per_class, seed=args.seed,
                          device=args.device, together=args.together)
-    info = pretrain(cfg, args.out, progress=not args.no_progress, overwrite=args.overwrite)
+    info = pretrain(cfg, args.out, progress=not args.no_progress, overwrite=args.overwrite,
+                    tensorboard=args.tensorboard)
     print(f"wrote {args.out}/bank.pt and bank.json: {info['members']} x {info['model']}, test "
           f"accuracy {100 * info['accuracy_mean']:.2f} % (mean), {info['train_seconds']:.0f} s; "
           f"use it with: fastdm condense --dataset {info['dataset']} --embedders bank:{args.out}")
@@ -318,7 +396,7 @@ def cmd_prepare(args) -> int:
 
 # -- evaluate ----------------------------------------------------------------------------------
 def cmd_evaluate(args) -> int:
-    from .evaluate import evaluate_synset
+    from .evaluate_job import evaluate_synset
 
     summary = evaluate_synset(args.synset, baseline=args.baseline, dataset=args.dataset, data_root=args.data_root,
                        download=bool(args.download), image_size=args.image_size, ipc=args.ipc,
@@ -327,12 +405,23 @@ def cmd_evaluate(args) -> int:
                        device=args.device, exp=args.exp, compare_random=args.compare_random,
                        batched=args.batched, compile=args.compile or "auto",
                        precision=args.precision, progress=not args.no_progress,
-                       aug_mode=args.aug_mode)
+                       aug_mode=args.aug_mode, protocol=args.protocol, teacher=args.teacher,
+                       teacher_epochs=args.teacher_epochs,
+                       teacher_images_per_class=args.teacher_images_per_class, rank=args.rank,
+                       tensorboard=args.tensorboard, plot=args.plot)
     for kind, res in (("synset", summary if summary["kind"] == "synset" else None),
                       ("random", summary.get("random") or (summary if summary["kind"] == "random" else None))):
         if res is not None:
             what = f"synthetic set {args.synset}" if kind == "synset" else f"random real subset, ipc {summary['ipc']}"
             print(f"{what}: {summary['model']} test accuracy {100 * res['acc_mean']:.2f} "
-                  f"+- {100 * res['acc_std']:.2f} % over {summary['models']} models")
+                  f"+- {100 * res['acc_std']:.2f} % over {summary['models']} models "
+                  f"(protocol {summary['protocol']})"
+                  + (f"; best of its tests {100 * res['acc_best_mean']:.2f} %" if "acc_best_mean" in res else ""))
+    if "rank" in summary:
+        r = summary["rank"]
+        print(f"DD-Ranking: HLR {100 * r['hlr']:.2f} (full data {100 * r['full_acc']:.2f} - synset, "
+              f"hard labels {100 * r['syn_hard_acc']:.2f}; lower is better), IOR {100 * r['ior']:.2f} "
+              f"(synset {100 * r['syn_soft_acc']:.2f} - random {100 * r['rnd_soft_acc']:.2f}, soft "
+              f"labels; higher is better), LRS {100 * r['lrs']:.2f}")
     print(json.dumps(summary))
     return 0

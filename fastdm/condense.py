@@ -14,6 +14,7 @@ from .checkpoint import RunState, has_checkpoint, load_checkpoint
 from .config import CondenseConfig
 from .data import Dataset, load_dataset
 from .engine import DMEngine
+from .board import open_board
 from .errors import FastDMError
 from .outputs import prepare_folder, write_outputs
 from .plan import make_plan
@@ -23,7 +24,8 @@ log = logging.getLogger("fastdm")
 
 
 def condense_dataset(config: CondenseConfig, out: str | None = None, resume: bool = False,
-                     overwrite: bool = False, progress: bool = True, dry_run: bool = False) -> dict:
+                     overwrite: bool = False, progress: bool = True, dry_run: bool = False,
+                     tensorboard: str | None = None) -> dict:
     """Run DM for ``config`` and write OUT/synset.pt, grid.png, loss.png, metrics.json.
 
     Returns ``{"out", "synset", "metrics", "plan"}``. ``dry_run``: resolve the plan only
@@ -31,6 +33,7 @@ def condense_dataset(config: CondenseConfig, out: str | None = None, resume: boo
     FastDMError for bad input and Interrupted (fastdm.runner) on Ctrl-C. Started by torchrun
     with several processes, each condenses its shard of the classes (fastdm.distributed) and
     rank 0 writes the outputs; the other ranks return synset and metrics None.
+    ``tensorboard``: a folder for TensorBoard's live loss, speed and image grids (rank 0).
     """
     if resume and overwrite:
         raise FastDMError("--resume and --overwrite contradict each other; pass one")
@@ -47,7 +50,7 @@ def condense_dataset(config: CondenseConfig, out: str | None = None, resume: boo
             log.setLevel(logging.WARNING)
             progress = False
     try:
-        return _condense(config, out, resume, overwrite, progress, dist, dev_name)
+        return _condense(config, out, resume, overwrite, progress, dist, dev_name, tensorboard)
     finally:
         if dist is not None:
             distributed.shutdown()
@@ -79,7 +82,7 @@ def _session_setting(saved: str | None, now: str, iteration: int, ran: str, runs
 
 
 def _condense(config: CondenseConfig, out, resume: bool, overwrite: bool, progress: bool, dist,
-              dev_name: str | None = None) -> dict:
+              dev_name: str | None = None, tensorboard: str | None = None) -> dict:
     t_start = time.perf_counter()
     data = _load(config, progress, dist)
     t_data = time.perf_counter() - t_start
@@ -119,10 +122,14 @@ def _condense(config: CondenseConfig, out, resume: bool, overwrite: bool, progre
     if dist is not None:
         log.info("%d processes; rank 0 condenses classes %d..%d", dist.world, *plan.classes)
     t_run = time.perf_counter()
+    board = open_board(tensorboard) if dist is None or dist.main else None
     try:
-        run(engine, state, out, progress=progress, dist=dist)
+        run(engine, state, out, progress=progress, dist=dist,
+            on_iteration=None if board is None else _live(board, cfg, data))
     finally:
         engine.close()
+        if board is not None:
+            board.close()
     mine = {"rank": 0 if dist is None else dist.rank, "classes": list(plan.classes),
             "class_chunk": plan.class_chunk, "real_tier": plan.real_tier,
             "real_batches": dict(engine.stream.stats), "iterations_s": round(state.elapsed, 3)}
@@ -145,3 +152,27 @@ def _condense(config: CondenseConfig, out, resume: bool, overwrite: bool, progre
                     "per_iteration_s": round(state.elapsed / done, 5) if done else None,
                     "total_s": round(time.perf_counter() - t_start, 3)}})
     return {"out": out, "synset": synset, "metrics": metrics, "plan": plan}
+
+
+def _live(board, cfg, data):
+    """TensorBoard during a run: the loss and the seconds per iteration at every log point,
+    the stored images' grid ten times a run (and at the end)."""
+    from .report import grid_image
+    seen = {"losses": 0, "elapsed": None, "it": None}
+    every = max(1, cfg.iterations // 10)
+
+    def on_iteration(state):
+        it = state.iteration
+        if len(state.losses) > seen["losses"]:
+            seen["losses"] = len(state.losses)
+            if state.losses[-1] is not None:
+                board.scalar("condense/loss", state.losses[-1], it)
+            if seen["elapsed"] is not None and it > seen["it"]:
+                board.scalar("condense/seconds_per_iteration",
+                             (state.elapsed - seen["elapsed"]) / (it - seen["it"]), it)
+            seen["elapsed"], seen["it"] = state.elapsed, it
+        if it % every == 0 or it == cfg.iterations:
+            images = data.denormalize(state.images.detach().float().cpu())
+            classes = images.shape[0] // cfg.ipc
+            board.image("condense/synset", grid_image(images, classes, cfg.ipc)[0], it)
+    return on_iteration

@@ -1,12 +1,15 @@
-"""The paper's evaluation protocol (spec section 5), and the random-real-subset baseline.
+"""Training and testing models on a set: the evaluation protocols (fastdm.protocols), and the
+random-real-subset baseline.
 
-Train a freshly initialised model on the (small) training set only: SGD lr 0.01, momentum
-0.9, weight decay 5e-4, batch 256, cross-entropy, DSA on every batch without a seed (one op
-per batch, per-sample parameters, as the reference's mode S). As in the reference's
-evaluate_synset, ``epochs`` means epochs + 1 passes (range(epochs + 1)) and after pass
-epochs // 2 + 1 the learning rate drops x0.1 with a new optimiser (momentum restarts).
-Then accuracy on the whole test split, no augmentation. Every random draw (weights, order,
-augmentation, subsets) comes from fastdm.rng words, so evaluation is reproducible.
+The default protocol is the paper's (spec section 5): train a freshly initialised model on
+the (small) training set only: SGD lr 0.01, momentum 0.9, weight decay 5e-4, batch 256,
+cross-entropy, DSA on every batch without a seed (one op per batch, per-sample parameters, as
+the reference's mode S). As in the reference's evaluate_synset, ``epochs`` means epochs + 1
+passes (range(epochs + 1)) and after pass epochs // 2 + 1 the learning rate drops x0.1 with a
+new optimiser (momentum restarts). Then accuracy on the whole test split, no augmentation.
+Other protocols change the optimiser, schedule, augmentation, CutMix and labels (soft: a
+teacher's logits on each augmented batch). Every random draw (weights, order, augmentation,
+CutMix, subsets) comes from fastdm.rng words, so evaluation is reproducible.
 """
 from __future__ import annotations
 
@@ -20,16 +23,15 @@ import torch.nn.functional as F
 
 from . import rng
 from .augment import DSAParams, parse_strategy, sample_per_sample
+from .augment.cutmix import cutmix_
 from .backend import backend_for
 from .ops.dsa import dsa_augment
-from .config import QUICK_EVAL
-from .data import Dataset, load_dataset
-from .devices import resolve_device
-from .io import load_synset
+from .data import Dataset
 from .errors import FastDMError
 from .models import build_model, check_model_name
 from .models.compiled import SharedCompiled, resolve_compile
 from .precision import PRECISIONS, autocast, resolve_precision, warn_if_slow
+from .protocols import get_protocol
 from .train_batched import can_batch, train_models_batched
 from .training import run_schedule
 
@@ -38,6 +40,8 @@ log = logging.getLogger("fastdm")
 
 @dataclass
 class EvalConfig:
+    """One evaluation's settings. The defaults are the ``dm`` protocol's; ``for_protocol``
+    starts from another protocol's."""
     model: str | None = None          # default: the dataset's (or the synset's) model
     models: int = 5                   # models trained, each from its own initialisation
     epochs: int = 1000
@@ -57,6 +61,31 @@ class EvalConfig:
     # the training forward's arithmetic (fastdm.precision): auto = bf16 autocast on CUDA GPUs
     # that compute it natively, fp32 (the reference's) elsewhere; testing always runs in fp32
     precision: str = "auto"
+    # the protocol's recipe (fastdm.protocols.Protocol's fields)
+    protocol: str = "dm"
+    optimizer: str = "sgd"
+    schedule: str = "dm"
+    milestones: tuple = ()
+    gamma: float = 0.1
+    cutmix: float = 0.0
+    labels: str = "hard"
+    temperature: float = 1.0
+    validate_every: int = 0
+
+    @classmethod
+    def for_protocol(cls, name: str | None, **given) -> "EvalConfig":
+        """The protocol's recipe, with the ``given`` (non-None) settings over it."""
+        p = get_protocol(name)
+        recipe = dict(protocol=p.name, epochs=p.epochs, batch_train=p.batch, lr=p.lr,
+                      momentum=p.momentum, weight_decay=p.weight_decay, optimizer=p.optimizer,
+                      schedule=p.schedule, milestones=p.milestones, gamma=p.gamma,
+                      cutmix=p.cutmix, labels=p.labels, temperature=p.temperature,
+                      validate_every=p.validate_every)
+        if p.strategy is not None:
+            recipe["strategy"] = p.strategy
+        if p.aug_mode is not None:
+            recipe["aug_mode"] = p.aug_mode
+        return cls(**{**recipe, **{k: v for k, v in given.items() if v is not None}})
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -70,10 +99,20 @@ class EvalConfig:
             raise FastDMError(f"--batch-train must be >= 1, got {self.batch_train}")
         if self.seed < 0:
             raise FastDMError(f"--seed must be >= 0, got {self.seed}")
+        if not self.lr > 0:
+            raise FastDMError(f"--lr must be positive, got {self.lr}")
         if self.compile not in ("auto", "on", "off"):
             raise FastDMError(f"--compile must be auto, on or off, got '{self.compile}'")
         if self.precision not in PRECISIONS:
             raise FastDMError(f"--precision must be one of {', '.join(PRECISIONS)}, got '{self.precision}'")
+        if self.optimizer not in ("sgd", "adamw") or self.schedule not in ("dm", "multistep", "quarter-cosine"):
+            raise FastDMError(f"unknown optimiser/schedule {self.optimizer}/{self.schedule}")
+        if self.labels not in ("hard", "soft"):
+            raise FastDMError(f"labels must be hard or soft, got '{self.labels}'")
+        if not 0 <= self.cutmix <= 1:
+            raise FastDMError(f"--cutmix must be a probability in [0, 1], got {self.cutmix}")
+        if not self.temperature > 0:
+            raise FastDMError(f"--temperature must be positive, got {self.temperature}")
         parse_strategy(self.strategy)
         check_model_name(self.model)
 
@@ -92,13 +131,21 @@ def accuracy(net: torch.nn.Module, data: Dataset, device, batch: int = 1024) -> 
 
 def train_model(images: torch.Tensor, labels: torch.Tensor, data: Dataset, cfg: EvalConfig, k: int,
                 device, on_epoch=None, compiled: SharedCompiled | None = None,
-                precision: str = "fp32") -> torch.nn.Module:
-    """Train model ``k`` (its own weights, order and augmentation words) on images/labels;
-    with ``compiled``, inside that compiled copy of the architecture (the same steps)."""
+                precision: str = "fp32", teacher: torch.nn.Module | None = None,
+                curve: dict | None = None) -> torch.nn.Module:
+    """Train model ``k`` (its own weights, order, augmentation and CutMix words) on
+    images/labels by cfg's protocol; with ``compiled``, inside that compiled copy of the
+    architecture (the same steps). Soft labels (cfg.labels == "soft") need ``teacher``: its
+    logits on each augmented batch are the targets. ``curve``, if given, receives the
+    training loss per epoch ("loss") and the test accuracy at validation points ("acc")."""
     ops = parse_strategy(cfg.strategy)
     dsa_backend = backend_for("dsa", device) if ops else "torch"
     p = DSAParams(aug_mode=cfg.aug_mode)
     hw = tuple(images.shape[2:])
+    soft = cfg.labels == "soft"
+    if soft and teacher is None:
+        raise FastDMError(f"the {cfg.protocol} protocol trains on a teacher's soft labels: pass "
+                          f"--teacher PATH (a bank from fastdm pretrain) or let fastdm train one")
     net = build_model(cfg.model, images.shape[1], data.num_classes, hw, cfg.seed, rng.EVAL_INIT, k,
                       device=device)
     net.train()
@@ -108,38 +155,68 @@ def train_model(images: torch.Tensor, labels: torch.Tensor, data: Dataset, cfg: 
         trained, forward = compiled.net, compiled.fn
     images, labels = images.to(device), labels.to(device)
     n = images.shape[0]
+    t = cfg.temperature
 
     def loss_for_batch(b, step):
-        x = images[b]
+        x, y = images[b], labels[b]
         if ops:
             table = sample_per_sample(ops, p, hw, x.shape[0], cfg.seed, rng.EVAL_AUG, k, step,
                                       device=device)
             x = dsa_augment(x, table, backend=dsa_backend)
+        mix = None
+        if cfg.cutmix > 0:
+            x = x.clone()
+            mix = cutmix_(x, cfg.cutmix, cfg.seed, rng.EVAL_MIX, k, step)
         with autocast(precision, device):  # the loss itself in fp32 (autocast's rule for it)
-            logits = forward(x)
-        return F.cross_entropy(logits.float(), labels[b])
+            logits = forward(x).float()
+        if soft:  # the teacher labels the batch the student sees (CutMix included)
+            with torch.no_grad():
+                target = teacher(x).float()
+            return F.kl_div(F.log_softmax(logits / t, 1), F.log_softmax(target / t, 1),
+                            log_target=True, reduction="batchmean")
+        if mix is None:
+            return F.cross_entropy(logits, y)
+        partner, kept = mix
+        return kept * F.cross_entropy(logits, y) + (1 - kept) * F.cross_entropy(logits, y[partner])
+
+    def epoch_done(ep, loss):
+        if curve is not None:
+            curve.setdefault("loss", []).append(float(loss))
+            if cfg.validate_every and (ep + 1) % cfg.validate_every == 0:
+                curve.setdefault("acc", []).append((ep + 1, accuracy(trained, data, device, cfg.test_batch)))
+                trained.train()
+        if on_epoch is not None:
+            on_epoch()
 
     run_schedule(cfg, list(trained.parameters()), n,
                  lambda ep: rng.permutation(n, cfg.seed, rng.EVAL_ORDER, k, ep, device=device),
-                 loss_for_batch, on_epoch)
+                 loss_for_batch, epoch_done)
     if compiled is not None:
         compiled.store(net)
     return net
 
 
 def evaluate_images(images: torch.Tensor, labels: torch.Tensor, data: Dataset, cfg: EvalConfig,
-                    device, progress: bool = True, desc: str = "evaluate", subset_ipc: int | None = None
-                    ) -> dict:
+                    device, progress: bool = True, desc: str = "evaluate", subset_ipc: int | None = None,
+                    teacher: torch.nn.Module | None = None, board=None,
+                    board_prefix: str = "evaluate") -> dict:
     """Train cfg.models models on the given set (or, with ``subset_ipc``, each on its own random
-    real subset of that many images per class) and test each. Returns accuracies in [0, 1]."""
-    from tqdm import tqdm
+    real subset of that many images per class) and test each. Returns accuracies in [0, 1],
+    each model's curves, and with validation points the best accuracy of each model too.
+    ``board``: a fastdm.board.Board receiving the curves live, under ``board_prefix``."""
+    from tqdm.auto import tqdm
 
     cfg.check()
-    accs, t0 = [], time.perf_counter()
+    accs, curves, t0 = [], [], time.perf_counter()
     bar = tqdm(total=cfg.models * (cfg.epochs + 1), desc=desc, unit="epoch",
                disable=not progress or None, dynamic_ncols=True)
     wanted = cfg.batched if cfg.batched is not None else torch.device(device).type == "cuda"
     together = wanted and cfg.models > 1
+    plain = cfg.labels == "hard" and cfg.cutmix == 0 and not cfg.validate_every
+    if together and not plain:
+        log.info("the %s protocol's models are trained one at a time (soft labels, CutMix and "
+                 "validation points are not batched)", cfg.protocol)
+        together = False
     if together and not can_batch(cfg.model):
         log.info("%s has BatchNorm (running statistics updated in place): its %d models are "
                  "trained one at a time", cfg.model, cfg.models)
@@ -148,6 +225,8 @@ def evaluate_images(images: torch.Tensor, labels: torch.Tensor, data: Dataset, c
                                    "the training step")
     precision = resolve_precision(cfg.precision, torch.device(device))
     warn_if_slow(precision, device, "the evaluation trains")
+    if teacher is not None:
+        teacher = teacher.to(device).eval().requires_grad_(False)
     try:
         if together:
             ks = list(range(cfg.models))
@@ -161,6 +240,7 @@ def evaluate_images(images: torch.Tensor, labels: torch.Tensor, data: Dataset, c
                                         precision=precision)
             for net in nets:
                 accs.append(accuracy(net, data, device, cfg.test_batch))
+                curves.append({"acc": [(cfg.epochs + 1, accs[-1])]})  # the final test only
             bar.set_postfix(acc=f"{np.mean(accs):.4f}")
         shared = None
         for k in range(cfg.models if not together else 0):
@@ -169,15 +249,32 @@ def evaluate_images(images: torch.Tensor, labels: torch.Tensor, data: Dataset, c
             if compile_step and shared is None:
                 shared = SharedCompiled(build_model(cfg.model, data.channels, data.num_classes,
                                                     data.image_size, device=device))
-            net = train_model(images, labels, data, cfg, k, device, on_epoch=lambda: bar.update(1),
-                              compiled=shared, precision=precision)
+            curve, logged = {}, {}
+
+            def epoch_done():
+                bar.update(1)
+                if board is not None:  # live: TensorBoard shows the training as it goes
+                    board.curve(board_prefix, k, curve, logged)
+            net = train_model(images, labels, data, cfg, k, device, on_epoch=epoch_done,
+                              compiled=shared, precision=precision, teacher=teacher, curve=curve)
             accs.append(accuracy(net, data, device, cfg.test_batch))
+            curve.setdefault("acc", [])
+            if not curve["acc"] or curve["acc"][-1][0] != len(curve.get("loss", [])):
+                curve["acc"].append((len(curve.get("loss", [])), accs[-1]))
+            curves.append(curve)
+            if board is not None:
+                board.curve(board_prefix, k, curve, logged)
             bar.set_postfix(acc=f"{np.mean(accs):.4f}")
     finally:
         bar.close()
-    return {"acc_mean": float(np.mean(accs)), "acc_std": float(np.std(accs)), "accs": accs,
-            "seconds": round(time.perf_counter() - t0, 3), "trained_together": together,
-            "compiled": compile_step, "precision": precision}
+    res = {"acc_mean": float(np.mean(accs)), "acc_std": float(np.std(accs)), "accs": accs,
+           "seconds": round(time.perf_counter() - t0, 3), "trained_together": together,
+           "compiled": compile_step, "precision": precision, "protocol": cfg.protocol,
+           "curves": curves}
+    if cfg.validate_every:
+        best = [max(a for _, a in c["acc"]) for c in curves]
+        res.update(acc_best_mean=float(np.mean(best)), acc_best_std=float(np.std(best)), accs_best=best)
+    return res
 
 
 def random_subset(data: Dataset, ipc: int, seed: int, k: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -206,75 +303,8 @@ def check_synset_shape(images: torch.Tensor, labels: torch.Tensor, data: Dataset
     return int(per_class.max())
 
 
-def evaluate_synset(synset: str | None = None, *, baseline: str | None = None, dataset: str | None = None,
-             data_root: str | None = None, download: bool = False, image_size: int | None = None,
-             ipc: int | None = None, model: str | None = None, models: int | None = None,
-             epochs: int | None = None, batch_train: int | None = None, strategy: str | None = None,
-             seed: int | None = None, device: str | None = None, exp: int | None = None,
-             compare_random: bool = False, progress: bool = True, batched: bool | None = None,
-             compile: str = "auto", precision: str = "auto", aug_mode: str | None = None) -> dict:
-    """Evaluate a synset file (or, with baseline='random', random real subsets) by the paper's
-    protocol. Returns the summary the CLI prints as JSON."""
-    if synset and baseline:
-        raise FastDMError("pass either a SYNSET.pt or --baseline random, not both")
-    if not synset and not baseline:
-        raise FastDMError("evaluate needs a SYNSET.pt (from fastdm condense) or --baseline random "
-                          "--dataset NAME --ipc N")
-    syn, saved = None, {}
-    if synset:
-        syn = load_synset(synset, exp)
-        saved = syn["config"]
-        if syn["kind"] == "reference" and not dataset:
-            raise FastDMError(f"{synset} is a reference synset, which does not record its dataset; "
-                              f"pass --dataset NAME (and --data-root DIR)")
-    dataset = dataset or saved.get("dataset")
-    if not dataset:
-        raise FastDMError("--baseline random needs --dataset NAME")
-    if not syn:
-        if ipc is None:
-            raise FastDMError("--baseline random needs --ipc N (images per class)")
-        if ipc < 1:
-            raise FastDMError(f"--ipc must be >= 1, got {ipc}")
-    data = load_dataset(dataset, data_root if data_root is not None else saved.get("data_root"),
-                        download, image_size or saved.get("image_size"), progress=progress)
-    quick = QUICK_EVAL.get(data.name, {})
-    cfg = EvalConfig(
-        model=model or saved.get("model") or data.default_model,
-        models=models if models is not None else quick.get("models", 5),
-        epochs=epochs if epochs is not None else quick.get("epochs", 1000),
-        batch_train=batch_train if batch_train is not None else 256,
-        strategy=strategy if strategy is not None else saved.get("strategy", data.default_strategy),
-        # one DSA setting for condensing and evaluating, unless given
-        aug_mode=aug_mode or saved.get("aug_mode") or "S",
-        seed=seed if seed is not None else 0,
-        batched=batched,
-        compile=compile,
-        precision=precision,
-    )
-    cfg.check()
-    dev = resolve_device(device)
-    results = {}
-    trained_ipc = None
-    if syn is not None:
-        trained_ipc = check_synset_shape(syn["images"], syn["labels"], data, synset)
-        # a partitioned set stores ipc images per class and trains on ipc x factor^2: random
-        # real subsets get the storage budget
-        ipc = max(1, trained_ipc // int(saved.get("factor") or 1) ** 2)
-        results["synset"] = evaluate_images(syn["images"], syn["labels"], data, cfg, dev, progress,
-                                            desc=f"evaluate synset ({cfg.model})")
-    if baseline or compare_random:
-        results["random"] = evaluate_images(None, None, data, cfg, dev, progress, subset_ipc=ipc,
-                                            desc=f"evaluate random subsets ({cfg.model})")
-    main = results.get("synset", results.get("random"))
-    summary = {"dataset": data.name, "ipc": ipc, "trained_per_class": trained_ipc or ipc,
-               "model": cfg.model,
-               "kind": "synset" if syn is not None else "random",
-               "acc_mean": main["acc_mean"], "acc_std": main["acc_std"], "accs": main["accs"],
-               "models": cfg.models, "epochs": cfg.epochs, "seed": cfg.seed, "device": str(dev),
-               "seconds": main["seconds"], "trained_together": main["trained_together"],
-               "compiled": main["compiled"], "precision": main["precision"]}
-    if syn is not None:
-        summary["synset"] = synset
-        if "random" in results:
-            summary["random"] = results["random"]
-    return summary
+def evaluate_synset(*args, **kwargs) -> dict:
+    """The ``fastdm evaluate`` job (fastdm.evaluate_job.evaluate_synset), here for callers of
+    earlier versions."""
+    from .evaluate_job import evaluate_synset as job
+    return job(*args, **kwargs)

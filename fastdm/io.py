@@ -46,11 +46,6 @@ def atomic_json_dump(obj, path: str) -> None:
     atomic_write_text(json.dumps(obj, indent=2) + "\n", path)
 
 
-def atomic_save_png(image, path: str) -> None:
-    """``image``: a PIL image."""
-    _atomic(path, lambda fh: image.save(fh, format="PNG"))
-
-
 def _numpy_safe_globals() -> list:
     """Reference result files hold numpy scalars (accuracies): allow exactly those types,
     under both the numpy 1 and numpy 2 module names a pickle may use."""

@@ -1,5 +1,5 @@
 """What a condensation leaves in its folder: synset.pt (the set, in a form the reference's
-evaluation code reads too), grid.png and loss.png, metrics.json (the config, the run plan,
+evaluation code reads too), grid.png (the stored images by class) and loss.png, metrics.json (the config, the run plan,
 timings and the loss history). synset.pt is written last: beside a checkpoint it means the run
 finished and every output is its own."""
 from __future__ import annotations
@@ -15,7 +15,7 @@ from .checkpoint import RunState
 from .errors import FastDMError
 from .io import SYNSET_FORMAT, SYNSET_VERSION, atomic_json_dump, atomic_torch_save
 from .objectives import get as get_objective
-from .viz import save_run_pictures
+from .report import save_run_pictures
 
 OUTPUT_FILES = ("synset.pt", "grid.png", "loss.png", "metrics.json")
 
@@ -71,7 +71,7 @@ def write_outputs(out: str, plan, data, state: RunState, run: dict) -> tuple[dic
     cfg = plan.config
     synset = synset_dict(cfg, data, state)
     save_run_pictures(out, synset["stored"], data.denormalize, data.num_classes, cfg.ipc, state.losses,
-                      title=get_objective(plan.objective).title)
+                      title=get_objective(plan.objective).title, class_names=data.classes)
     metrics = metrics_dict(plan, state, run)
     atomic_json_dump(metrics, os.path.join(out, "metrics.json"))
     atomic_torch_save(synset, os.path.join(out, "synset.pt"))

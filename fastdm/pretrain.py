@@ -26,7 +26,9 @@ import torch.nn.functional as F
 
 from . import rng
 from .augment import DSAParams, parse_strategy, sample_per_sample
+from .augment.cutmix import cutmix_
 from .backend import backend_for
+from .board import open_board
 from .data import load_dataset
 from .devices import resolve_device
 from .embedders.bank import BANK_FORMAT, bank_file
@@ -79,23 +81,6 @@ class PretrainConfig:
         return 2 * self.epochs // 3, 5 * self.epochs // 6
 
 
-def cutmix_(x: torch.Tensor, cfg: PretrainConfig, member: int, step: int):
-    """CutMix on one member's batch in place: (partner order, kept-area weight) or None."""
-    n, _, h, w = x.shape
-    u = rng.uniform(cfg.seed, rng.PRETRAIN_MIX, member, step, torch.arange(4), dtype=torch.float64)
-    if float(u[0]) >= cfg.cutmix:
-        return None
-    lam = float(u[1])  # Beta(1, 1)
-    cut = math.sqrt(1.0 - lam)
-    cw, ch = int(w * cut), int(h * cut)
-    cx, cy = int(u[2] * w), int(u[3] * h)
-    x1, x2 = min(max(cx - cw // 2, 0), w), min(max(cx + cw // 2, 0), w)
-    y1, y2 = min(max(cy - ch // 2, 0), h), min(max(cy + ch // 2, 0), h)
-    partner = rng.permutation(n, cfg.seed, rng.PRETRAIN_MIX, member, step, 1, device=x.device)
-    x[:, :, y1:y2, x1:x2] = x[partner, :, y1:y2, x1:x2]
-    return partner, 1.0 - (x2 - x1) * (y2 - y1) / (w * h)
-
-
 def _new_group(cfg, data, members, device) -> dict:
     nets = [build_model(cfg.model, data.channels, data.num_classes, data.image_size, cfg.seed,
                         rng.PRETRAIN_INIT, k, device=device).train() for k in members]
@@ -135,6 +120,7 @@ def _train_epoch(group, cfg, data, rows, device, forward, progress_step) -> None
     dsa_backend = backend_for("dsa", device)
     order = rows[torch.stack([rng.permutation(n, cfg.seed, rng.PRETRAIN_ORDER, k, ep) for k in members])]
     steps_per_epoch = math.ceil(n / cfg.batch_size)
+    total = None
     for i in range(steps_per_epoch):
         step = ep * steps_per_epoch + i
         idx = order[:, i * cfg.batch_size:(i + 1) * cfg.batch_size]
@@ -147,7 +133,8 @@ def _train_epoch(group, cfg, data, rows, device, forward, progress_step) -> None
                                                                 rng.PRETRAIN_AUG, k, step, device=device),
                                        backend=dsa_backend) for j, k in enumerate(members)])
         x = x.view(m, b, *x.shape[1:])
-        mixes = [cutmix_(x[j], cfg, k, step) for j, k in enumerate(members)]
+        mixes = [cutmix_(x[j], cfg.cutmix, cfg.seed, rng.PRETRAIN_MIX, k, step)
+                 for j, k in enumerate(members)]
         logits = forward(params, group["buffers"], x).float()
         loss = 0.0
         for j, mix in enumerate(mixes):
@@ -161,15 +148,19 @@ def _train_epoch(group, cfg, data, rows, device, forward, progress_step) -> None
         loss.backward()
         opt.step()
         progress_step()
+        total = loss.detach() if total is None else total + loss.detach()
     group["params"] = {k: v.detach() for k, v in params.items()}
     group["optimizer"] = opt.state_dict()
     group["epoch"] = ep + 1
+    return float(total) / (steps_per_epoch * m)  # the members' mean training loss this epoch
 
 
 def pretrain(cfg: PretrainConfig, out: str, progress: bool = True, overwrite: bool = False,
-             data=None) -> dict:
+             data=None, tensorboard: str | None = None) -> dict:
     """Train the bank into ``out`` (continuing an interrupted run there); returns bank.json's
-    dict. ``data``: an already loaded fastdm Dataset (default: load ``cfg.dataset``)."""
+    dict. ``data``: an already loaded fastdm Dataset (default: load ``cfg.dataset``).
+    ``tensorboard``: a folder for each group's training loss per epoch and each member's test
+    accuracy."""
     from tqdm import tqdm
 
     cfg.check()
@@ -210,6 +201,7 @@ def pretrain(cfg: PretrainConfig, out: str, progress: bool = True, overwrite: bo
     bar = tqdm(total=cfg.models * cfg.epochs * steps, initial=done_steps, unit="step",
                desc=f"pretrain {cfg.model} x{cfg.models} on {data.name}", disable=not progress or None,
                dynamic_ncols=True)
+    board = open_board(tensorboard)
     for members in groups:
         if set(members) <= done_members:
             continue
@@ -221,7 +213,10 @@ def pretrain(cfg: PretrainConfig, out: str, progress: bool = True, overwrite: bo
         forward = (stacked_forward if len(members) > 1 else single_forward)(net)
         while group["epoch"] < cfg.epochs:
             t0 = time.perf_counter()
-            _train_epoch(group, cfg, data, rows, device, forward, lambda: bar.update(len(members)))
+            loss = _train_epoch(group, cfg, data, rows, device, forward, lambda: bar.update(len(members)))
+            if board is not None:
+                tag = f"member{members[0]}" if len(members) == 1 else f"members{members[0]}-{members[-1]}"
+                board.scalar(f"pretrain/{tag}/train_loss", loss, group["epoch"])
             state["seconds"] += time.perf_counter() - t0
             state["group"] = group
             atomic_torch_save(_to(state, "cpu"), state_path)
@@ -239,10 +234,14 @@ def pretrain(cfg: PretrainConfig, out: str, progress: bool = True, overwrite: bo
                                   "final": {n: v[j].detach().cpu() for n, v in group["params"].items()},
                                   "final_buffers": {n: v[j].cpu() for n, v in group["buffers"].items()}})
             log.info("bank member %d: test accuracy %.2f %%", k, 100 * acc)
+            if board is not None:
+                board.scalar("pretrain/test_accuracy", 100 * acc, k)
         state["group"] = None
         done_members |= set(members)
         atomic_torch_save(_to(state, "cpu"), state_path)
     bar.close()
+    if board is not None:
+        board.close()
     done = sorted(state["done"], key=lambda m: m["member"])
     stack = lambda key: {n: torch.stack([m[key][n] for m in done]) for n in done[0][key]}  # noqa: E731
     atomic_torch_save({"format": BANK_FORMAT, "version": 1, "model": cfg.model,

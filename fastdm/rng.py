@@ -47,6 +47,7 @@ PRETRAIN_INIT = 16   # a bank member's initial weights, per member
 PRETRAIN_ORDER = 17  # a bank member's batch order, per (member, epoch)
 PRETRAIN_AUG = 18    # a bank member's augmentation, per (member, step)
 PRETRAIN_MIX = 19    # a bank member's CutMix draws, per (member, step)
+EVAL_MIX = 20        # evaluation CutMix draws (protocols with CutMix), per (model, step)
 
 
 def _mix(h: torch.Tensor) -> torch.Tensor:

@@ -69,7 +69,7 @@ def train_models_batched(images: torch.Tensor, labels: torch.Tensor, num_classes
         return ce.view(b.shape).mean(1).sum()           # each model's own mean loss
 
     run_schedule(cfg, list(params.values()), n, order_for_epoch, loss_for_batch,
-                 None if on_epoch is None else lambda: on_epoch(m))
+                 None if on_epoch is None else lambda ep, loss: on_epoch(m))
     with torch.no_grad():  # the trained weights back into ordinary modules
         for j, net in enumerate(nets):
             for name, t in net.named_parameters():

@@ -20,3 +20,19 @@ def test_argument_errors(capsys):
     with pytest.raises(SystemExit) as e:
         eval_bench.main(["--device", "cpu", "--models", "0"])
     assert e.value.code == 2 and "--models" in capsys.readouterr().err
+
+
+def test_protocol_cost_times_every_protocol(tmp_path, monkeypatch):
+    from benchmarks import protocol_cost
+    from fastdm.condense import condense_dataset
+    from fastdm.config import CondenseConfig
+    monkeypatch.setenv("FASTDM_CACHE", str(tmp_path / "cache"))
+    condense_dataset(CondenseConfig(dataset="digits", iterations=1, model="ConvNetW32", batch_real=8),
+                     str(tmp_path / "run"), progress=False)
+    rep = protocol_cost.main([str(tmp_path / "run" / "synset.pt"), "--epochs", "1", "--repeats", "1",
+                              "--protocols", "dm,soft,dance", "--teacher-epochs", "1",
+                              "--teacher-images-per-class", "3", "--json", str(tmp_path / "r.json")])
+    assert set(rep["protocols"]) == {"dm", "soft", "dance"} and rep["teacher"]["accuracy"] > 0
+    dance = rep["protocols"]["dance"]
+    assert dance["seconds_per_model"] == pytest.approx(dance["seconds_per_epoch"] * 1500, rel=1e-3)
+    assert dance["tests_during_training"] == 6
