@@ -98,12 +98,14 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--model", help="model to train (default: the synset's, i.e. cross-architecture "
                                    "evaluation when given)")
     e.add_argument("--models", type=int, help="models to train (default 5)")
-    e.add_argument("--epochs", type=int, help="training epochs (default 1000; digits: 300)")
-    e.add_argument("--batch-train", type=int, help="training batch size (default 256)")
-    e.add_argument("--strategy", help="DSA strategy for training (default: the synset's, else "
-                   "the dataset's)")
+    e.add_argument("--epochs", type=int, help="training epochs (default: the protocol's; dm: "
+                   "1000, on digits 300)")
+    e.add_argument("--batch-train", type=int, help="training batch size (default: the protocol's; "
+                   "dm: 256)")
+    e.add_argument("--strategy", help="DSA strategy for training (default: the protocol's, else "
+                   "the synset's, else the dataset's)")
     e.add_argument("--aug-mode", choices=["S", "M"], help="DSA mode for training: S one op per "
-                   "image, M all (default: the synset's, else S)")
+                   "image, M all (default: the protocol's, else the synset's, else S)")
     e.add_argument("--seed", type=int, help="evaluation seed (default 0)")
     e.add_argument("--device", help="auto, cpu or cuda (default auto)")
     e.add_argument("--exp", type=int, help="which experiment of a reference file (default: last)")
@@ -129,7 +131,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--teacher", metavar="PATH",
                    help="the soft protocol's teacher: a bank folder from fastdm pretrain (its first "
                         "member); default: trained once and cached beside the data "
-                        "(DATA_ROOT/fastdm-teachers)")
+                        "(DATA_ROOT/fastdm-teachers, or ~/.cache/fastdm/teachers where that folder "
+                        "is not writable)")
     e.add_argument("--teacher-epochs", type=int,
                    help="epochs of a teacher trained here (default 30)")
     e.add_argument("--teacher-images-per-class", type=int,

@@ -108,8 +108,17 @@ def _condense(config: CondenseConfig, out, resume: bool, overwrite: bool, progre
                                        "in {}", "in {}", "--precision")
     state.conv = _session_setting(state.conv, plan.conv, state.iteration,
                                   "with {} real-branch convolutions", "{}", "--conv")
-    if dist is None or dist.main:
-        prepare_folder(out, resume, overwrite)
+    # TensorBoard's folder is checked before the run's folder is cleared for it
+    board = None
+    try:
+        if dist is None or dist.main:
+            board = open_board(tensorboard)
+            prepare_folder(out, resume, overwrite)
+    except BaseException:
+        engine.close()
+        if board is not None:
+            board.close()
+        raise
     if dist is not None:
         distributed.barrier()  # the folder is ready for every rank's checkpoints
     log.info("condensing %s: %d classes x ipc %d, %s%s%s%s, objective %s, on %s, iterations "
@@ -122,7 +131,6 @@ def _condense(config: CondenseConfig, out, resume: bool, overwrite: bool, progre
     if dist is not None:
         log.info("%d processes; rank 0 condenses classes %d..%d", dist.world, *plan.classes)
     t_run = time.perf_counter()
-    board = open_board(tensorboard) if dist is None or dist.main else None
     try:
         run(engine, state, out, progress=progress, dist=dist,
             on_iteration=None if board is None else _live(board, cfg, data))

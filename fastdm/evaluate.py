@@ -31,7 +31,7 @@ from .errors import FastDMError
 from .models import build_model, check_model_name
 from .models.compiled import SharedCompiled, resolve_compile
 from .precision import PRECISIONS, autocast, resolve_precision, warn_if_slow
-from .protocols import get_protocol
+from .protocols import get_protocol, passes
 from .train_batched import can_batch, train_models_batched
 from .training import run_schedule
 
@@ -100,7 +100,7 @@ class EvalConfig:
         if self.seed < 0:
             raise FastDMError(f"--seed must be >= 0, got {self.seed}")
         if not self.lr > 0:
-            raise FastDMError(f"--lr must be positive, got {self.lr}")
+            raise FastDMError(f"the learning rate must be positive, got {self.lr}")
         if self.compile not in ("auto", "on", "off"):
             raise FastDMError(f"--compile must be auto, on or off, got '{self.compile}'")
         if self.precision not in PRECISIONS:
@@ -110,9 +110,9 @@ class EvalConfig:
         if self.labels not in ("hard", "soft"):
             raise FastDMError(f"labels must be hard or soft, got '{self.labels}'")
         if not 0 <= self.cutmix <= 1:
-            raise FastDMError(f"--cutmix must be a probability in [0, 1], got {self.cutmix}")
+            raise FastDMError(f"the CutMix probability must be in [0, 1], got {self.cutmix}")
         if not self.temperature > 0:
-            raise FastDMError(f"--temperature must be positive, got {self.temperature}")
+            raise FastDMError(f"the soft labels' temperature must be positive, got {self.temperature}")
         parse_strategy(self.strategy)
         check_model_name(self.model)
 
@@ -208,7 +208,8 @@ def evaluate_images(images: torch.Tensor, labels: torch.Tensor, data: Dataset, c
 
     cfg.check()
     accs, curves, t0 = [], [], time.perf_counter()
-    bar = tqdm(total=cfg.models * (cfg.epochs + 1), desc=desc, unit="epoch",
+    n_passes = passes(cfg.schedule, cfg.epochs)
+    bar = tqdm(total=cfg.models * n_passes, desc=desc, unit="epoch",
                disable=not progress or None, dynamic_ncols=True)
     wanted = cfg.batched if cfg.batched is not None else torch.device(device).type == "cuda"
     together = wanted and cfg.models > 1
@@ -235,12 +236,23 @@ def evaluate_images(images: torch.Tensor, labels: torch.Tensor, data: Dataset, c
                 x, y = torch.stack([s[0] for s in sets]), torch.stack([s[1] for s in sets])
             else:
                 x, y = images[None].expand(len(ks), *images.shape), labels[None].expand(len(ks), -1)
-            nets = train_models_batched(x, y, data.num_classes, cfg, ks, device, on_epoch=bar.update,
+            curves = [{"loss": []} for _ in ks]
+            logged = [{} for _ in ks]
+
+            def pass_done(losses):
+                bar.update(len(ks))
+                for k, v in enumerate(losses):
+                    curves[k]["loss"].append(v)
+                    if board is not None:
+                        board.curve(board_prefix, k, curves[k], logged[k])
+            nets = train_models_batched(x, y, data.num_classes, cfg, ks, device, on_epoch=pass_done,
                                         compile_backend="inductor" if compile_step else None,
                                         precision=precision)
-            for net in nets:
+            for k, net in enumerate(nets):
                 accs.append(accuracy(net, data, device, cfg.test_batch))
-                curves.append({"acc": [(cfg.epochs + 1, accs[-1])]})  # the final test only
+                curves[k]["acc"] = [(n_passes, accs[-1])]  # the final test only
+                if board is not None:
+                    board.curve(board_prefix, k, curves[k], logged[k])
             bar.set_postfix(acc=f"{np.mean(accs):.4f}")
         shared = None
         for k in range(cfg.models if not together else 0):

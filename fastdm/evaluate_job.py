@@ -64,6 +64,8 @@ def evaluate_synset(synset: str | None = None, *, baseline: str | None = None, d
     for name, v in (("teacher-epochs", teacher_epochs), ("teacher-images-per-class", teacher_images_per_class)):
         if v is not None and v < 1:
             raise FastDMError(f"--{name} must be >= 1, got {v}")
+    if plot is not None and os.path.isdir(plot):
+        raise FastDMError(f"--plot {plot} is a folder; give a file name (e.g. {os.path.join(plot, 'eval.png')})")
     data_root = data_root if data_root is not None else saved.get("data_root")
     data = load_dataset(dataset, data_root, download, image_size or saved.get("image_size"),
                         progress=progress)
@@ -71,10 +73,11 @@ def evaluate_synset(synset: str | None = None, *, baseline: str | None = None, d
 
     def config(name: str) -> EvalConfig:
         p = get_protocol(name)
+        short = quick if name == "dm" else {}  # a dataset's short schedule is dm's
         cfg = EvalConfig.for_protocol(
             name, model=model or saved.get("model") or data.default_model,
             models=models if models is not None else quick.get("models", 5),
-            epochs=epochs if epochs is not None else quick.get("epochs", p.epochs),
+            epochs=epochs if epochs is not None else short.get("epochs", p.epochs),
             batch_train=batch_train,
             # the protocol's augmentation, else one DSA setting for condensing and evaluating
             strategy=strategy if strategy is not None else (
@@ -96,7 +99,7 @@ def evaluate_synset(synset: str | None = None, *, baseline: str | None = None, d
             from .teacher import TEACHER_EPOCHS, get_teacher
             teacher_net, teacher_info = get_teacher(
                 data, data_root, c.model, dev, teacher, teacher_epochs or TEACHER_EPOCHS,
-                teacher_images_per_class, seed=c.seed, progress=progress)
+                teacher_images_per_class, progress=progress)
         return teacher_net
 
     def run(c: EvalConfig, random_ipc: int | None = None) -> dict:
@@ -121,6 +124,9 @@ def evaluate_synset(synset: str | None = None, *, baseline: str | None = None, d
         ranking = None
         if rank:
             ranking = _rank(cfg, config, run, results, need_teacher, lambda: teacher_info, ipc)
+        if teacher is not None and teacher_net is None:
+            log.warning("--teacher is used by the soft protocol only; the %s protocol did not use it",
+                        cfg.protocol)
     finally:
         if board is not None:
             board.close()
@@ -149,9 +155,12 @@ def evaluate_synset(synset: str | None = None, *, baseline: str | None = None, d
         if synset and os.access(os.path.dirname(os.path.abspath(synset)), os.W_OK) else None)
     if plot:
         from .report import save_figure, training_figure
-        save_figure(training_figure(main["curves"], f"{data.name}: {summary['kind']}, {cfg.model}, "
-                                                    f"protocol {cfg.protocol}"), plot)
-        summary["plot"] = plot
+        try:  # a picture that cannot be written costs the picture, not the evaluation
+            save_figure(training_figure(main["curves"], f"{data.name}: {summary['kind']}, {cfg.model}, "
+                                                        f"protocol {cfg.protocol}"), plot)
+            summary["plot"] = plot
+        except FastDMError as e:
+            log.warning("no training-curve picture: %s", e)
     return summary
 
 
@@ -167,7 +176,7 @@ def _rank(cfg, config, run, results, need_teacher, teacher_info, ipc) -> dict:
     soft = cfg if cfg.labels == "soft" else config("soft")
     syn_hard = results["synset"] if hard is cfg else run(hard)
     syn_soft = results["synset"] if soft is cfg else run(soft)
-    rnd_soft = run(soft, ipc)
+    rnd_soft = results["random"] if soft is cfg and "random" in results else run(soft, ipc)
     need_teacher(soft)
     info = teacher_info()
     if info["config"].get("images_per_class") is not None:

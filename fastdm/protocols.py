@@ -24,10 +24,11 @@ class Protocol:
     momentum: float = 0.9             # sgd only
     weight_decay: float = 5e-4
     # dm: epochs + 1 passes, x0.1 after pass epochs // 2 + 1 with a new optimiser (the
-    # reference's evaluate_synset); multistep: x gamma at each milestone (fractions of the
-    # epochs); cosine: cosine annealing to 0 over the epochs, per epoch
+    # reference's evaluate_synset); multistep: x gamma from each milestone, epoch E * a // b
+    # for each (a, b) (DANCE's 2E // 3, 5E // 6); quarter-cosine: DD-Ranking's "cosine",
+    # lr (1 + cos(pi e / 2E)) / 2 per epoch (it ends at half the rate)
     schedule: str = "dm"
-    milestones: tuple[float, ...] = ()
+    milestones: tuple[tuple[int, int], ...] = ()
     gamma: float = 0.1
     strategy: str | None = None       # None: the synset's (else the dataset's) DSA strategy
     aug_mode: str | None = None       # None: the synset's, else S
@@ -59,7 +60,7 @@ PROTOCOLS = {p.name: p for p in (
              epochs=1800, batch=64),
     Protocol("dance", "DANCE's train.py: hard labels, SGD 0.01, batch 64, 1500 epochs, x0.2 at "
                       "1000 and 1250, colour/crop/flip/scale/rotate per image, CutMix 0.5",
-             epochs=1500, batch=64, schedule="multistep", milestones=(2 / 3, 5 / 6), gamma=0.2,
+             epochs=1500, batch=64, schedule="multistep", milestones=((2, 3), (5, 6)), gamma=0.2,
              strategy="color_crop_flip_scale_rotate", aug_mode="M", cutmix=0.5, validate_every=250,
              notes=("DANCE (IDC) applies flip and colour always and one of crop, scale, rotate; "
                     "fastdm's mode M applies all five in order",
@@ -67,7 +68,7 @@ PROTOCOLS = {p.name: p for p in (
     Protocol("ncfm", "NCFM's evaluate.py: hard labels, AdamW 1e-3 (wd 0.01), batch 128, 2000 "
                      "epochs, x0.5 at 400/800/1200/1600, colour/crop/flip/scale/rotate, CutMix 0.5",
              epochs=2000, batch=128, optimizer="adamw", lr=1e-3, weight_decay=0.01,
-             schedule="multistep", milestones=(0.2, 0.4, 0.6, 0.8), gamma=0.5,
+             schedule="multistep", milestones=((1, 5), (2, 5), (3, 5), (4, 5)), gamma=0.5,
              strategy="color_crop_flip_scale_rotate", aug_mode="M", cutmix=0.5, validate_every=100,
              notes=("as dance's: all five ops in order where NCFM's IDC augmentation draws one "
                     "of crop, scale, rotate",

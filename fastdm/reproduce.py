@@ -52,7 +52,10 @@ def condense_cell(out, dataset, ipc, sched, common, progress) -> dict:
     folder = _cell_dir(out, dataset, ipc)
     metrics = os.path.join(folder, "metrics.json")
     if os.path.isfile(os.path.join(folder, "synset.pt")) and os.path.isfile(metrics):
-        return _read(metrics)
+        m = _read(metrics)
+        _same_schedule(folder, {k: m["config"].get(k) for k in ("iterations", "batch_real")},
+                       {k: sched[k] for k in ("iterations", "batch_real")})
+        return m
     cfg = CondenseConfig(dataset=dataset, ipc=ipc, iterations=sched["iterations"],
                          batch_real=sched["batch_real"], **common)
     resume = os.path.isdir(folder) and has_checkpoint(folder)
@@ -60,6 +63,13 @@ def condense_cell(out, dataset, ipc, sched, common, progress) -> dict:
         log.info("%s ipc %d: continuing its condensation from the checkpoint", dataset, ipc)
     res = condense_dataset(cfg, folder, resume=resume, overwrite=not resume, progress=progress)
     return res["metrics"]
+
+
+def _same_schedule(folder: str, was: dict, now: dict) -> None:
+    if was != now:
+        diff = ", ".join(f"{k} {was.get(k)} (now {v})" for k, v in now.items() if was.get(k) != v)
+        raise FastDMError(f"{folder} was run with {diff}; use another --out for this schedule, or "
+                          f"the schedule it was run with")
 
 
 def reproduce(table: str, data_root: str | None, datasets: list[str], ipcs: list[int],
@@ -82,6 +92,9 @@ def reproduce(table: str, data_root: str | None, datasets: list[str], ipcs: list
             raise FastDMError(f"--{k.replace('_', '-')} must be >= {0 if k == 'epochs' else 1}, got {v}")
     if not datasets or not ipcs:
         raise FastDMError("reproduce needs at least one dataset and one ipc")
+    from .data import dataset_info
+    for name in datasets:  # before hours of the first cells, not after
+        dataset_info(name)
     for ipc in ipcs:
         if ipc < 1:
             raise FastDMError(f"--ipc must be >= 1, got {ipc}")
@@ -96,7 +109,9 @@ def reproduce(table: str, data_root: str | None, datasets: list[str], ipcs: list
             folder = _cell_dir(out, dataset, ipc)
             done = os.path.join(folder, "eval.json")
             if os.path.isfile(done):
-                rows.append(_read(done))
+                row = _read(done)
+                _same_schedule(folder, {k: row.get(k) for k in sched}, sched)
+                rows.append(row)
                 continue
             t0 = time.perf_counter()
             metrics = condense_cell(out, dataset, ipc, sched, common, progress)

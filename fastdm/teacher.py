@@ -24,8 +24,10 @@ TEACHER_EPOCHS = 30
 
 
 def cache_dir(data_root: str | None) -> str:
-    if data_root:
-        return os.path.join(data_root, "fastdm-teachers")
+    """Beside the data when that folder is writable, else the user's cache (read-only shared
+    dataset mounts are common)."""
+    if data_root and os.path.isdir(data_root) and os.access(data_root, os.W_OK):
+        return os.path.join(os.path.abspath(data_root), "fastdm-teachers")
     base = os.environ.get("FASTDM_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "fastdm")
     return os.path.join(base, "teachers")
 
@@ -57,18 +59,39 @@ def load_teacher(path: str, data, model: str, device) -> torch.nn.Module:
 def get_teacher(data, data_root: str | None, model: str, device, path: str | None = None,
                 epochs: int = TEACHER_EPOCHS, images_per_class: int | None = None, seed: int = 0,
                 progress: bool = True) -> tuple[torch.nn.Module, dict]:
-    """(teacher, its bank.json): loaded from ``path`` (or the cache), trained there if absent."""
-    from .pretrain import PretrainConfig, pretrain
+    """(teacher, its bank.json): loaded from ``path`` (a bank that must exist), or from the
+    cache, where it is trained the first time. The teacher's seed is its own (default 0), not
+    the evaluation's: one teacher per dataset, model and recipe."""
+    from .pretrain import STATE, PretrainConfig, pretrain
 
-    path = path or default_path(data, data_root, model, epochs, images_per_class, seed)
-    if not os.path.isfile(bank_file(path)):
-        log.info("training the teacher (%s, %d epochs on %s of %s) into %s; later evaluations "
-                 "reuse it", model, epochs, "all images" if images_per_class is None else
-                 f"{images_per_class} images per class", data.name, path)
-        cfg = PretrainConfig(dataset=data.name, data_root=data_root, model=model, models=1,
-                             epochs=epochs, images_per_class=images_per_class, seed=seed,
-                             device=str(device))
-        pretrain(cfg, path, progress=progress, data=data)
+    if path is not None:  # the user's bank: load it, never train into it
+        if not os.path.isfile(bank_file(path)):
+            raise FastDMError(f"--teacher {path}: no bank there (bank.pt); make one with fastdm "
+                              f"pretrain --models 1, or leave --teacher out to train one")
+    else:
+        path = default_path(data, data_root, model, epochs, images_per_class, seed)
+        if not os.path.isfile(bank_file(path)):
+            log.info("training the teacher (%s, %d epochs on %s of %s) into %s; later evaluations "
+                     "reuse it", model, epochs, "all images" if images_per_class is None else
+                     f"{images_per_class} images per class", data.name, path)
+            cfg = PretrainConfig(dataset=data.name,
+                                 data_root=os.path.abspath(data_root) if data_root else None,
+                                 model=model, models=1, epochs=epochs,
+                                 images_per_class=images_per_class, seed=seed, device=str(device))
+            # an interrupted teacher continues; one left by other settings (another device,
+            # say) starts again: the folder holds nothing else
+            fresh = os.path.isfile(os.path.join(path, STATE)) and not _resumable(path, cfg)
+            pretrain(cfg, path, progress=progress, overwrite=fresh, data=data)
     info = bank_info(path)
     info["path"] = path
     return load_teacher(path, data, model, device), info
+
+
+def _resumable(path: str, cfg) -> bool:
+    import dataclasses
+    from .pretrain import STATE
+    try:
+        saved = torch.load(os.path.join(path, STATE), map_location="cpu", weights_only=True)["config"]
+    except Exception:
+        return False
+    return saved == {k: v for k, v in dataclasses.asdict(cfg).items() if k != "together"}

@@ -35,7 +35,8 @@ def train_models_batched(images: torch.Tensor, labels: torch.Tensor, num_classes
     """Train models ``ks`` together. images: [M, n, C, H, W] (model k's training set at
     position k; a shared set may be an expanded view), labels [M, n]. Returns the M trained
     models (as train_model would, one by one). ``compile_backend``: torch.compile the
-    vmapped forward (and its backward) with that backend."""
+    vmapped forward (and its backward) with that backend. ``on_epoch(losses)`` after each
+    pass: each model's mean training loss over it."""
     m, n = images.shape[:2]
     hw = tuple(images.shape[3:])
     ops = parse_strategy(cfg.strategy)
@@ -57,6 +58,8 @@ def train_models_batched(images: torch.Tensor, labels: torch.Tensor, num_classes
         return torch.stack([rng.permutation(n, cfg.seed, rng.EVAL_ORDER, k, ep, device=device)
                             for k in ks])
 
+    seen = []  # this pass's per-model mean losses, one [M] tensor per batch
+
     def loss_for_batch(b, step):
         x = images[models, b]                           # [M, B, C, H, W]
         if ops:
@@ -66,10 +69,16 @@ def train_models_batched(images: torch.Tensor, labels: torch.Tensor, num_classes
         with autocast(precision, device):
             logits = batched(params, buffers, x)        # [M, B, classes]
         ce = F.cross_entropy(logits.float().flatten(0, 1), labels[models, b].flatten(), reduction="none")
-        return ce.view(b.shape).mean(1).sum()           # each model's own mean loss
+        per_model = ce.view(b.shape).mean(1)
+        seen.append(per_model.detach())
+        return per_model.sum()                          # each model's own mean loss
 
-    run_schedule(cfg, list(params.values()), n, order_for_epoch, loss_for_batch,
-                 None if on_epoch is None else lambda ep, loss: on_epoch(m))
+    def pass_done(ep, _loss):
+        if on_epoch is not None:  # each model's mean loss over the pass's batches
+            on_epoch(torch.stack(seen).mean(0).tolist())
+        seen.clear()
+
+    run_schedule(cfg, list(params.values()), n, order_for_epoch, loss_for_batch, pass_done)
     with torch.no_grad():  # the trained weights back into ordinary modules
         for j, net in enumerate(nets):
             for name, t in net.named_parameters():

@@ -4,8 +4,8 @@
 AdamW), the learning rate, weight decay and the schedule:
 - dm: epochs + 1 passes (the reference's range(epochs + 1)), and after pass epochs // 2 + 1
   the learning rate x0.1 with a new optimiser (momentum restarts), as evaluate_synset does;
-- multistep: x gamma after each milestone epoch (round(fraction x epochs)), state kept
-  (torch's MultiStepLR);
+- multistep: x gamma from each milestone epoch epochs * a // b on, optimiser state kept
+  (torch's MultiStepLR; DANCE's milestones are 2E // 3 and 5E // 6);
 - quarter-cosine: lr x (1 + cos(pi e / (2 epochs))) / 2 at epoch e, DD-Ranking's "cosine"
   (its LambdaLR, stepped per epoch: the rate ends at half, not at 0).
 Each pass visits the n samples in its own order, in batches of cfg.batch_train.
@@ -30,7 +30,7 @@ def lr_at(cfg, epoch: int) -> float:
     if cfg.schedule == "dm":
         return cfg.lr * (0.1 if epoch > cfg.epochs // 2 + 1 else 1.0)
     if cfg.schedule == "multistep":
-        drops = sum(epoch >= round(m * cfg.epochs) for m in cfg.milestones)
+        drops = sum(epoch >= cfg.epochs * a // b for a, b in cfg.milestones)
         return cfg.lr * cfg.gamma ** drops
     if cfg.schedule == "quarter-cosine":
         return cfg.lr * (1 + math.cos(math.pi * epoch / max(1, cfg.epochs) / 2)) / 2

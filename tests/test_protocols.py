@@ -27,14 +27,19 @@ def data():
     return make_dataset(per_class=(10, 10, 10, 10), size=(8, 8))
 
 
-@pytest.mark.parametrize("name", ["dance", "ncfm", "soft"])
-def test_learning_rates_follow_torchs_schedulers(name):
-    cfg = EvalConfig.for_protocol(name, epochs=30)
+# the methods' own milestones: DANCE's train.py [2E // 3, 5E // 6]; NCFM's fixed epochs at 2000
+MILESTONES = {"dance": lambda e: [2 * e // 3, 5 * e // 6],
+              "ncfm": lambda e: [e // 5, 2 * e // 5, 3 * e // 5, 4 * e // 5]}
+
+
+@pytest.mark.parametrize("name,epochs", [("dance", 4), ("dance", 100), ("dance", 1500), ("ncfm", 2000),
+                                         ("ncfm", 7), ("soft", 30)])
+def test_learning_rates_follow_torchs_schedulers(name, epochs):
+    cfg = EvalConfig.for_protocol(name, epochs=epochs)
     p = torch.nn.Parameter(torch.zeros(1))
     opt = torch.optim.SGD([p], lr=cfg.lr)
     if cfg.schedule == "multistep":
-        sched = torch.optim.lr_scheduler.MultiStepLR(
-            opt, [round(m * cfg.epochs) for m in cfg.milestones], gamma=cfg.gamma)
+        sched = torch.optim.lr_scheduler.MultiStepLR(opt, MILESTONES[name](epochs), gamma=cfg.gamma)
     else:  # DD-Ranking's "cosine": LambdaLR(0.5 (1 + cos(pi e / E / 2))), stepped per epoch
         sched = torch.optim.lr_scheduler.LambdaLR(
             opt, lambda e: 0.5 * (1 + math.cos(math.pi * e / cfg.epochs / 2)))
@@ -51,12 +56,12 @@ def test_protocol_recipes_and_overrides():
     ncfm = EvalConfig.for_protocol("ncfm")
     assert (ncfm.optimizer, ncfm.lr, ncfm.weight_decay, ncfm.epochs, ncfm.batch_train) == \
         ("adamw", 1e-3, 0.01, 2000, 128)
-    assert [round(m * 2000) for m in ncfm.milestones] == [400, 800, 1200, 1600]
+    assert [2000 * a // b for a, b in ncfm.milestones] == [400, 800, 1200, 1600]
     assert EvalConfig.for_protocol("dm") == EvalConfig(protocol="dm")  # the defaults are dm's
     assert get_protocol("idm") is PROTOCOLS["dm"] and get_protocol(None) is PROTOCOLS["dm"]
     with pytest.raises(FastDMError, match="unknown protocol 'kd'"):
         get_protocol("kd")
-    with pytest.raises(FastDMError, match="--cutmix"):
+    with pytest.raises(FastDMError, match="CutMix probability"):
         EvalConfig.for_protocol("dance", cutmix=2.0).check()
 
 
@@ -72,8 +77,7 @@ def _reference_training(images, labels, data, cfg, k, teacher=None):
     else:
         opt = torch.optim.SGD(net.parameters(), lr=cfg.lr, momentum=cfg.momentum,
                               weight_decay=cfg.weight_decay)
-        sched = torch.optim.lr_scheduler.MultiStepLR(
-            opt, [round(m * cfg.epochs) for m in cfg.milestones], gamma=cfg.gamma)
+        sched = torch.optim.lr_scheduler.MultiStepLR(opt, MILESTONES["dance"](cfg.epochs), gamma=cfg.gamma)
     ops, p, n, step = parse_strategy(cfg.strategy), DSAParams(aug_mode=cfg.aug_mode), len(images), 0
     for ep in range(cfg.epochs):
         order = rng.permutation(n, cfg.seed, rng.EVAL_ORDER, k, ep)
@@ -121,18 +125,61 @@ def test_training_matches_the_recipe_written_with_torch(data, name):
     assert moved.abs().max() > 1e-2  # it trained
 
 
-def test_soft_protocol_needs_a_teacher_and_validation_points_give_the_best(data):
+def test_soft_protocol_needs_a_teacher_and_validation_points_do_not_change_training(data):
     images, labels = random_subset(data, 3, 0, 0)
     with pytest.raises(FastDMError, match="teacher"):
         train_model(images, labels, data, EvalConfig.for_protocol("soft", model="ConvNetW32", epochs=1),
                     0, "cpu")
     from fastdm.evaluate import evaluate_images
-    cfg = EvalConfig.for_protocol("dance", model="ConvNetW32", models=2, epochs=4, validate_every=2)
-    res = evaluate_images(images, labels, data, cfg, "cpu", progress=False)
-    assert [len(c["acc"]) for c in res["curves"]] == [2, 2]
-    assert [len(c["loss"]) for c in res["curves"]] == [4, 4]
-    assert res["accs_best"] == [max(a for _, a in c["acc"]) for c in res["curves"]]
-    assert all(b >= a for a, b in zip(res["accs"], res["accs_best"]))
+    kw = dict(model="ConvNetW32", models=2, epochs=4)
+    tested = evaluate_images(images, labels, data, EvalConfig.for_protocol("dance", validate_every=2, **kw),
+                             "cpu", progress=False)
+    plain = evaluate_images(images, labels, data, EvalConfig.for_protocol("dance", validate_every=0, **kw),
+                            "cpu", progress=False)
+    assert tested["accs"] == plain["accs"]  # testing mid-way leaves the training as it was
+    assert [[e for e, _ in c["acc"]] for c in tested["curves"]] == [[2, 4], [2, 4]]
+    assert [c["acc"][-1][1] for c in tested["curves"]] == tested["accs"]
+    assert "accs_best" in tested and "accs_best" not in plain
+
+
+def test_models_trained_together_report_each_models_curve(data):
+    from fastdm.evaluate import evaluate_images
+
+    class Board:
+        def __init__(self):
+            self.points = {}
+
+        def curve(self, prefix, k, curve, logged):
+            self.points[(prefix, k)] = (len(curve.get("loss", [])), len(curve.get("acc", [])))
+    images, labels = random_subset(data, 3, 0, 0)
+    cfg = dict(model="ConvNetW32", models=2, epochs=3, strategy="crop")
+    board = Board()
+    together = evaluate_images(images, labels, data, EvalConfig(batched=True, **cfg), "cpu",
+                               progress=False, board=board, board_prefix="p")
+    alone = evaluate_images(images, labels, data, EvalConfig(batched=False, **cfg), "cpu", progress=False)
+    assert together["trained_together"] and not alone["trained_together"]
+    for a, b in zip(together["curves"], alone["curves"]):
+        assert len(a["loss"]) == len(b["loss"]) == 4  # dm: epochs + 1 passes
+        torch.testing.assert_close(torch.tensor(a["loss"]), torch.tensor(b["loss"]), rtol=1e-4, atol=1e-5)
+    assert board.points == {("p", 0): (4, 1), ("p", 1): (4, 1)}
+
+
+def test_cutmix_pastes_one_box_from_the_partner_and_weights_by_the_kept_area():
+    x = torch.arange(5 * 2 * 8 * 8, dtype=torch.float32).view(5, 2, 8, 8)
+    for step in range(20):
+        y = x.clone()
+        mix = cutmix_(y, 1.0, 0, rng.EVAL_MIX, 0, step)
+        partner, kept = mix
+        changed = (y != x).any(1)                      # [n, H, W]: where a pixel came from the partner
+        box = changed.any(0)
+        rows, cols = box.any(1).nonzero().flatten(), box.any(0).nonzero().flatten()
+        area = 0 if len(rows) == 0 else (int(rows[-1] - rows[0]) + 1) * (int(cols[-1] - cols[0]) + 1)
+        if area:  # one rectangle, and inside it every image holds its partner's pixels
+            r0, r1, c0, c1 = int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
+            assert bool(box[r0:r1, c0:c1].all())
+            torch.testing.assert_close(y[:, :, r0:r1, c0:c1], x[partner][:, :, r0:r1, c0:c1])
+        assert kept == pytest.approx(1 - area / 64)
+    assert cutmix_(x.clone(), 0.0, 0, rng.EVAL_MIX, 0, 0) is None
 
 
 def test_ranking_scores():
@@ -189,6 +236,26 @@ def test_evaluate_rank_on_digits_through_the_cli(tmp_path, capsys, monkeypatch):
     assert "evaluate/soft/random/model0/train_loss" in tags and "evaluate/dm/synset/model0/test_accuracy" in tags
 
 
+def test_teacher_paths_that_are_not_banks_are_one_line_errors(tmp_path, monkeypatch):
+    import fastdm.pretrain as pt
+    from fastdm.data import load_dataset
+    from fastdm.teacher import cache_dir, get_teacher
+    digits = load_dataset("digits", None, False, None, progress=False)
+    monkeypatch.setattr(pt, "pretrain", lambda *a, **k: pytest.fail("trained into a named folder"))
+    (tmp_path / "afile").write_text("x")
+    for bad in (tmp_path / "missing", tmp_path / "afile"):
+        with pytest.raises(FastDMError, match="no bank there"):
+            get_teacher(digits, None, "ConvNetW32", "cpu", path=str(bad))
+    half = tmp_path / "half"
+    half.mkdir()
+    torch.save({}, half / "bank.pt")
+    with pytest.raises(FastDMError, match="not a fastdm bank|cannot be read"):
+        get_teacher(digits, None, "ConvNetW32", "cpu", path=str(half))
+    monkeypatch.setenv("FASTDM_CACHE", str(tmp_path / "cache"))
+    assert cache_dir(str(tmp_path / "afile")) == str(tmp_path / "cache" / "teachers")  # not writable there
+    assert cache_dir(str(tmp_path)) == str(tmp_path / "fastdm-teachers")
+
+
 def test_protocol_own_is_the_synsets_method_and_errors_are_one_line(tmp_path, capsys):
     from fastdm.cli import main
     from fastdm.evaluate_job import OWN_PROTOCOL
@@ -198,6 +265,9 @@ def test_protocol_own_is_the_synsets_method_and_errors_are_one_line(tmp_path, ca
     code = main(["evaluate", "--baseline", "random", "--dataset", "digits", "--ipc", "1",
                  "--teacher-epochs", "0"])
     assert code == 2 and "--teacher-epochs must be >= 1" in capsys.readouterr().err
+    code = main(["evaluate", "--baseline", "random", "--dataset", "digits", "--ipc", "1",
+                 "--plot", str(tmp_path)])
+    assert code == 2 and "is a folder" in capsys.readouterr().err
 
 
 def test_tensorboard_absent_is_a_one_line_error(monkeypatch):
@@ -237,6 +307,11 @@ def test_reproduce_runs_cells_once_and_writes_the_table(tmp_path, monkeypatch):
                                                        [{**res["rows"][0], "dataset": "mnist"}])
     with pytest.raises(FastDMError, match="--schedule"):
         rp.reproduce(**{**kw, "schedule": "slow"})
+    with pytest.raises(FastDMError, match="was run with iterations 2 \\(now 3\\)"):
+        rp.reproduce(**{**kw, "overrides": {**kw["overrides"], "iterations": 3}})
+    with pytest.raises(FastDMError, match="unknown dataset 'nope'"):
+        rp.reproduce(**{**kw, "datasets": ["digits", "nope"], "out": str(tmp_path / "other")})
+    assert not os.path.exists(tmp_path / "other" / "digits_ipc1")
 
 
 def test_grid_labels_every_column_with_its_class_name():

@@ -42,8 +42,13 @@ def load_bank(path: str) -> dict:
 
 def bank_info(path: str) -> dict:
     """bank.json: the bank's settings and its members' accuracies."""
-    with open(os.path.join(path, "bank.json")) as fh:
-        return json.load(fh)
+    try:
+        with open(os.path.join(path, "bank.json")) as fh:
+            return json.load(fh)
+    except (OSError, ValueError) as e:
+        raise FastDMError(f"{os.path.join(path, 'bank.json')} cannot be read "
+                          f"({getattr(e, 'strerror', None) or type(e).__name__}); a bank made by "
+                          f"fastdm pretrain has one beside bank.pt") from None
 
 
 class BankSource(EmbedderSource):
