@@ -2,20 +2,23 @@
 # unit tests and small reference comparisons, under 5 minutes on 2 cores). `make test-slow`
 # runs the rest (real-data integration, torchrun, AOT kernel compiles, subprocess CLI runs,
 # long compiles), `make test-all` both. The first use creates .venv with the pinned torch for
-# this machine and installs fastdm.
+# this machine and installs fastdm, building its native kernels with CMake against that torch
+# (--no-build-isolation: the build must see the installed torch). `make wheel` builds
+# dist/fastdm-*.whl the same way.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
 OUT ?= runs/digits
 
-.PHONY: run test test-slow test-all venv clean
+.PHONY: run test test-slow test-all venv wheel pins clean
 
-$(VENV)/.installed: pyproject.toml
+# cmake from pip only where the machine has none
+$(VENV)/.installed: pyproject.toml CMakeLists.txt $(wildcard kernels/*)
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -qq --upgrade pip
-	$(PY) -m pip install -qq $(TORCH_PINS)
-	$(PY) -m pip install -qq -e '.[dev]'
+	$(PY) -m pip install -qq $(TORCH_PINS) scikit-build-core $$(command -v cmake >/dev/null 2>&1 || echo cmake)
+	$(PY) -m pip install -qq --no-build-isolation -e '.[dev]'
 	touch $@
 
 venv: $(VENV)/.installed
@@ -34,5 +37,11 @@ test-slow: $(VENV)/.installed
 test-all: $(VENV)/.installed
 	$(PY) -m pytest -q
 
+wheel: $(VENV)/.installed
+	$(PY) -m pip wheel -q --no-build-isolation --no-deps -w dist .
+
+pins:
+	@echo $(TORCH_PINS)
+
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) runs build dist .pytest_cache

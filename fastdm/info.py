@@ -35,7 +35,20 @@ def info() -> dict:
                         "no CUDA device (set TRITON_INTERPRET=1 to interpret on the CPU)")),
             "fused_ops": sorted(FUSED_OPS),
             "FASTDM_BACKEND": requested(),
-            # the CPU's Winograd convolutions (built on first use; this only checks they can be)
-            "native_winograd": native.unavailable("winograd") or "buildable",
         },
+        "native_kernels": _native(native),
     }
+
+
+def _native(native) -> dict:
+    """Where the native CPU kernels come from (prebuilt, jit, or why unavailable); an installed
+    library is loaded to report its build and the instruction set it picked here."""
+    where = native.origin()
+    out = {"origin": where}
+    if where == "prebuilt":
+        ops = native.load()
+        out.update(isa=ops.isa(), build=ops.build_info())
+    elif where == "jit":
+        out["note"] = ("no installed library: the first use builds one from the source tree with "
+                       "CMake (install fastdm to prebuild it)")
+    return out

@@ -17,6 +17,7 @@ MAX_GRID_IPC = 20
 
 
 def _figure(width: float, height: float):
+    logging.getLogger("matplotlib").setLevel(logging.WARNING)  # its font cache notes are not ours
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 

@@ -7,12 +7,21 @@
 // (fastdm/ops/winograd.py): the input transform (NHWC image -> [36, tiles, C]) and the
 // output transform ([36, tiles, K] -> NHWC image, plus bias). Matrices: Lavin & Gray,
 // "Fast Algorithms for Convolutional Neural Networks" (2016), F(4x4, 3x3).
-#include <torch/extension.h>
+//
+// Compiled once per instruction set (CMakeLists.txt: FASTDM_ISA = generic, avx2, avx512, each
+// with its own -m flags); kernels/dispatch.cpp picks one at run time from what the CPU has.
+#include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 
 #include <algorithm>
 #include <cstring>
 
+#ifndef FASTDM_ISA
+#define FASTDM_ISA generic
+#endif
+
+namespace fastdm {
+namespace FASTDM_ISA {
 namespace {
 
 constexpr int T = 6;   // tile side
@@ -58,7 +67,7 @@ void check_f32_contig(const at::Tensor& t, const char* name, int64_t dim) {
 // x: [N, H, W, C] (NHWC); tiles start at (-pad_top, -pad_left) with stride 4; pixels outside
 // the image are zero. Writes V: [36, N * th * tw, C], V[a*6+b] = (B^T d B)[a][b] (a buffer the
 // caller reuses: fresh multi-MB buffers per block cost more in page faults than the transform).
-void input_transform(const at::Tensor& x, at::Tensor& V, int64_t pad_top, int64_t pad_left,
+void input_transform(const at::Tensor& x, const at::Tensor& V, int64_t pad_top, int64_t pad_left,
                      int64_t th, int64_t tw) {
   check_f32_contig(x, "x", 4);
   check_f32_contig(V, "V", 3);
@@ -105,7 +114,7 @@ void input_transform(const at::Tensor& x, at::Tensor& V, int64_t pad_top, int64_
 
 // Mm: [36, N * th * tw, K] (the GEMM's products); out: [N, Ho, Wo, K] (NHWC) receives
 // A^T Mm A of each tile, cropped to the image, plus bias (may be undefined).
-void output_transform(const at::Tensor& Mm, const c10::optional<at::Tensor>& bias, at::Tensor& out,
+void output_transform(const at::Tensor& Mm, const std::optional<at::Tensor>& bias, const at::Tensor& out,
                       int64_t th, int64_t tw) {
   check_f32_contig(Mm, "Mm", 3);
   check_f32_contig(out, "out", 4);
@@ -160,7 +169,5 @@ void output_transform(const at::Tensor& Mm, const c10::optional<at::Tensor>& bia
   });
 }
 
-PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("input_transform", &input_transform, "Winograd F(4x4,3x3) input transform (NHWC)");
-  m.def("output_transform", &output_transform, "Winograd F(4x4,3x3) output transform (NHWC)");
-}
+}  // namespace FASTDM_ISA
+}  // namespace fastdm

@@ -3,6 +3,9 @@ F.conv2d in float64, over odd shapes, paddings and block boundaries; its errors;
 the engine's real branch."""
 import logging
 
+import os
+import shutil
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -179,27 +182,92 @@ def test_conv_choice(monkeypatch, caplog):
 
 def test_native_unavailable_is_loud(monkeypatch, caplog):
     monkeypatch.delenv("FASTDM_BACKEND", raising=False)
-    monkeypatch.setattr(native, "_loaded", {})
+    monkeypatch.setattr(native, "_state", {})
     monkeypatch.setenv("FASTDM_NATIVE", "off")
     with caplog.at_level(logging.WARNING, logger="fastdm"):
         assert conv_for("auto", torch.device("cpu"), "fp32") == "direct"
     assert "not Winograd" in caplog.text and "FASTDM_NATIVE=off" in caplog.text
     with pytest.raises(FastDMError, match="FASTDM_NATIVE=off"):
         conv_for("winograd", torch.device("cpu"), "fp32")
-    monkeypatch.delenv("FASTDM_NATIVE")
-    monkeypatch.setattr(native, "SOURCES", native.SOURCES / "missing")
-    with pytest.raises(FastDMError, match="is not there"):
-        native.load("winograd")
 
 
-def test_a_failed_build_is_reported(monkeypatch, tmp_path):
-    (tmp_path / "broken.cpp").write_text("this is not C++\n")
-    monkeypatch.setattr(native, "SOURCES", tmp_path)
+def test_a_library_built_for_another_torch_is_a_one_line_error(monkeypatch):
+    monkeypatch.setattr(native, "_state", {})
+    monkeypatch.setattr(native, "_build_record", lambda folder: {"torch": "0.0.1", "cxx11_abi": 1})
+    why = native.unavailable()
+    if native._prebuilt_spec() is None:
+        pytest.skip("no installed library (a source-tree run)")
+    assert "built for torch 0.0.1" in why and "pip install --no-build-isolation" in why
+    with pytest.raises(FastDMError, match="built for torch 0.0.1"):
+        native.load()
+    assert native.origin().startswith("unavailable: ")
+
+
+def test_no_library_and_no_source_tree_says_how_to_install(monkeypatch, tmp_path):
+    monkeypatch.setattr(native, "_state", {})
+    monkeypatch.setattr(native, "_prebuilt_spec", lambda: None)
+    monkeypatch.setattr(native, "ROOT", tmp_path)
+    assert "installed without its native library" in native.unavailable()
+    assert not native.built()
+
+
+def test_a_failed_source_build_is_reported_once(monkeypatch, tmp_path):
+    if shutil.which("cmake") is None:
+        pytest.skip("no cmake")
+    (tmp_path / "kernels").mkdir()
+    (tmp_path / "CMakeLists.txt").write_text("this_is_not_cmake(\n")
+    monkeypatch.setattr(native, "_state", {})
+    monkeypatch.setattr(native, "_prebuilt_spec", lambda: None)
+    monkeypatch.setattr(native, "ROOT", tmp_path)
     monkeypatch.setenv("FASTDM_NATIVE_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setattr(native, "_failed", {})
-    with pytest.raises(FastDMError, match="building broken.cpp failed"):
-        native.load("broken")
-    assert "building broken.cpp failed" in native.unavailable("broken")  # remembered, not rebuilt
+    assert native.unavailable() is None and native.origin() == "jit"
+    with pytest.raises(FastDMError, match="cmake -S failed"):
+        native.load()
+    assert "cmake -S failed" in native.unavailable()  # remembered, not rebuilt
+
+
+_ISA_SCRIPT = """
+import sys, torch
+from fastdm import native
+ops = native.winograd()
+g = torch.Generator().manual_seed(0)
+x = torch.randn(2, 7, 10, 70, generator=g)
+v = torch.empty(36, 2 * 2 * 3, 70)
+ops.input_transform(x, v, 1, 1, 2, 3)
+m = torch.randn(36, 2 * 2 * 3, 67, generator=g)
+out = torch.empty(2, 7, 10, 67)
+ops.output_transform(m, torch.randn(67, generator=g), out, 2, 3)
+torch.save({"isa": ops.isa(), "v": v, "out": out}, sys.argv[1])
+"""
+
+
+def _isa_run(tmp_path, isa):
+    import subprocess
+    import sys
+    path = tmp_path / f"{isa or 'auto'}.pt"
+    env = {**os.environ, "FASTDM_NATIVE_ISA": isa or ""}
+    p = subprocess.run([sys.executable, "-c", _ISA_SCRIPT, str(path)], env=env, capture_output=True,
+                       text=True, cwd=os.path.dirname(os.path.dirname(__file__)))
+    return p, (torch.load(path) if p.returncode == 0 else None)
+
+
+def test_the_cpu_picks_its_build_and_every_build_computes_the_same(tmp_path):
+    """Run-time dispatch: the generic build (any x86-64) and the one this CPU picks agree; a
+    build this CPU cannot run is refused by name, not run into an illegal instruction."""
+    if native.unavailable() is not None:
+        pytest.skip(native.unavailable())
+    flags = open("/proc/cpuinfo").read() if os.path.exists("/proc/cpuinfo") else ""
+    p, auto = _isa_run(tmp_path, None)
+    assert p.returncode == 0, p.stderr[-2000:]
+    want = "avx512" if " avx512f" in flags and " avx512vl" in flags else "avx2" if " avx2" in flags else "generic"
+    assert auto["isa"] == want
+    p, generic = _isa_run(tmp_path, "generic")
+    assert p.returncode == 0 and generic["isa"] == "generic", p.stderr[-2000:]
+    for key in ("v", "out"):  # FMA contraction may round differently: float32 rounding apart
+        torch.testing.assert_close(generic[key], auto[key], rtol=1e-5, atol=1e-4)
+    if " avx512f" not in flags:
+        p, _ = _isa_run(tmp_path, "avx512")
+        assert p.returncode != 0 and "lacks those instructions" in p.stderr
 
 
 # -- the engine's real branch --------------------------------------------------------------------

@@ -47,13 +47,18 @@ def test_dry_run_prints_the_plan_and_writes_nothing(tmp_path, capsys, monkeypatc
 
 def test_dry_run_does_not_build_the_native_kernels(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("FASTDM_NATIVE_CACHE", str(tmp_path / "empty-cache"))
-    monkeypatch.setattr(native, "_loaded", {})
+    monkeypatch.setattr(native, "_state", {})
     built = []
     monkeypatch.setattr(native, "load", lambda name="winograd": built.append(name))
     plan = dry_run(capsys, "--dataset", "digits")
     assert built == [] and plan["conv"] == ("winograd" if native.unavailable() is None else "direct")
+    assert not any("built on the first run" in n for n in plan["notes"]) or not native.built()
+    # a source tree without an installed library: the plan says the first run builds it
+    monkeypatch.setattr(native, "_prebuilt_spec", lambda: None)
+    plan = dry_run(capsys, "--dataset", "digits")
     if plan["conv"] == "winograd":
         assert any("built on the first run" in n for n in plan["notes"])
+    assert built == []
 
 
 def test_dry_run_of_an_imagenet_size_store_takes_seconds(tmp_path, capsys):

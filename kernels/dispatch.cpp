@@ -1,0 +1,150 @@
+// fastdm's native library: registers the kernels' operators with PyTorch (torch.ops.fastdm_native)
+// and picks, at run time, the build of each kernel for the instruction sets this CPU has, so
+// one binary runs on any x86-64 CPU (never an illegal instruction on an older one).
+// FASTDM_NATIVE_ISA=generic|avx2|avx512 forces a build (tests compare them).
+//
+// Loaded as the Python extension module fastdm._kernels (importing it runs the registrations
+// below); it has no Python functions of its own.
+#include <Python.h>
+
+#include <ATen/ATen.h>
+#include <torch/library.h>
+
+#include <cstdlib>
+#include <cstring>
+#include <string>
+
+#include "fastdm_build_info.h"  // FASTDM_BUILD_INFO: what CMake built this for (a JSON string)
+
+namespace fastdm {
+
+#define FASTDM_DECLARE(ns)                                                                     \
+  namespace ns {                                                                               \
+  void input_transform(const at::Tensor& x, const at::Tensor& V, int64_t pad_top,              \
+                       int64_t pad_left, int64_t th, int64_t tw);                              \
+  void output_transform(const at::Tensor& Mm, const std::optional<at::Tensor>& bias,           \
+                        const at::Tensor& out, int64_t th, int64_t tw);                        \
+  }
+FASTDM_DECLARE(generic)
+#ifdef FASTDM_HAVE_AVX2
+FASTDM_DECLARE(avx2)
+#endif
+#ifdef FASTDM_HAVE_AVX512
+FASTDM_DECLARE(avx512)
+#endif
+
+namespace {
+
+enum class Isa { generic, avx2, avx512 };
+
+bool cpu_has_avx2() {
+#if defined(__x86_64__) || defined(__i386__)
+  return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+#else
+  return false;
+#endif
+}
+
+bool cpu_has_avx512() {
+#if defined(__x86_64__) || defined(__i386__)
+  return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") &&
+         __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") && cpu_has_avx2();
+#else
+  return false;
+#endif
+}
+
+bool built(Isa isa) {
+  switch (isa) {
+    case Isa::generic: return true;
+#ifdef FASTDM_HAVE_AVX2
+    case Isa::avx2: return true;
+#endif
+#ifdef FASTDM_HAVE_AVX512
+    case Isa::avx512: return true;
+#endif
+    default: return false;
+  }
+}
+
+Isa choose() {
+  const char* forced = std::getenv("FASTDM_NATIVE_ISA");
+  if (forced != nullptr && *forced != '\0') {
+    Isa want;
+    bool has;
+    if (std::strcmp(forced, "generic") == 0) {
+      want = Isa::generic, has = true;
+    } else if (std::strcmp(forced, "avx2") == 0) {
+      want = Isa::avx2, has = cpu_has_avx2();
+    } else if (std::strcmp(forced, "avx512") == 0) {
+      want = Isa::avx512, has = cpu_has_avx512();
+    } else {
+      TORCH_CHECK(false, "FASTDM_NATIVE_ISA=", forced, ": choose generic, avx2 or avx512");
+    }
+    TORCH_CHECK(has, "FASTDM_NATIVE_ISA=", forced, ": this CPU lacks those instructions");
+    TORCH_CHECK(built(want), "FASTDM_NATIVE_ISA=", forced, ": not in this build");
+    return want;
+  }
+  if (built(Isa::avx512) && cpu_has_avx512()) return Isa::avx512;
+  if (built(Isa::avx2) && cpu_has_avx2()) return Isa::avx2;
+  return Isa::generic;
+}
+
+Isa chosen() {
+  static const Isa isa = choose();  // once per process
+  return isa;
+}
+
+void input_transform(const at::Tensor& x, const at::Tensor& V, int64_t pad_top, int64_t pad_left,
+                     int64_t th, int64_t tw) {
+  switch (chosen()) {
+#ifdef FASTDM_HAVE_AVX512
+    case Isa::avx512: return avx512::input_transform(x, V, pad_top, pad_left, th, tw);
+#endif
+#ifdef FASTDM_HAVE_AVX2
+    case Isa::avx2: return avx2::input_transform(x, V, pad_top, pad_left, th, tw);
+#endif
+    default: return generic::input_transform(x, V, pad_top, pad_left, th, tw);
+  }
+}
+
+void output_transform(const at::Tensor& Mm, const std::optional<at::Tensor>& bias,
+                      const at::Tensor& out, int64_t th, int64_t tw) {
+  switch (chosen()) {
+#ifdef FASTDM_HAVE_AVX512
+    case Isa::avx512: return avx512::output_transform(Mm, bias, out, th, tw);
+#endif
+#ifdef FASTDM_HAVE_AVX2
+    case Isa::avx2: return avx2::output_transform(Mm, bias, out, th, tw);
+#endif
+    default: return generic::output_transform(Mm, bias, out, th, tw);
+  }
+}
+
+std::string isa_name() {
+  switch (chosen()) {
+    case Isa::avx512: return "avx512";
+    case Isa::avx2: return "avx2";
+    default: return "generic";
+  }
+}
+
+std::string build_info() { return FASTDM_BUILD_INFO; }
+
+}  // namespace
+}  // namespace fastdm
+
+TORCH_LIBRARY(fastdm_native, m) {
+  m.def("winograd_input_transform(Tensor x, Tensor(a!) v, int pad_top, int pad_left, int th, int tw) -> ()",
+        &fastdm::input_transform);
+  m.def("winograd_output_transform(Tensor m, Tensor? bias, Tensor(a!) out, int th, int tw) -> ()",
+        &fastdm::output_transform);
+  m.def("isa() -> str", &fastdm::isa_name);
+  m.def("build_info() -> str", &fastdm::build_info);
+}
+
+static struct PyModuleDef fastdm_kernels_module = {
+    PyModuleDef_HEAD_INIT, "_kernels",
+    "fastdm's native CPU kernels: importing this registers torch.ops.fastdm_native", -1, nullptr};
+
+PyMODINIT_FUNC PyInit__kernels(void) { return PyModule_Create(&fastdm_kernels_module); }
