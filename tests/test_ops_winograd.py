@@ -251,6 +251,7 @@ def _isa_run(tmp_path, isa):
     return p, (torch.load(path) if p.returncode == 0 else None)
 
 
+@pytest.mark.slow  # subprocesses (one per build), 12 s
 def test_the_cpu_picks_its_build_and_every_build_computes_the_same(tmp_path):
     """Run-time dispatch: the generic build (any x86-64) and the one this CPU picks agree; a
     build this CPU cannot run is refused by name, not run into an illegal instruction."""
