@@ -13,14 +13,23 @@ SYNSET_FORMAT = "fastdm-synset"
 SYNSET_VERSION = 1
 
 
+def _file_mode() -> int:
+    """The mode a new file gets from the user's umask (mkstemp's own is 0600)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 def _atomic(path: str, write) -> None:
     """Write through a temp file in the same folder, fsync, then rename: the file appears
-    complete or not at all, even if the process dies mid-write."""
+    complete or not at all, even if the process dies mid-write. The file gets the mode any new
+    file of the user's gets (the umask), not the temp file's 0600."""
     folder = os.path.dirname(os.path.abspath(path))
     tmp = None
     try:
         os.makedirs(folder, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=folder)
+        os.fchmod(fd, _file_mode())
         with os.fdopen(fd, "wb") as fh:
             write(fh)
             fh.flush()

@@ -61,3 +61,22 @@ def test_a_one_process_save_supersedes_rank_files(tmp_path):
     save_checkpoint(out, plan(), state(6, 1.0))
     assert sorted(os.listdir(out)) == ["checkpoint.pt"]
     assert load_checkpoint(out, plan()).iteration == 6
+
+
+@pytest.mark.parametrize("mask", [0o022, 0o077, 0o002])
+def test_outputs_get_the_users_umask_not_the_temp_files_mode(tmp_path, mask):
+    import os
+    import stat
+    from fastdm.io import atomic_json_dump, atomic_torch_save
+    old = os.umask(mask)
+    try:
+        atomic_json_dump({"a": 1}, str(tmp_path / "m.json"))
+        atomic_torch_save({"a": 1}, str(tmp_path / "s.pt"))
+        plain = tmp_path / "plain"
+        plain.write_text("x")  # what open() gives a new file under this umask
+    finally:
+        os.umask(old)
+    want = stat.S_IMODE(plain.stat().st_mode)
+    assert want == 0o666 & ~mask
+    for name in ("m.json", "s.pt"):
+        assert stat.S_IMODE((tmp_path / name).stat().st_mode) == want, name
