@@ -325,6 +325,7 @@ def cmd_condense(args) -> int:
     print(f"wrote {out}/synset.pt, grid.png, loss.png, metrics.json ({m['iterations']} iterations"
           + (f", {per_it:.3f} s/iteration)" if per_it else ")"))
     cfg = m["config"]
+    print(f"next: fastdm evaluate {os.path.join(out, 'synset.pt')} --compare-random")
     print(json.dumps({"out": out, "synset": os.path.join(out, "synset.pt"), "dataset": cfg["dataset"],
                       "ipc": cfg["ipc"], "model": cfg["model"], "iterations": m["iterations"],
                       "per_iteration_s": per_it, "final_loss": m["final_loss"]}))

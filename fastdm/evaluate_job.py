@@ -150,6 +150,14 @@ def evaluate_synset(synset: str | None = None, *, baseline: str | None = None, d
             summary["random"] = _strip(results["random"])
     if ranking is not None:
         summary["rank"] = ranking
+    folder = os.path.dirname(os.path.abspath(synset)) if synset else None
+    if folder and os.access(folder, os.W_OK):  # the record beside the set (the last evaluation)
+        from .io import atomic_json_dump
+        try:
+            atomic_json_dump(summary, os.path.join(folder, "eval.json"))
+            summary["record"] = os.path.join(folder, "eval.json")
+        except FastDMError as e:
+            log.warning("no eval.json: %s", e)
     plot = plot if plot is not None else (
         os.path.join(os.path.dirname(os.path.abspath(synset)), f"eval_{cfg.protocol}.png")
         if synset and os.access(os.path.dirname(os.path.abspath(synset)), os.W_OK) else None)

@@ -107,7 +107,7 @@ def reproduce(table: str, data_root: str | None, datasets: list[str], ipcs: list
     for dataset in datasets:
         for ipc in ipcs:
             folder = _cell_dir(out, dataset, ipc)
-            done = os.path.join(folder, "eval.json")
+            done = os.path.join(folder, "cell.json")
             if os.path.isfile(done):
                 row = _read(done)
                 _same_schedule(folder, {k: row.get(k) for k in sched}, sched)

@@ -43,6 +43,9 @@ def run(engine: DMEngine, state: RunState, out: str | None = None, progress: boo
     partial = engine.objective.partial
     bar = tqdm(total=total, initial=state.iteration, desc=f"DM {cfg.dataset} ipc{cfg.ipc}",
                unit="it", disable=not progress or None, dynamic_ncols=True)
+    # no progress bar (not a terminal, or --no-progress): a plain log line at each log point
+    plain = bool(bar.disable) and (dist is None or dist.main)
+    session = {"start_it": state.iteration, "start_s": state.elapsed}
     pending = []  # loss tensors not yet copied to the host (one sync per log interval)
     stop = []
     agreed = False  # dist: every rank has agreed to stop at this log point
@@ -105,6 +108,8 @@ def run(engine: DMEngine, state: RunState, out: str | None = None, progress: boo
                 synchronize(engine.device)  # elapsed is exact there and at the end
             state.elapsed += time.perf_counter() - t0
             bar.update(1)
+            if plain and want:
+                _log_line(state, total, session)
             if out and cfg.checkpoint_every and state.iteration % cfg.checkpoint_every == 0:
                 save()
             if on_iteration is not None:
@@ -130,6 +135,23 @@ def run(engine: DMEngine, state: RunState, out: str | None = None, progress: boo
     if out:
         save()
     return state
+
+
+def _log_line(state: RunState, total: int, session: dict) -> None:
+    done = state.iteration - session["start_it"]
+    rate = done / max(1e-9, state.elapsed - session["start_s"])
+    eta = (total - state.iteration) / rate if rate > 0 else float("inf")
+    loss = state.losses[-1] if state.losses else None
+    log.info("iteration %d/%d: loss %s, %.2f it/s, ETA %s", state.iteration, total,
+             "-" if loss is None else f"{loss:.4f}", rate, _duration(eta))
+
+
+def _duration(seconds: float) -> str:
+    if seconds == float("inf"):
+        return "?"
+    s = int(round(seconds))
+    h, m = divmod(s // 60, 60)
+    return f"{h}h{m:02d}m" if h else f"{m}m{s % 60:02d}s" if m else f"{s}s"
 
 
 def _main_thread() -> bool:

@@ -229,6 +229,8 @@ def test_evaluate_rank_on_digits_through_the_cli(tmp_path, capsys, monkeypatch):
     assert r["full_acc"] == last["teacher"]["accuracies"][0]
     assert r["protocols"] == {"hard": "dm", "soft": "soft"} and "DD-Ranking: HLR" in stdout
     assert os.path.isfile(os.path.join(out, "eval_dm.png"))
+    record = json.load(open(os.path.join(out, "eval.json")))
+    assert record["rank"]["lrs"] == r["lrs"] and last["record"] == os.path.join(out, "eval.json")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     ea = EventAccumulator(str(tmp_path / "tb"))
     ea.Reload()
@@ -277,6 +279,20 @@ def test_tensorboard_absent_is_a_one_line_error(monkeypatch):
     with pytest.raises(FastDMError, match="pip install tensorboard"):
         open_board("somewhere")
     assert open_board(None) is None
+
+
+def test_a_run_without_a_terminal_logs_plain_lines(tmp_path, caplog, capsys):
+    import logging
+    from fastdm.cli import main
+    with caplog.at_level(logging.INFO, logger="fastdm"):
+        assert main(["condense", "--dataset", "digits", "--iterations", "4", "--log-every", "2",
+                     "--model", "ConvNetW32", "--batch-real", "8", "--out", str(tmp_path / "r"),
+                     "--no-progress"]) == 0
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("iteration ")]
+    assert [ln.split(":")[0] for ln in lines] == ["iteration 2/4", "iteration 4/4"]
+    assert all("it/s, ETA" in ln and "loss " in ln for ln in lines)
+    out = capsys.readouterr().out
+    assert f"next: fastdm evaluate {tmp_path / 'r' / 'synset.pt'} --compare-random" in out
 
 
 def test_condense_tensorboard_has_loss_and_grids(tmp_path):
