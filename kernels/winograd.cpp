@@ -9,7 +9,8 @@
 // "Fast Algorithms for Convolutional Neural Networks" (2016), F(4x4, 3x3).
 //
 // Compiled once per instruction set (CMakeLists.txt: FASTDM_ISA = generic, avx2, avx512, each
-// with its own -m flags); kernels/dispatch.cpp picks one at run time from what the CPU has.
+// with its own target pragma below); kernels/dispatch.cpp picks one at run time from what the
+// CPU has.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 
@@ -18,6 +19,15 @@
 
 #ifndef FASTDM_ISA
 #define FASTDM_ISA generic
+#endif
+
+// The instruction set applies to this file's own functions only, from here on: torch's inline
+// header functions above stay baseline x86-64, so the linker's one copy of each (shared by every
+// build in the library) can never be an AVX one that the generic path would run.
+#if defined(FASTDM_ISA_AVX512)
+#pragma GCC target("avx2,fma,avx512f,avx512dq,avx512bw,avx512vl")
+#elif defined(FASTDM_ISA_AVX2)
+#pragma GCC target("avx2,fma")
 #endif
 
 namespace fastdm {

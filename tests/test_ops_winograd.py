@@ -226,6 +226,28 @@ def test_a_failed_source_build_is_reported_once(monkeypatch, tmp_path):
     assert "cmake -S failed" in native.unavailable()  # remembered, not rebuilt
 
 
+def test_only_the_isa_builds_use_avx_instructions():
+    """The library's baseline code (the dispatcher, torch's inline functions, the generic
+    build) has no AVX instruction, so it runs on any x86-64 CPU; the avx2/avx512 builds have."""
+    import re
+    import subprocess
+    spec = native._prebuilt_spec()
+    if spec is None or shutil.which("objdump") is None or "x86_64" not in os.uname().machine:
+        pytest.skip("needs the installed library, objdump and x86-64")
+    text = subprocess.run(["objdump", "-d", "-C", "--no-show-raw-insn", spec.origin],
+                          capture_output=True, text=True, check=True).stdout
+    avx, fn = set(), None
+    for line in text.splitlines():
+        m = re.match(r"^[0-9a-f]+ <(.*)>:$", line)
+        if m:
+            fn = m.group(1)
+        elif fn and re.search(r"%[yz]mm|\tv[a-z0-9]+\s.*%xmm", line):
+            avx.add(fn)
+    isa = {f for f in avx if "fastdm::avx2::" in f or "fastdm::avx512::" in f}
+    assert avx - isa == set()
+    assert any("fastdm::avx2::" in f for f in isa) and any("fastdm::avx512::" in f for f in isa)
+
+
 _ISA_SCRIPT = """
 import sys, torch
 from fastdm import native
