@@ -151,16 +151,17 @@ def evaluate_synset(synset: str | None = None, *, baseline: str | None = None, d
     if ranking is not None:
         summary["rank"] = ranking
     folder = os.path.dirname(os.path.abspath(synset)) if synset else None
-    if folder and os.access(folder, os.W_OK):  # the record beside the set (the last evaluation)
+    if folder and not os.access(folder, os.W_OK):
+        folder = None  # a read-only set's folder: no files beside it
+    if folder:  # the record beside the set (the last evaluation)
         from .io import atomic_json_dump
         try:
             atomic_json_dump(summary, os.path.join(folder, "eval.json"))
             summary["record"] = os.path.join(folder, "eval.json")
         except FastDMError as e:
             log.warning("no eval.json: %s", e)
-    plot = plot if plot is not None else (
-        os.path.join(os.path.dirname(os.path.abspath(synset)), f"eval_{cfg.protocol}.png")
-        if synset and os.access(os.path.dirname(os.path.abspath(synset)), os.W_OK) else None)
+    if plot is None and folder:
+        plot = os.path.join(folder, f"eval_{cfg.protocol}.png")
     if plot:
         from .report import save_figure, training_figure
         try:  # a picture that cannot be written costs the picture, not the evaluation

@@ -92,6 +92,12 @@ def _new_group(cfg, data, members, device) -> dict:
             "params": params, "buffers": buffers, "optimizer": None}
 
 
+def state_record(cfg: PretrainConfig) -> dict:
+    """The settings an unfinished bank's state must match to be continued (not ``together``:
+    how members are grouped changes no member's training)."""
+    return {k: v for k, v in dataclasses.asdict(cfg).items() if k != "together"}
+
+
 def training_rows(cfg: PretrainConfig, data) -> torch.Tensor:
     """The rows of the training set the bank trains on: all, or images_per_class of each class
     drawn from the seed."""
@@ -177,7 +183,7 @@ def pretrain(cfg: PretrainConfig, out: str, progress: bool = True, overwrite: bo
                           f"another --out")
     os.makedirs(out, exist_ok=True)
     state_path = os.path.join(out, STATE)
-    record = {k: v for k, v in dataclasses.asdict(cfg).items() if k != "together"}
+    record = state_record(cfg)
     state = {"config": record, "done": [], "group": None, "seconds": 0.0}
     if os.path.isfile(state_path) and not overwrite:
         saved = torch.load(state_path, map_location="cpu", weights_only=True)

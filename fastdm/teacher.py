@@ -88,10 +88,9 @@ def get_teacher(data, data_root: str | None, model: str, device, path: str | Non
 
 
 def _resumable(path: str, cfg) -> bool:
-    import dataclasses
-    from .pretrain import STATE
+    from .pretrain import STATE, state_record
     try:
         saved = torch.load(os.path.join(path, STATE), map_location="cpu", weights_only=True)["config"]
     except Exception:
         return False
-    return saved == {k: v for k, v in dataclasses.asdict(cfg).items() if k != "together"}
+    return saved == state_record(cfg)
