@@ -1,5 +1,5 @@
 """Evaluation: the protocol's models trained together (vmap, fastdm.train_batched) vs one at a
-time (fastdm.evaluate.train_model), same device, same work (initialisations, orders, DSA draws).
+time (fastdm.evaluation.train_model), same device, same work (initialisations, orders, DSA draws).
 
     python -m benchmarks.eval_bench --device cpu --models 10 --epochs 20 [--compile-backend inductor]
 
@@ -23,7 +23,7 @@ import torch
 
 from fastdm.devices import resolve_device, synchronize
 from fastdm.errors import FastDMError
-from fastdm.evaluate import EvalConfig, train_model
+from fastdm.evaluation import EvalConfig, train_model
 from fastdm.models import build_model
 from fastdm.models.compiled import SharedCompiled
 from fastdm.train_batched import train_models_batched

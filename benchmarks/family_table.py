@@ -22,10 +22,10 @@ import os
 import sys
 import time
 
-from fastdm.condense import condense_dataset
+from fastdm.condense_job import condense_dataset
 from fastdm.config import CondenseConfig
 from fastdm.data import load_dataset
-from fastdm.evaluate import evaluate_synset
+from fastdm.evaluation import evaluate_synset
 from fastdm.io import atomic_json_dump
 from fastdm.methods import METHODS
 

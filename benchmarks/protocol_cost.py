@@ -19,7 +19,7 @@ import torch
 
 from fastdm.data import load_dataset
 from fastdm.devices import resolve_device
-from fastdm.evaluate import EvalConfig, accuracy, check_synset_shape, train_model
+from fastdm.evaluation import EvalConfig, accuracy, check_synset_shape, train_model
 from fastdm.io import load_synset
 from fastdm.protocols import PROTOCOLS, passes
 

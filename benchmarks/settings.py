@@ -55,9 +55,14 @@ SETTINGS = {
     "tinyimagenet-ipc10": Setting(200, 500, 3, 64, 10, "ConvNetD4"),
     "tinyimagenet-ipc50": Setting(200, 500, 3, 64, 50, "ConvNetD4"),
     "imagenet64-ipc10": Setting(1000, 1300, 3, 64, 10, "ConvNetD4"),
-    # the paper's MNIST shape at the family table's real batch
+    "cifar10-ipc10-b64": Setting(10, 5000, 3, 32, 10, "ConvNet", batch_real=64),
+    # the paper's MNIST shape (1x28x28) at the quick schedules' real batch and the paper's
     "mnist-ipc1": Setting(10, 6000, 1, 28, 1, "ConvNet", batch_real=64),
     "mnist-ipc10": Setting(10, 6000, 1, 28, 10, "ConvNet", batch_real=64),
+    "mnist-ipc50": Setting(10, 6000, 1, 28, 50, "ConvNet", batch_real=64),
+    "mnist-ipc1-b256": Setting(10, 6000, 1, 28, 1, "ConvNet"),
+    "mnist-ipc10-b256": Setting(10, 6000, 1, 28, 10, "ConvNet"),
+    "mnist-ipc50-b256": Setting(10, 6000, 1, 28, 50, "ConvNet"),
     # a seconds-long smoke setting (tests, CI)
     "toy-ipc2": Setting(4, 40, 3, 16, 2, "ConvNetD2", batch_real=16),
 }

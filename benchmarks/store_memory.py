@@ -27,7 +27,7 @@ CHILD = """
 import json, sys
 import torch
 from benchmarks.measure import peak_rss_bytes, reset_peak_rss
-from fastdm.condense import condense_dataset
+from fastdm.condense_job import condense_dataset
 from fastdm.config import CondenseConfig
 root, out, chunk, ipc, batch_real, device = sys.argv[1:7]
 torch.zeros(1)

@@ -89,6 +89,14 @@ def save_checkpoint(out: str, plan, state: RunState, dist=None) -> None:
     distributed.barrier()
 
 
+def remove_checkpoints(out: str) -> None:
+    """A finished run's checkpoint files (one process's or the ranks'), once its outputs are in."""
+    for path in (checkpoint_path(out), manifest_path(out)):
+        if os.path.exists(path):
+            os.remove(path)
+    _remove(out, keep=set())
+
+
 def _remove(out: str, keep: set) -> None:
     if not keep and os.path.exists(manifest_path(out)):
         os.remove(manifest_path(out))
@@ -130,6 +138,10 @@ def _files(out: str) -> list[str]:
         return paths
     if single:
         return [single]
+    if os.path.isfile(os.path.join(out, "synset.pt")):
+        raise FastDMError(f"--resume: the run in {out} finished and its checkpoint was removed (keep "
+                          f"it with --keep-checkpoint to extend a run later); start afresh with "
+                          f"--overwrite, or use another --out")
     raise FastDMError(f"--resume: no checkpoint in {out} (checkpoint.pt or checkpoint.json); run "
                       f"without --resume to start")
 

@@ -42,9 +42,14 @@ def _add_condense_args(c: argparse.ArgumentParser) -> None:
     from .config import SETTINGS
     from .settings import GROUPS
 
+    from .augment.params import OPS
+    from .models import MODELS
+
     groups = {name: c.add_argument_group(title) for name, title in GROUPS.items()}
+    listing = {"model": "; one of " + ", ".join(MODELS),
+               "strategy": " (ops: " + ", ".join(OPS) + ")"}
     for s in SETTINGS:
-        kw = {"help": f"{s.help} (default: {s.default_text()})"}
+        kw = {"help": f"{s.help}{listing.get(s.name, '')} (default: {s.default_text()})"}
         if s.objective:
             kw["help"] = f"{s.help}; --objective {s.objective} only (default: {s.default_text()})"
         if s.type is bool:
@@ -87,65 +92,76 @@ def build_parser() -> argparse.ArgumentParser:
 
     c = sub.add_parser("condense", help="learn a synthetic set (writes OUT/synset.pt, grid.png, "
                                         "loss.png, metrics.json)")
+    c.add_argument("--config", metavar="FILE",
+                   help="settings from a JSON or YAML file (names as the flags, with _ for -), or "
+                        "an earlier run's metrics.json (to repeat that run); flags given here win")
     _add_condense_args(c)
 
     e = sub.add_parser("evaluate", help="train models on a synthetic set (or a random real subset) "
                                         "and report test accuracy")
     e.add_argument("synset", nargs="?", help="a synset.pt from condense, or a reference res_DM_*.pt")
-    e.add_argument("--baseline", choices=["random"], help="evaluate random real subsets instead")
-    _add_data_args(e)
-    e.add_argument("--ipc", type=int, help="images per class for --baseline random")
-    e.add_argument("--model", help="model to train (default: the synset's, i.e. cross-architecture "
-                                   "evaluation when given)")
-    e.add_argument("--models", type=int, help="models to train (default 5)")
-    e.add_argument("--epochs", type=int, help="training epochs (default: the protocol's; dm: "
-                   "1000, on digits 300)")
-    e.add_argument("--batch-train", type=int, help="training batch size (default: the protocol's; "
-                   "dm: 256)")
-    e.add_argument("--strategy", help="DSA strategy for training (default: the protocol's, else "
-                   "the synset's, else the dataset's)")
-    e.add_argument("--aug-mode", choices=["S", "M"], help="DSA mode for training: S one op per "
-                   "image, M all (default: the protocol's, else the synset's, else S)")
-    e.add_argument("--seed", type=int, help="evaluation seed (default 0)")
-    e.add_argument("--device", help="auto, cpu or cuda (default auto)")
-    e.add_argument("--exp", type=int, help="which experiment of a reference file (default: last)")
-    e.add_argument("--together", dest="batched", action="store_const", const=True,
-                   help="train the models together (one vmapped step for all; default on CUDA)")
-    e.add_argument("--one-at-a-time", dest="batched", action="store_const", const=False,
-                   help="train the models one after another (default on the CPU, where it measured "
-                        "faster; BatchNorm models always go one at a time)")
-    e.add_argument("--compile", choices=["auto", "on", "off"],
-                   help="torch.compile the training step (one graph for all models). auto (default): "
-                        "on CUDA, and on the CPU for images of 32 px or more")
-    e.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
-                   help="the training forward's arithmetic: auto (default) = bf16 autocast on CUDA "
-                        "GPUs with native bf16, fp32 elsewhere; testing is always fp32")
-    e.add_argument("--compare-random", action="store_true",
-                   help="also evaluate random real subsets of the same size, the same way")
+    e.add_argument("--config", metavar="FILE",
+                   help="settings from a JSON or YAML file, or an earlier eval.json (to repeat that "
+                        "evaluation); flags given here win")
+    data = e.add_argument_group("data")
+    data.add_argument("--baseline", choices=["random"], help="evaluate random real subsets instead")
+    _add_data_args(data)
+    data.add_argument("--ipc", type=int, help="images per class for --baseline random")
+    data.add_argument("--exp", type=int, help="which experiment of a reference file (default: last)")
+    from .models import MODELS
     from .protocols import ALIASES, PROTOCOLS
-    e.add_argument("--protocol", choices=[*PROTOCOLS, *ALIASES, "own"],
-                   help="how the models are trained (default dm): "
-                        + "; ".join(f"{p.name}: {p.summary}" for p in PROTOCOLS.values())
-                        + "; idm, m3d: dm's; own: the synset's method's. --epochs, --batch-train, "
-                          "--strategy override the protocol's")
-    e.add_argument("--teacher", metavar="PATH",
-                   help="the soft protocol's teacher: a bank folder from fastdm pretrain (its first "
-                        "member); default: trained once and cached beside the data "
-                        "(DATA_ROOT/fastdm-teachers, or ~/.cache/fastdm/teachers where that folder "
-                        "is not writable)")
-    e.add_argument("--teacher-epochs", type=int,
-                   help="epochs of a teacher trained here (default 30)")
-    e.add_argument("--teacher-images-per-class", type=int,
-                   help="train the teacher on this many real images per class (a quick teacher; "
-                        "default all, which --rank's full-data accuracy assumes)")
-    e.add_argument("--rank", action="store_true",
-                   help="also report DD-Ranking's scores: hard label recovery (HLR), improvement "
-                        "over random (IOR) and the label-robust score (LRS)")
-    e.add_argument("--plot", metavar="PNG",
-                   help="the training curves' picture (default: eval_PROTOCOL.png beside the synset)")
-    e.add_argument("--tensorboard", metavar="DIR",
-                   help="write TensorBoard scalars (loss and accuracy per model) to DIR")
-    e.add_argument("--no-progress", action="store_true", help="no progress bar")
+    tr = e.add_argument_group("protocol and training")
+    tr.add_argument("--protocol", choices=[*PROTOCOLS, *ALIASES, "own"],
+                    help="how the models are trained (default dm): "
+                         + "; ".join(f"{p.name}: {p.summary}" for p in PROTOCOLS.values())
+                         + "; idm, m3d: dm's; own: the synset's method's. --epochs, --batch-train, "
+                           "--strategy override the protocol's")
+    tr.add_argument("--model", help="model to train (default: the synset's, i.e. cross-architecture "
+                                    "evaluation when given): " + ", ".join(MODELS))
+    tr.add_argument("--models", type=int, help="models to train (default 5)")
+    tr.add_argument("--epochs", type=int, help="training epochs (default: the protocol's; dm: "
+                    "1000, on digits 300)")
+    tr.add_argument("--batch-train", type=int, help="training batch size (default: the protocol's; "
+                    "dm: 256)")
+    tr.add_argument("--strategy", help="DSA ops joined by _ (color, crop, cutout, flip, scale, "
+                    "rotate) or none (default: the protocol's, else the synset's, else the dataset's)")
+    tr.add_argument("--aug-mode", choices=["S", "M"], help="DSA mode for training: S one op per "
+                    "image, M all (default: the protocol's, else the synset's, else S)")
+    tr.add_argument("--seed", type=int, help="evaluation seed (default 0)")
+    tr.add_argument("--compare-random", action="store_true", default=None,
+                    help="also evaluate random real subsets of the same size, the same way")
+    tr.add_argument("--teacher", metavar="PATH",
+                    help="the soft protocol's teacher: a bank folder from fastdm pretrain (its first "
+                         "member); default: trained once and cached beside the data "
+                         "(DATA_ROOT/fastdm-teachers, or ~/.cache/fastdm/teachers where that folder "
+                         "is not writable)")
+    tr.add_argument("--teacher-epochs", type=int,
+                    help="epochs of a teacher trained here (default 30)")
+    tr.add_argument("--teacher-images-per-class", type=int,
+                    help="train the teacher on this many real images per class (a quick teacher; "
+                         "default all, which --rank's full-data accuracy assumes)")
+    tr.add_argument("--rank", action="store_true", default=None,
+                    help="also report DD-Ranking's scores: hard label recovery (HLR), improvement "
+                         "over random (IOR) and the label-robust score (LRS)")
+    out = e.add_argument_group("output and logging")
+    out.add_argument("--plot", metavar="PNG",
+                     help="the training curves' picture (default: eval_PROTOCOL.png beside the synset)")
+    out.add_argument("--tensorboard", metavar="DIR",
+                     help="write TensorBoard scalars (loss and accuracy per model) to DIR")
+    out.add_argument("--no-progress", action="store_true", help="no progress bar")
+    sp = e.add_argument_group("speed and placement (the accuracy stays the same up to rounding)")
+    sp.add_argument("--device", help="auto, cpu or cuda (default auto)")
+    sp.add_argument("--together", dest="batched", action="store_const", const=True,
+                    help="train the models together (one vmapped step for all; default on CUDA)")
+    sp.add_argument("--one-at-a-time", dest="batched", action="store_const", const=False,
+                    help="train the models one after another (default on the CPU, where it measured "
+                         "faster; BatchNorm models always go one at a time)")
+    sp.add_argument("--compile", choices=["auto", "on", "off"],
+                    help="torch.compile the training step (one graph for all models). auto (default): "
+                         "on CUDA, and on the CPU for images of 32 px or more")
+    sp.add_argument("--precision", choices=["auto", "fp32", "bf16"],
+                    help="the training forward's arithmetic: auto (default) = bf16 autocast on CUDA "
+                         "GPUs with native bf16, fp32 elsewhere; testing is always fp32")
 
     p = sub.add_parser("prepare", help="decode an image folder once into a uint8 store for "
                                        "--dataset store (parallel, resumable)")
@@ -276,11 +292,14 @@ def _objective_alias(args, given: dict) -> None:
 
 def cmd_condense(args) -> int:
     from .checkpoint import saved_config
-    from .condense import Interrupted, condense_dataset
+    from .condense_job import Interrupted, condense_dataset
     from .config import SETTING, SETTINGS, CondenseConfig
 
     given = {s.name: getattr(args, s.name) for s in SETTINGS if getattr(args, s.name) is not None}
     _objective_alias(args, given)
+    if args.config:  # the file's settings, under the flags given here
+        from .config_file import condense_settings
+        given = {**condense_settings(args.config), **given}
     if args.resume:
         if not args.out:
             raise FastDMError("--resume needs --out DIR, the folder of the run to continue")
@@ -292,7 +311,10 @@ def cmd_condense(args) -> int:
         saved = {k: v for k, v in saved.items() if SETTING[k].objective in (None, objective)}
         given = {**saved, **given}
     if "dataset" not in given:
-        raise FastDMError("condense needs --dataset NAME (digits is the embedded default dataset)")
+        given["dataset"] = SETTING["dataset"].default
+        log.info("no --dataset: condensing the embedded %s dataset", given["dataset"])
+    # checked here so that errors name the flags (a config built in Python names its fields)
+    given = {k: SETTING[k].validate(v) for k, v in given.items()}
     try:
         res = condense_dataset(CondenseConfig(**given), args.out, args.resume, args.overwrite,
                                progress=not args.no_progress, dry_run=args.dry_run,
@@ -400,19 +422,20 @@ def cmd_prepare(args) -> int:
 
 # -- evaluate ----------------------------------------------------------------------------------
 def cmd_evaluate(args) -> int:
+    import inspect
+
     from .evaluate_job import evaluate_synset
 
-    summary = evaluate_synset(args.synset, baseline=args.baseline, dataset=args.dataset, data_root=args.data_root,
-                       download=bool(args.download), image_size=args.image_size, ipc=args.ipc,
-                       model=args.model, models=args.models, epochs=args.epochs,
-                       batch_train=args.batch_train, strategy=args.strategy, seed=args.seed,
-                       device=args.device, exp=args.exp, compare_random=args.compare_random,
-                       batched=args.batched, compile=args.compile or "auto",
-                       precision=args.precision, progress=not args.no_progress,
-                       aug_mode=args.aug_mode, protocol=args.protocol, teacher=args.teacher,
-                       teacher_epochs=args.teacher_epochs,
-                       teacher_images_per_class=args.teacher_images_per_class, rank=args.rank,
-                       tensorboard=args.tensorboard, plot=args.plot)
+    known = [k for k in inspect.signature(evaluate_synset).parameters if k != "progress"]
+    opts = {k: getattr(args, k) for k in known if getattr(args, k, None) is not None}
+    opts["synset"] = args.synset
+    if args.config:
+        from .config_file import evaluate_settings
+        opts = {**evaluate_settings(args.config, known), **{k: v for k, v in opts.items() if v is not None}}
+    opts.setdefault("compile", "auto")
+    opts.setdefault("precision", "auto")
+    summary = evaluate_synset(**opts, progress=not args.no_progress)
+    args.synset = opts.get("synset")
     for kind, res in (("synset", summary if summary["kind"] == "synset" else None),
                       ("random", summary.get("random") or (summary if summary["kind"] == "random" else None))):
         if res is not None:

@@ -12,7 +12,7 @@ import torch
 from . import objectives
 from .errors import FastDMError
 from .methods import PRESET_KEYS, preset
-from .settings import CONDENSE, Setting, by_name, markdown_table
+from .settings import CONDENSE, Setting, by_name, markdown_table, python_names
 
 # The embedded default dataset runs a short schedule so that `make run` finishes in about a
 # minute on 2 CPU cores; pass --iterations to run longer.
@@ -50,6 +50,30 @@ def _to_dict(self) -> dict:
     return dataclasses.asdict(self)
 
 
+def _post_init(self) -> None:
+    """Every given value checked when the config is built; errors name the Python field
+    (``ipc must be ...``), the command line checks its flags before building one."""
+    for s in SETTINGS:
+        value = getattr(self, s.name)
+        if value is None:
+            continue
+        try:
+            object.__setattr__(self, s.name, s.validate(value))
+        except FastDMError as e:
+            raise FastDMError(python_names(str(e))) from None
+
+
+def _docstring() -> str:
+    lines = ["Settings of a condensation run, checked when built (a bad value raises FastDMError "
+             "naming the field). None: resolved from the dataset and the method when the run "
+             "plan is made (fastdm.plan). The fields, as in docs/settings.md:", ""]
+    for s in SETTINGS:
+        owner = f" (objective {s.objective} only)" if s.objective else ""
+        lines.append(python_names(f"{s.name} ({s.type.__name__}, default {s.default_text()}): "
+                                  f"{s.help}{owner}."))
+    return "\n".join(lines)
+
+
 @classmethod
 def _from_dict(cls, d: dict) -> "CondenseConfig":
     """A config from a dict (a checkpoint's, metrics.json's); unknown keys are ignored and the
@@ -72,9 +96,8 @@ def _from_dict(cls, d: dict) -> "CondenseConfig":
 CondenseConfig = dataclasses.make_dataclass(
     "CondenseConfig", [(s.name, s.type | None if s.default is None else s.type,
                         dataclasses.field(default=s.default)) for s in SETTINGS],
-    namespace={"to_dict": _to_dict, "from_dict": _from_dict,
-               "__doc__": "Settings of a condensation run (docs/settings.md); None: resolved "
-                          "from the dataset when the run plan is made (fastdm.plan)."},
+    namespace={"to_dict": _to_dict, "from_dict": _from_dict, "__post_init__": _post_init,
+               "__doc__": _docstring()},
     frozen=True)
 CondenseConfig.__module__ = __name__
 

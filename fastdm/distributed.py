@@ -115,9 +115,15 @@ def gather_objects(obj, dist: Dist) -> list | None:
 
 
 def shutdown() -> None:
+    """Leave the process group while the interpreter is fully alive: destroy_process_group drops
+    torch's own references, and a collection frees any cyclic garbage still holding the group
+    (a gloo group torn down at interpreter exit can abort the process)."""
+    import gc
+
     import torch.distributed as td
     if td.is_initialized():
         td.destroy_process_group()
+        gc.collect()
 
 
 # what a collective raises when a peer is gone (gloo: connection closed/reset; NCCL: a

@@ -1,6 +1,6 @@
 """``fastdm evaluate``: a synset file (or random real subsets) evaluated by a protocol, with the
 teacher the soft protocol needs, the DD-Ranking scores (``rank``), a picture of the training
-curves and TensorBoard scalars. fastdm.evaluate trains and tests; this module puts a job in order."""
+curves and TensorBoard scalars. fastdm.evaluation trains and tests; this module puts a job in order."""
 from __future__ import annotations
 
 import logging
@@ -11,7 +11,7 @@ from .config import QUICK_EVAL
 from .data import load_dataset
 from .devices import resolve_device
 from .errors import FastDMError
-from .evaluate import EvalConfig, check_synset_shape, evaluate_images
+from .evaluation import EvalConfig, check_synset_shape, evaluate_images
 from .io import load_synset
 from .protocols import get_protocol
 

@@ -34,7 +34,7 @@ from .devices import resolve_device
 from .embedders.bank import BANK_FORMAT, bank_file
 from .embedders.stacked import single_forward, stacked_forward
 from .errors import FastDMError
-from .evaluate import accuracy
+from .evaluation import accuracy
 from .io import atomic_json_dump, atomic_torch_save
 from .models import build_model, check_model_name, create_model
 from .ops.dsa import dsa_augment
@@ -167,7 +167,7 @@ def pretrain(cfg: PretrainConfig, out: str, progress: bool = True, overwrite: bo
     dict. ``data``: an already loaded fastdm Dataset (default: load ``cfg.dataset``).
     ``tensorboard``: a folder for each group's training loss per epoch and each member's test
     accuracy."""
-    from tqdm import tqdm
+    from tqdm.auto import tqdm
 
     cfg.check()
     if data is None:

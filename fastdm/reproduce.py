@@ -46,7 +46,7 @@ def _read(path: str):
 def condense_cell(out, dataset, ipc, sched, common, progress) -> dict:
     """The cell's synset (condensed, continued from its checkpoint, or already there)."""
     from .checkpoint import has_checkpoint
-    from .condense import condense_dataset
+    from .condense_job import condense_dataset
     from .config import CondenseConfig
 
     folder = _cell_dir(out, dataset, ipc)

@@ -36,7 +36,7 @@ def run(engine: DMEngine, state: RunState, out: str | None = None, progress: boo
     ranks agree on stopping there too (they are in step only at log points): Ctrl-C/SIGTERM
     runs on to the next log point, where every rank saves; a second one stops at once,
     keeping the last complete checkpoint."""
-    from tqdm import tqdm
+    from tqdm.auto import tqdm
 
     cfg = engine.cfg
     total = cfg.iterations

@@ -16,6 +16,7 @@ A default of None is resolved when the run plan is made (``auto`` says to what).
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Callable
 
@@ -219,6 +220,9 @@ CONDENSE = (
     Setting("seed", int, 0, "every random draw derives from it", "schedule", minimum=0),
     Setting("checkpoint_every", int, 500, "iterations between checkpoints (0: only at the end)",
             "output", kind="run", minimum=0),
+    Setting("keep_checkpoint", bool, False, "keep the checkpoint after a finished run, so that a "
+            "later --resume can extend it with more iterations (off: removed once the outputs "
+            "are written)", "output", kind="run"),
     Setting("log_every", int, 10, "iterations between loss readings (and, under torchrun, the "
             "points where ranks meet)", "output", kind="run", minimum=1),
     Setting("device", str, "auto", "auto, cpu, cuda or cuda:N", "speed", kind="speed",
@@ -238,6 +242,12 @@ CONDENSE = (
             "memory (CPU), disk (a store through the page cache); auto: by size", "speed",
             kind="speed", choices=TIERS),
 )
+
+
+def python_names(message: str) -> str:
+    """A check's message for Python callers: ``--batch-real`` becomes ``batch_real``."""
+    return re.sub(r"--([a-z][a-z0-9]*(?:-[a-z0-9]+)*)", lambda m: m.group(1).replace("-", "_"),
+                  message)
 
 
 def by_name(settings) -> dict[str, Setting]:

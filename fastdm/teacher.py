@@ -35,7 +35,10 @@ def cache_dir(data_root: str | None) -> str:
 def default_path(data, data_root, model: str, epochs: int, images_per_class: int | None, seed: int) -> str:
     size = "x".join(map(str, data.image_size))
     subset = "all" if images_per_class is None else f"{images_per_class}pc"
-    return os.path.join(cache_dir(data_root), f"{data.name}-{size}-{model}-{epochs}ep-{subset}-s{seed}")
+    name = data.name
+    if name == "tensors":  # the caller's own data: one teacher per content, not per name
+        name += "-" + str(data.fingerprint).rpartition(":")[2][:12]
+    return os.path.join(cache_dir(data_root), f"{name}-{size}-{model}-{epochs}ep-{subset}-s{seed}")
 
 
 def load_teacher(path: str, data, model: str, device) -> torch.nn.Module:

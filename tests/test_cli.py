@@ -35,8 +35,9 @@ def test_condense_writes_every_output_and_evaluate_prints_json_last(tmp_path, ca
     code, stdout, _ = run_cli(capsys, "condense", "--dataset", "digits", "--iterations", "3", "--ipc", "2",
                               "--out", out, *FAST)
     assert code == 0
-    for f in ("synset.pt", "grid.png", "loss.png", "metrics.json", "checkpoint.pt"):
+    for f in ("synset.pt", "grid.png", "loss.png", "metrics.json"):
         assert os.path.isfile(os.path.join(out, f)), f
+    assert not os.path.exists(os.path.join(out, "checkpoint.pt"))  # a finished run needs none
     syn = torch.load(os.path.join(out, "synset.pt"), weights_only=True)
     assert syn["images"].shape == (20, 1, 8, 8) and syn["images"].dtype == torch.float32
     assert syn["labels"].tolist() == [c for c in range(10) for _ in range(2)]
@@ -67,7 +68,8 @@ def test_resume_continues_to_more_iterations_bit_identically(tmp_path, capsys):
     a, b = str(tmp_path / "a"), str(tmp_path / "b")
     common = ["--dataset", "digits", "--ipc", "1", "--batch-real", "16", *FAST]
     assert run_cli(capsys, "condense", *common, "--iterations", "4", "--out", a)[0] == 0
-    assert run_cli(capsys, "condense", *common, "--iterations", "2", "--out", b)[0] == 0
+    assert run_cli(capsys, "condense", *common, "--iterations", "2", "--out", b,
+                   "--keep-checkpoint")[0] == 0
     # --resume takes the saved settings; only --iterations changes
     assert run_cli(capsys, "condense", "--out", b, "--resume", "--iterations", "4", *FAST)[0] == 0
     sa = torch.load(os.path.join(a, "synset.pt"), weights_only=True)
@@ -90,7 +92,7 @@ def test_errors_are_one_clear_line(tmp_path, capsys):
         (["condense", "--dataset", "digits", "--iterations", "-3"], "--iterations must be"),
         (["condense", "--dataset", "digits", "--device", "tpu"], "unknown --device 'tpu'"),
         (["condense", "--out", str(tmp_path / "x"), "--resume"], "no checkpoint"),
-        (["condense"], "needs --dataset"),
+        (["condense", "--ipc", "500"], "smallest class of digits"),  # digits by default
         (["evaluate", str(tmp_path / "missing.pt")], "missing.pt not found"),
         (["evaluate"], "needs a SYNSET.pt"),
         (["evaluate", "--baseline", "random", "--dataset", "digits"], "needs --ipc"),
@@ -135,9 +137,13 @@ def test_reference_synset_evaluates(tmp_path, capsys):
 def test_existing_run_is_protected(tmp_path, capsys):
     out = str(tmp_path / "r")
     assert run_cli(capsys, "condense", "--dataset", "digits", "--iterations", "1", "--out", out, *FAST)[0] == 0
-    assert "already holds a run" in error_of(capsys, "condense", "--dataset", "digits", "--out", out, *FAST)
+    assert "already holds a finished run" in error_of(capsys, "condense", "--dataset", "digits", "--out",
+                                                      out, *FAST)
+    assert "--keep-checkpoint" in error_of(capsys, "condense", "--out", out, "--resume", *FAST)
     assert run_cli(capsys, "condense", "--dataset", "digits", "--iterations", "1", "--out", out,
-                   "--overwrite", *FAST)[0] == 0
+                   "--overwrite", "--keep-checkpoint", *FAST)[0] == 0
+    assert "already holds a run (a checkpoint)" in error_of(capsys, "condense", "--dataset", "digits",
+                                                            "--out", out, *FAST)
     line = error_of(capsys, "condense", "--out", out, "--resume", "--seed", "5", *FAST)
     assert "settings differ" in line and "seed: 0 -> 5" in line
 
@@ -209,7 +215,7 @@ def test_more_bad_inputs_are_named(tmp_path, capsys):
         (["condense", "--dataset", "digits", "--device", "cudafoo"], "unknown --device 'cudafoo'"),
         (["condense", "--dataset", "digits", "--device", "cuda:x"], "unknown --device 'cuda:x'"),
         (["condense", "--dataset", "imagefolder", "--data-root", str(tmp_path), "--image-size", "0"],
-         "--image-size must be positive"),
+         "--image-size must be an integer >= 1"),
         (["evaluate", str(empty), "--dataset", "digits"], "holds no images"),
         (["evaluate", "--baseline", "random", "--dataset", "digits", "--ipc", "1", "--batch-train", "0"],
          "--batch-train must be >= 1"),

@@ -98,7 +98,7 @@ def test_unavailable_compiler_is_an_error_or_a_warning(data, monkeypatch, caplog
 
 
 def test_cli_flags(tmp_path, capsys):
-    with pytest.raises(FastDMError, match="--compile must be"):
+    with pytest.raises(FastDMError, match="compile must be"):
         resolved(make_dataset(), compile="yes")
     out = tmp_path / "run"
     assert main(["condense", "--dataset", "digits", "--iterations", "2", "--compile", "off",

@@ -5,9 +5,9 @@ import pytest
 import torch._dynamo.utils as dynamo_utils
 
 from conftest import make_dataset
-from fastdm import evaluate as ev
+from fastdm import evaluation as ev
 from fastdm.errors import FastDMError
-from fastdm.evaluate import EvalConfig, train_model
+from fastdm.evaluation import EvalConfig, train_model
 from fastdm.models import build_model
 from fastdm.models.compiled import SharedCompiled
 from fastdm.train_batched import train_models_batched

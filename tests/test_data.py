@@ -201,7 +201,7 @@ def test_imagefolder_mixed_modes_and_sizes(tmp_path):
     assert d.classes == ["cat", "dog"] and d.train.counts.tolist() == [6, 6]
     assert d.test.counts.tolist() == [2, 2] and d.train.images.shape[1:] == (3, 24, 24)
     with pytest.raises(FastDMError, match="needs train/"):
-        load_dataset("imagefolder", str(tmp_path / "train"), progress=False)
+        load_dataset("imagefolder", str(tmp_path / "train" / "cat"), progress=False)
 
 
 def test_decode_resizes_shorter_side_then_centre_crops(tmp_path):

@@ -190,9 +190,9 @@ def test_ipc_larger_than_smallest_class_is_refused(toy_dataset):
 
 
 def test_bad_settings_are_refused(toy_dataset):
-    for kw, msg in (({"iterations": -1}, "--iterations"), ({"lr_img": 0.0}, "--lr-img"),
+    for kw, msg in (({"iterations": -1}, "iterations must be"), ({"lr_img": 0.0}, "lr_img must be"),
                     ({"strategy": "crop_zoom"}, "unknown augmentation op 'zoom'"),
-                    ({"model": "ConvNetD9"}, "unknown model"), ({"class_chunk": 0}, "--class-chunk")):
+                    ({"model": "ConvNetD9"}, "unknown model"), ({"class_chunk": 0}, "class_chunk must be")):
         with pytest.raises(FastDMError, match=msg):
             engine_for(toy_dataset, **kw)
 

@@ -24,7 +24,7 @@ def test_argument_errors(capsys):
 
 def test_protocol_cost_times_every_protocol(tmp_path, monkeypatch):
     from benchmarks import protocol_cost
-    from fastdm.condense import condense_dataset
+    from fastdm.condense_job import condense_dataset
     from fastdm.config import CondenseConfig
     monkeypatch.setenv("FASTDM_CACHE", str(tmp_path / "cache"))
     condense_dataset(CondenseConfig(dataset="digits", iterations=1, model="ConvNetW32", batch_real=8),

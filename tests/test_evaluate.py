@@ -1,9 +1,9 @@
 import pytest
 import torch
 
-import fastdm.evaluate as ev
+import fastdm.evaluation as ev
 from fastdm.errors import FastDMError
-from fastdm.evaluate import EvalConfig, evaluate_images, random_subset, accuracy, train_model
+from fastdm.evaluation import EvalConfig, evaluate_images, random_subset, accuracy, train_model
 
 from conftest import class_images, make_dataset
 
@@ -107,7 +107,7 @@ def test_cross_architecture_and_bad_configs(data):
 
 def test_evaluation_uses_the_synsets_dsa_mode(tmp_path, monkeypatch):
     """One DSA setting for condensing and evaluating, as the reference's single dsa_param."""
-    from fastdm.condense import condense_dataset
+    from fastdm.condense_job import condense_dataset
     from fastdm.config import CondenseConfig
     modes = []
     real = ev.DSAParams

@@ -378,12 +378,12 @@ def test_method_presets_and_overrides(data):
         ("dm", "dm", 1, "sgd", 0.5, False)
     assert resolved(data, method="datadam", ipc=2).model == "ConvNetBN"
     assert resolved(data, method="datadam", ipc=2, model="ConvNet").model == "ConvNet"
-    for kw, msg in (({"method": "idc", "ipc": 1}, "--method must be one of"),
+    for kw, msg in (({"method": "idc", "ipc": 1}, "method must be one of"),
                     ({"factor": 5, "ipc": 1}, "--factor 5 must divide the image size"),
-                    ({"factor": 0, "ipc": 1}, "--factor must be an integer >= 1"),
+                    ({"factor": 0, "ipc": 1}, "factor must be an integer >= 1"),
                     ({"ipc": 2, "factor": 2}, r"--ipc 2 x --factor 2\^2 = 8 tiles"),
-                    ({"optimizer": "adam", "ipc": 1}, "--optimizer must be one of"),
-                    ({"weight_decay": -1.0, "ipc": 1}, "--weight-decay must be >= 0")):
+                    ({"optimizer": "adam", "ipc": 1}, "optimizer must be one of"),
+                    ({"weight_decay": -1.0, "ipc": 1}, "weight_decay must be >= 0")):
         with pytest.raises(FastDMError, match=msg):
             resolved(data, **kw)
 
@@ -391,7 +391,7 @@ def test_method_presets_and_overrides(data):
 def test_factor_run_writes_stored_and_decoded_sets(data, tmp_path):
     """synset.pt: 'stored' (ipc per class, what was optimised), 'images'/'data' the decoded
     set training uses; evaluate decodes a stored-only file itself."""
-    from fastdm.condense import condense_dataset
+    from fastdm.condense_job import condense_dataset
     from fastdm.config import CondenseConfig
     from fastdm.io import load_synset
     cfg = CondenseConfig(dataset="digits", method="m3d", ipc=1, iterations=2, batch_real=8,

@@ -13,7 +13,7 @@ import torch
 from conftest import TEST_DEVICE_NAME as DEVICE
 from conftest import engine_for
 from fastdm.data import load_dataset
-from fastdm.evaluate import EvalConfig, evaluate_images
+from fastdm.evaluation import EvalConfig, evaluate_images
 from fastdm.precision import cpu_native_bf16
 from fastdm.runner import run
 

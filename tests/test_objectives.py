@@ -34,7 +34,7 @@ def test_defaults_and_validation(data):
                     ({"bandwidths": [1.0]}, "--bandwidths applies to --objective m3d only"),
                     ({"objective": "m3d", "bandwidths": [1.0, 0.0]}, "positive"),
                     ({"objective": "m3d", "bandwidths": []}, "positive"),
-                    ({"objective": "m3d", "bandwidth_scale": "log"}, "--bandwidth-scale")):
+                    ({"objective": "m3d", "bandwidth_scale": "log"}, "bandwidth_scale must be")):
         with pytest.raises(FastDMError, match=msg):
             resolved(data, ipc=2, **kw)
 
@@ -109,7 +109,7 @@ def test_dm_objective_is_dms_loss(data):
 def test_cli_m3d_run_and_errors(tmp_path, capsys, caplog):
     out = tmp_path / "g"
     code = main(["condense", "--dataset", "digits", "--iterations", "4", "--objective", "m3d",
-                 "--bandwidths", "0.5,2", "--out", str(out), "--no-progress"])
+                 "--bandwidths", "0.5,2", "--out", str(out), "--no-progress", "--keep-checkpoint"])
     res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert code == 0 and res["final_loss"] is not None and res["final_loss"] >= 0
     metrics = json.load(open(out / "metrics.json"))

@@ -344,7 +344,7 @@ def test_compiled_real_branch_does_not_recompile(toy_dataset, monkeypatch):
 
 def test_engine_conv_errors(toy_dataset, monkeypatch):
     monkeypatch.delenv("FASTDM_BACKEND", raising=False)
-    with pytest.raises(FastDMError, match="--conv must be"):
+    with pytest.raises(FastDMError, match="conv must be"):
         _engine(toy_dataset, conv="fft")
     with pytest.raises(FastDMError, match="float32 only"):
         _engine(toy_dataset, conv="winograd", precision="bf16", compile="off")
@@ -402,14 +402,57 @@ def test_a_subclass_with_its_own_embed_keeps_the_direct_path():
 
 
 def test_a_resume_with_other_convolutions_is_said_and_recorded(tmp_path, caplog, monkeypatch):
-    from fastdm.condense import condense_dataset
+    from fastdm.condense_job import condense_dataset
     from fastdm.config import CondenseConfig
     monkeypatch.delenv("FASTDM_BACKEND", raising=False)
     out = str(tmp_path / "run")
-    cfg = CondenseConfig(dataset="digits", iterations=2, checkpoint_every=1)  # auto: winograd
+    cfg = CondenseConfig(dataset="digits", iterations=2, checkpoint_every=1,  # auto: winograd
+                         keep_checkpoint=True)
     assert condense_dataset(cfg, out, progress=False)["metrics"]["run_conv"] == "winograd"
     with caplog.at_level(logging.WARNING, logger="fastdm"):
         m = condense_dataset(CondenseConfig(**{**cfg.to_dict(), "iterations": 3, "conv": "direct"}),
                              out, resume=True, progress=False)["metrics"]
     assert "ran with winograd real-branch convolutions; this session runs direct" in caplog.text
     assert m["plan"]["conv"] == "direct" and m["run_conv"] == "winograd+direct"
+
+
+@pytest.mark.parametrize("shape", [(3, 5, 7, 9), (2, 16, 8, 8), (1, 3, 2, 2)])
+def test_instance_norm_relu_pool_nhwc_equals_the_modules(shape):
+    """The Winograd real branch's NHWC block (fastdm.models.fast_embed) against GroupNorm(C, C),
+    ReLU and AvgPool2d(2) on NCHW, on inputs with a large mean (no E[x^2] - E[x]^2 loss)."""
+    from fastdm.models.fast_embed import instance_norm_relu_pool_nhwc
+    g = torch.Generator().manual_seed(sum(shape))
+    x = torch.randn(*shape, generator=g) * 3 + 40
+    norm = torch.nn.GroupNorm(shape[1], shape[1])
+    with torch.no_grad():
+        norm.weight.copy_(torch.randn(shape[1], generator=g))
+        norm.bias.copy_(torch.randn(shape[1], generator=g))
+        want = torch.nn.functional.avg_pool2d(torch.relu(norm(x)), 2)
+        got = instance_norm_relu_pool_nhwc(x.contiguous(memory_format=torch.channels_last),
+                                           norm.weight, norm.bias, norm.eps)
+    assert got.shape == want.shape
+    torch.testing.assert_close(got, want, atol=2e-5, rtol=1e-5)
+
+
+def test_the_real_branch_takes_the_nhwc_block_where_it_applies(monkeypatch):
+    """ConvNet: every norm-ReLU-pool triple becomes the block, unless a tap needs its output."""
+    import fastdm.models.fast_embed as fe
+    from fastdm.models import create_model
+    net = create_model("ConvNet", 3, 10, (16, 16))
+    layers = fe.winograd_layers(net, (16, 16))
+    x = torch.randn(4, 3, 16, 16)
+    calls, real = [], fe.instance_norm_relu_pool_nhwc
+
+    def spy(*a):
+        calls.append(1)
+        return real(*a)
+    monkeypatch.setattr(fe, "instance_norm_relu_pool_nhwc", spy)
+    with torch.no_grad():
+        torch.testing.assert_close(fe.tapped_embed(net, layers)(x), net.embed(x), atol=1e-4, rtol=1e-4)
+        assert len(calls) == 3
+        calls.clear()
+        fe.tapped_embed(net, layers, taps=(1,))(x)  # the first norm's output is tapped
+        assert len(calls) == 2
+        calls.clear()
+        fe.tapped_embed(net, ())(x)  # no Winograd layers: NCHW modules as they are
+        assert not calls

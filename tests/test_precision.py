@@ -28,7 +28,7 @@ def test_resolve_precision():
     assert resolve_precision("bf16", torch.device("cpu")) == "bf16"
     with pytest.raises(FastDMError, match="--precision must be one of"):
         resolve_precision("fp16", torch.device("cpu"))
-    with pytest.raises(FastDMError, match="--precision must be one of"):
+    with pytest.raises(FastDMError, match="precision must be one of"):
         engine_for(make_dataset(), precision="half")
 
 
@@ -97,7 +97,7 @@ def test_cli_records_precision(tmp_path, capsys):
 def test_evaluation_trains_in_the_asked_precision(together, caplog):
     """bf16 autocast in the evaluation's training step (one at a time and vmapped together):
     it really runs (other weights than fp32), stays close, and the summary says so."""
-    from fastdm.evaluate import EvalConfig, evaluate_images, train_model
+    from fastdm.evaluation import EvalConfig, evaluate_images, train_model
     from fastdm.train_batched import train_models_batched
     d = make_dataset(num_classes=3, per_class=(5, 4, 6), size=(12, 12), test_per_class=3)
     x, y = d.normalize(d.train.images), d.train.labels
@@ -126,10 +126,11 @@ def test_evaluation_trains_in_the_asked_precision(together, caplog):
 
 
 def test_a_resume_in_another_precision_is_said_and_recorded(tmp_path, caplog):
-    from fastdm.condense import condense_dataset
+    from fastdm.condense_job import condense_dataset
     from fastdm.config import CondenseConfig
     out = str(tmp_path / "run")
-    cfg = CondenseConfig(dataset="digits", iterations=2, precision="fp32", checkpoint_every=1)
+    cfg = CondenseConfig(dataset="digits", iterations=2, precision="fp32", checkpoint_every=1,
+                         keep_checkpoint=True)
     condense_dataset(cfg, out, progress=False)
     m = condense_dataset(CondenseConfig(**{**cfg.to_dict(), "iterations": 3, "precision": "bf16"}),
                          out, resume=True, progress=False)["metrics"]

@@ -13,7 +13,7 @@ from fastdm import rng
 from fastdm.augment import DSAParams, parse_strategy, sample_per_sample
 from fastdm.augment.cutmix import cutmix_
 from fastdm.errors import FastDMError
-from fastdm.evaluate import EvalConfig, random_subset, train_model
+from fastdm.evaluation import EvalConfig, random_subset, train_model
 from fastdm.models import build_model
 from fastdm.ops.dsa import dsa_augment
 from fastdm.protocols import PROTOCOLS, get_protocol
@@ -67,7 +67,7 @@ def test_protocol_recipes_and_overrides():
 
 def _reference_training(images, labels, data, cfg, k, teacher=None):
     """The protocol written out with torch's optimisers and schedulers, from the same rng
-    words: the student fastdm.evaluate.train_model must end at."""
+    words: the student fastdm.evaluation.train_model must end at."""
     net = build_model(cfg.model, images.shape[1], data.num_classes, tuple(images.shape[2:]), cfg.seed,
                       rng.EVAL_INIT, k).train()
     if cfg.optimizer == "adamw":
@@ -130,7 +130,7 @@ def test_soft_protocol_needs_a_teacher_and_validation_points_do_not_change_train
     with pytest.raises(FastDMError, match="teacher"):
         train_model(images, labels, data, EvalConfig.for_protocol("soft", model="ConvNetW32", epochs=1),
                     0, "cpu")
-    from fastdm.evaluate import evaluate_images
+    from fastdm.evaluation import evaluate_images
     kw = dict(model="ConvNetW32", models=2, epochs=4)
     tested = evaluate_images(images, labels, data, EvalConfig.for_protocol("dance", validate_every=2, **kw),
                              "cpu", progress=False)
@@ -143,7 +143,7 @@ def test_soft_protocol_needs_a_teacher_and_validation_points_do_not_change_train
 
 
 def test_models_trained_together_report_each_models_curve(data):
-    from fastdm.evaluate import evaluate_images
+    from fastdm.evaluation import evaluate_images
 
     class Board:
         def __init__(self):
@@ -297,7 +297,7 @@ def test_a_run_without_a_terminal_logs_plain_lines(tmp_path, caplog, capsys):
 
 def test_condense_tensorboard_has_loss_and_grids(tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-    from fastdm.condense import condense_dataset
+    from fastdm.condense_job import condense_dataset
     from fastdm.config import CondenseConfig
     cfg = CondenseConfig(dataset="digits", iterations=4, log_every=2, model="ConvNetW32", batch_real=8)
     condense_dataset(cfg, str(tmp_path / "run"), progress=False, tensorboard=str(tmp_path / "tb"))

@@ -59,18 +59,23 @@ def test_the_docs_table_is_generated_from_the_settings():
         assert f"`{s.flag}`" in table
 
 
-def test_validation_messages_name_the_flag():
+def test_validation_messages_name_the_field_and_on_the_command_line_the_flag(capsys):
     data = make_dataset()
-    for kw, msg in (({"ipc": 0}, "--ipc must be an integer >= 1, got 0"),
-                    ({"ipc": 1.5}, "--ipc must be an integer"),
-                    ({"momentum": 1.0}, r"--momentum must be in \[0, 1\)"),
-                    ({"lr_img": -1}, "--lr-img must be positive"),
-                    ({"init": "zeros"}, "--init must be one of real, noise, got 'zeros'"),
-                    ({"download": "yes"}, "--download must be true or false"),
-                    ({"seed": -1}, "--seed must be an integer >= 0"),
+    for kw, msg in (({"ipc": 0}, "^ipc must be an integer >= 1, got 0"),
+                    ({"ipc": 1.5}, "^ipc must be an integer"),
+                    ({"momentum": 1.0}, r"^momentum must be in \[0, 1\)"),
+                    ({"lr_img": -1}, "^lr_img must be positive"),
+                    ({"init": "zeros"}, "^init must be one of real, noise, got 'zeros'"),
+                    ({"download": "yes"}, "^download must be true or false"),
+                    ({"seed": -1}, "^seed must be an integer >= 0"),
                     ({"model": "ResNet99"}, "unknown model")):
         with pytest.raises(FastDMError, match=msg):
             resolved(data, **kw)
+    for argv, msg in ((["--ipc", "0"], "--ipc must be an integer >= 1, got 0"),
+                      (["--lr-img", "-1"], "--lr-img must be positive"),
+                      (["--momentum", "1"], r"--momentum must be in [0, 1)")):
+        assert main(["condense", "--dataset", "digits", *argv]) == 2
+        assert msg in capsys.readouterr().err
 
 
 def test_a_setting_validates_and_normalises():
@@ -87,7 +92,7 @@ def test_a_setting_validates_and_normalises():
 def test_resume_keeps_result_settings_and_allows_speed_ones(tmp_path, capsys):
     out = str(tmp_path / "run")
     base = ["condense", "--dataset", "digits", "--iterations", "2", "--out", out, "--no-progress",
-            "--checkpoint-every", "1"]
+            "--checkpoint-every", "1", "--keep-checkpoint"]
     assert main(base) == 0
     result = [s for s in SETTINGS if s.kind == "result" and s.objective is None]
     assert {"ipc", "batch_real", "lr_img", "seed", "model", "strategy"} <= {s.name for s in result}

@@ -158,7 +158,7 @@ RSS_SCRIPT = textwrap.dedent("""
     import json, sys
     import numpy as np
     from benchmarks.measure import peak_rss_bytes, reset_peak_rss
-    from fastdm.condense import condense_dataset
+    from fastdm.condense_job import condense_dataset
     from fastdm.config import CondenseConfig
     from fastdm.data.store import write_store
     root, out = sys.argv[1], sys.argv[2]
@@ -252,10 +252,11 @@ def test_a_shard_engine_holds_and_streams_only_its_classes(store, mapped):
 
 def test_resume_refuses_a_store_written_anew_at_the_same_path(store, tmp_path):
     import shutil
-    from fastdm.condense import condense_dataset
+    from fastdm.condense_job import condense_dataset
     data, root = store
     cfg = CondenseConfig(dataset="store", data_root=root, ipc=2, iterations=2, batch_real=5,
-                         model="ConvNetW32", device="cpu", compile="off", checkpoint_every=1)
+                         model="ConvNetW32", device="cpu", compile="off", checkpoint_every=1,
+                         keep_checkpoint=True)
     out = str(tmp_path / "run")
     condense_dataset(cfg, out, progress=False)
     again = CondenseConfig(**{**cfg.to_dict(), "iterations": 3})

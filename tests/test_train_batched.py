@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from conftest import make_dataset
-from fastdm import evaluate as ev
-from fastdm.evaluate import EvalConfig, train_model
+from fastdm import evaluation as ev
+from fastdm.evaluation import EvalConfig, train_model
 from fastdm.train_batched import train_models_batched
 
 

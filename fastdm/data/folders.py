@@ -3,10 +3,13 @@
 Decoding: PIL, converted to RGB; an image whose size differs from the target is resized so
 its shorter side equals the target (PIL bicubic, which filters over the whole footprint when
 shrinking, i.e. antialiased) and centre-cropped to a square. Unreadable or corrupt files are
-skipped and counted; more than MAX_BAD_FRACTION of a split is an error.
+skipped and counted; more than MAX_BAD_FRACTION of a split is an error. An imagefolder tree
+without val/ (train/<class>/* or plain <class>/*) gets a seeded, stratified validation split
+(split_val), the same for the in-memory loader and fastdm prepare.
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
@@ -21,6 +24,8 @@ log = logging.getLogger("fastdm")
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp", ".gif")
 MAX_BAD_FRACTION = 0.02
+VAL_FRACTION = 0.1  # held out of each class when a folder has no val/ split (split_val)
+VAL_SEED = 0        # fixed, not the condensation seed: that split never changes between runs
 
 
 def decode_image(path: str, size: int) -> torch.Tensor | None:
@@ -125,18 +130,34 @@ def imagefolder_splits(root: str | None, size: int, progress: bool = True):
             decode_files(val_files, size, len(classes), "imagefolder val", progress), classes)
 
 
+def _class_dirs(folder: str) -> list[str]:
+    return sorted(d for d in os.listdir(folder) if os.path.isdir(os.path.join(folder, d)))
+
+
 def imagefolder_files(root: str | None, what: str = "imagefolder", flag: str = "--data-root"):
-    """([train files, val files], class names) of a train/<class>/*, val/<class>/* tree."""
+    """([train files, val files], class names), files as (path, class). Layouts: train/<class>/*
+    with val/<class>/*; for imagefolder also train/<class>/* alone or <class>/* (torchvision's
+    ImageFolder), whose validation split split_val makes. ImageNet ships a val split, so for
+    imagenet a missing val/ is a mistake, not a layout."""
+    strict = what == "imagenet"
+    layouts = ("train/<class>/<images> and val/<class>/<images>" if strict else
+               "train/<class>/<images> (val/<class>/<images> optional) or <class>/<images>")
     if root is None:
-        raise FastDMError(f"dataset {what} needs {flag} DIR with train/<class>/* and "
-                          "val/<class>/*")
-    hint = f"an {what} folder needs train/<class>/<images> and val/<class>/<images>"
-    for sub in ("train", "val"):
-        _require_dir(os.path.join(root, sub), hint)
-    classes = sorted(d for d in os.listdir(os.path.join(root, "train"))
-                     if os.path.isdir(os.path.join(root, "train", d)))
+        raise FastDMError(f"dataset {what} needs {flag} DIR with {layouts}")
+    hint = f"an {what} folder needs {layouts}"
+    has_train, has_val = (os.path.isdir(os.path.join(root, s)) for s in ("train", "val"))
+    if strict or has_val:
+        for sub in ("train", "val"):
+            _require_dir(os.path.join(root, sub), hint)
+    top = os.path.join(root, "train") if has_train else root
+    classes = _class_dirs(top)
     if not classes:
-        raise FastDMError(f"{root}/train holds no class folders; {hint}")
+        raise FastDMError(f"{top} holds no class folders; {hint}")
+    if not (strict or has_val):
+        per_class = [_images_in(os.path.join(top, c)) for c in classes]
+        if not any(per_class):
+            raise FastDMError(f"{top} holds no images in class folders; {hint}")
+        return list(split_val(per_class, classes, top)), classes
     splits = []
     for sub in ("train", "val"):
         files = []
@@ -144,9 +165,33 @@ def imagefolder_files(root: str | None, what: str = "imagefolder", flag: str = "
             folder = os.path.join(root, sub, c)
             if os.path.isdir(folder):
                 files += [(f, i) for f in _images_in(folder)]
-        extra = sorted(set(d for d in os.listdir(os.path.join(root, sub))
-                           if os.path.isdir(os.path.join(root, sub, d))) - set(classes))
+        extra = sorted(set(_class_dirs(os.path.join(root, sub))) - set(classes))
         if extra:
             raise FastDMError(f"{root}/{sub} has class folders missing from train/: {extra[:5]}")
         splits.append(files)
     return splits, classes
+
+
+def split_val(per_class: list[list[str]], classes: list[str], where: str,
+              fraction: float = VAL_FRACTION, seed: int = VAL_SEED):
+    """(train, val) files as (path, class) for a folder without a val/ split, stratified: of
+    each class of n >= 2 images, max(1, floor(fraction * n)) go to val (at most n - 1); a class
+    of 1 image stays all-train. The held-out ones are the first of the class's files ranked by
+    sha256(seed, class folder, file name): a seeded permutation that depends on neither the
+    listing order, the other classes, the root's path nor the condensation --seed, and is
+    the same with every numpy/Python version. Both splits keep file-name order."""
+    train, val = [], []
+    for i, (c, paths) in enumerate(zip(classes, per_class)):
+        paths = sorted(paths)
+        n = len(paths)
+        # + 1e-9: n * fraction can land just under an integer (90 * 0.7 is 62.99999999999999)
+        k = 0 if n < 2 else min(n - 1, max(1, int(n * fraction + 1e-9)))
+        rank = sorted(paths, key=lambda p: hashlib.sha256(
+            f"{seed}\0{c}\0{os.path.basename(p)}".encode()).digest())
+        held = set(rank[:k])
+        train += [(p, i) for p in paths if p not in held]
+        val += [(p, i) for p in paths if p in held]
+    log.info("%s has no val/ split: held out %d of %d images as the validation split (%.0f%% of "
+             "each class, at least 1 of a class with 2 or more; fixed seed %d, the same every run)",
+             where, len(val), len(train) + len(val), 100 * fraction, seed)
+    return train, val

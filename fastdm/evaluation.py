@@ -28,8 +28,9 @@ from .backend import backend_for
 from .ops.dsa import dsa_augment
 from .data import Dataset
 from .errors import FastDMError
-from .models import build_model, check_model_name
+from .models import build_model, check_model_name, create_model
 from .models.compiled import SharedCompiled, resolve_compile
+from .models.fast_embed import winograd_embed, winograd_layers
 from .precision import PRECISIONS, autocast, resolve_precision, warn_if_slow
 from .protocols import get_protocol, passes
 from .train_batched import can_batch, train_models_batched
@@ -61,6 +62,9 @@ class EvalConfig:
     # the training forward's arithmetic (fastdm.precision): auto = bf16 autocast on CUDA GPUs
     # that compute it natively, fp32 (the reference's) elsewhere; testing always runs in fp32
     precision: str = "auto"
+    # the test pass's 3x3 convolutions (fastdm.evaluation.test_conv): auto = Winograd for
+    # ConvNets on the CPU (as condensation's real branch), direct elsewhere
+    conv: str = "auto"
     # the protocol's recipe (fastdm.protocols.Protocol's fields)
     protocol: str = "dm"
     optimizer: str = "sgd"
@@ -103,6 +107,8 @@ class EvalConfig:
             raise FastDMError(f"the learning rate must be positive, got {self.lr}")
         if self.compile not in ("auto", "on", "off"):
             raise FastDMError(f"--compile must be auto, on or off, got '{self.compile}'")
+        if self.conv not in ("auto", "winograd", "direct"):
+            raise FastDMError(f"--conv must be one of auto, winograd, direct, got '{self.conv}'")
         if self.precision not in PRECISIONS:
             raise FastDMError(f"--precision must be one of {', '.join(PRECISIONS)}, got '{self.precision}'")
         if self.optimizer not in ("sgd", "adamw") or self.schedule not in ("dm", "multistep", "quarter-cosine"):
@@ -117,14 +123,30 @@ class EvalConfig:
         check_model_name(self.model)
 
 
+def test_conv(mode: str, model: str, data: Dataset, device) -> str:
+    """The test pass's 3x3 convolutions: 'winograd' (the native CPU kernels, as condensation's
+    real branch; the pass is inference only) or 'direct', by fastdm.backend.conv_for's rule."""
+    from .backend import conv_for
+    with torch.device("meta"):
+        net = create_model(model, data.channels, data.num_classes, data.image_size)
+    layers = winograd_layers(net, data.image_size)
+    return conv_for(mode, torch.device(device), "fp32",
+                    None if layers else f"{model} has no Winograd-eligible layers")
+
+
 @torch.no_grad()
-def accuracy(net: torch.nn.Module, data: Dataset, device, batch: int = 1024) -> float:
+def accuracy(net: torch.nn.Module, data: Dataset, device, batch: int = 1024,
+             conv: str = "direct") -> float:
     net.eval()
     correct = 0
     test = data.test
+    embed = winograd_embed(net, winograd_layers(net, data.image_size)) if conv == "winograd" else None
+
+    def forward(x):  # the test pass is inference only: it may take the forward-only kernels
+        return net(x) if embed is None else net.classifier(embed(x))
     for i in range(0, len(test), batch):
         x = data.normalize(test.images[i:i + batch], device)
-        pred = net(x).argmax(1)
+        pred = forward(x).argmax(1)
         correct += int((pred == test.labels[i:i + batch].to(device)).sum())
     return correct / max(1, len(test))
 
@@ -132,12 +154,13 @@ def accuracy(net: torch.nn.Module, data: Dataset, device, batch: int = 1024) -> 
 def train_model(images: torch.Tensor, labels: torch.Tensor, data: Dataset, cfg: EvalConfig, k: int,
                 device, on_epoch=None, compiled: SharedCompiled | None = None,
                 precision: str = "fp32", teacher: torch.nn.Module | None = None,
-                curve: dict | None = None) -> torch.nn.Module:
+                curve: dict | None = None, conv: str = "direct") -> torch.nn.Module:
     """Train model ``k`` (its own weights, order, augmentation and CutMix words) on
     images/labels by cfg's protocol; with ``compiled``, inside that compiled copy of the
     architecture (the same steps). Soft labels (cfg.labels == "soft") need ``teacher``: its
     logits on each augmented batch are the targets. ``curve``, if given, receives the
-    training loss per epoch ("loss") and the test accuracy at validation points ("acc")."""
+    training loss per epoch ("loss") and the test accuracy at validation points ("acc");
+    ``conv``: the test passes' convolutions (test_conv)."""
     ops = parse_strategy(cfg.strategy)
     dsa_backend = backend_for("dsa", device) if ops else "torch"
     p = DSAParams(aug_mode=cfg.aug_mode)
@@ -183,7 +206,7 @@ def train_model(images: torch.Tensor, labels: torch.Tensor, data: Dataset, cfg: 
         if curve is not None:
             curve.setdefault("loss", []).append(float(loss))
             if cfg.validate_every and (ep + 1) % cfg.validate_every == 0:
-                curve.setdefault("acc", []).append((ep + 1, accuracy(trained, data, device, cfg.test_batch)))
+                curve.setdefault("acc", []).append((ep + 1, accuracy(trained, data, device, cfg.test_batch, conv)))
                 trained.train()
         if on_epoch is not None:
             on_epoch()
@@ -226,6 +249,7 @@ def evaluate_images(images: torch.Tensor, labels: torch.Tensor, data: Dataset, c
                                    "the training step")
     precision = resolve_precision(cfg.precision, torch.device(device))
     warn_if_slow(precision, device, "the evaluation trains")
+    conv = test_conv(cfg.conv, cfg.model, data, device)
     if teacher is not None:
         teacher = teacher.to(device).eval().requires_grad_(False)
     try:
@@ -249,7 +273,7 @@ def evaluate_images(images: torch.Tensor, labels: torch.Tensor, data: Dataset, c
                                         compile_backend="inductor" if compile_step else None,
                                         precision=precision)
             for k, net in enumerate(nets):
-                accs.append(accuracy(net, data, device, cfg.test_batch))
+                accs.append(accuracy(net, data, device, cfg.test_batch, conv))
                 curves[k]["acc"] = [(n_passes, accs[-1])]  # the final test only
                 if board is not None:
                     board.curve(board_prefix, k, curves[k], logged[k])
@@ -268,8 +292,9 @@ def evaluate_images(images: torch.Tensor, labels: torch.Tensor, data: Dataset, c
                 if board is not None:  # live: TensorBoard shows the training as it goes
                     board.curve(board_prefix, k, curve, logged)
             net = train_model(images, labels, data, cfg, k, device, on_epoch=epoch_done,
-                              compiled=shared, precision=precision, teacher=teacher, curve=curve)
-            accs.append(accuracy(net, data, device, cfg.test_batch))
+                              compiled=shared, precision=precision, teacher=teacher, curve=curve,
+                              conv=conv)
+            accs.append(accuracy(net, data, device, cfg.test_batch, conv))
             curve.setdefault("acc", [])
             if not curve["acc"] or curve["acc"][-1][0] != len(curve.get("loss", [])):
                 curve["acc"].append((len(curve.get("loss", [])), accs[-1]))
@@ -281,7 +306,8 @@ def evaluate_images(images: torch.Tensor, labels: torch.Tensor, data: Dataset, c
         bar.close()
     res = {"acc_mean": float(np.mean(accs)), "acc_std": float(np.std(accs)), "accs": accs,
            "seconds": round(time.perf_counter() - t0, 3), "trained_together": together,
-           "compiled": compile_step, "precision": precision, "protocol": cfg.protocol,
+           "compiled": compile_step, "precision": precision, "test_conv": conv,
+           "protocol": cfg.protocol,
            "curves": curves}
     if cfg.validate_every:
         best = [max(a for _, a in c["acc"]) for c in curves]

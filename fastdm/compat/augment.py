@@ -1,23 +1,12 @@
-"""Drop-in replacements for the reference's DiffAugment, ParamDiffAug and get_network.
-
-Change ``from utils import DiffAugment, ParamDiffAug, get_network`` to
-``from fastdm.compat import ...`` and existing DM code keeps its numbers: for the same seed,
-DiffAugment draws the same random values in the same order (spec section 4) and returns the
-same images on CPU and CUDA, but from private torch.Generator objects seeded with seed,
-seed+1, ... so the caller's global RNG is never reseeded. Without a seed (seed=-1) it draws
-from the global RNG, exactly as the reference does. Unlike the reference it works for a
-batch of one.
-"""
+"""The reference's DiffAugment, ParamDiffAug and get_network."""
 from __future__ import annotations
 
 import torch
 
-from .augment import DSAParams, build_table, crop_shift, cutout_size, parse_strategy
-from .errors import FastDMError
-from .models import create_model
-from .ops.dsa import dsa_augment
-
-__all__ = ["DiffAugment", "ParamDiffAug", "get_network", "draw_reference_table"]
+from ..augment import DSAParams, build_table, crop_shift, cutout_size, parse_strategy
+from ..errors import FastDMError
+from ..models import create_model
+from ..ops.dsa import dsa_augment
 
 
 class ParamDiffAug:
@@ -36,7 +25,8 @@ class ParamDiffAug:
         self.contrast = d.contrast
 
 
-def _as_params(param) -> DSAParams:
+def as_dsa_params(param) -> DSAParams:
+    """DSAParams from a ParamDiffAug-like object (its attributes), a DSAParams, or None."""
     if param is None:
         return DSAParams()
     if isinstance(param, DSAParams):
@@ -67,7 +57,7 @@ def draw_reference_table(x: torch.Tensor, strategy: str, seed: int = -1, param=N
     Returns ``(table, group, next_seed)``: with a seed every sample uses row 0 (Siamese);
     without one each sample has its own row.
     """
-    p = _as_params(param)
+    p = as_dsa_params(param)
     ops = parse_strategy(strategy)
     n, _, h, w = x.shape
     cpu, dev = torch.device("cpu"), x.device

@@ -10,13 +10,13 @@ import os
 import time
 
 from . import distributed
-from .checkpoint import RunState, has_checkpoint, load_checkpoint
+from .checkpoint import RunState, has_checkpoint, load_checkpoint, remove_checkpoints
 from .config import CondenseConfig
 from .data import Dataset, load_dataset
 from .engine import DMEngine
 from .board import open_board
 from .errors import FastDMError
-from .outputs import prepare_folder, write_outputs
+from .outputs import metrics_dict, prepare_folder, synset_dict, write_outputs
 from .plan import make_plan
 from .runner import Interrupted, run  # noqa: F401  (Interrupted: what callers catch)
 
@@ -25,7 +25,8 @@ log = logging.getLogger("fastdm")
 
 def condense_dataset(config: CondenseConfig, out: str | None = None, resume: bool = False,
                      overwrite: bool = False, progress: bool = True, dry_run: bool = False,
-                     tensorboard: str | None = None) -> dict:
+                     tensorboard: str | None = None, data: Dataset | None = None,
+                     files: bool = True) -> dict:
     """Run DM for ``config`` and write OUT/synset.pt, grid.png, loss.png, metrics.json.
 
     Returns ``{"out", "synset", "metrics", "plan"}``. ``dry_run``: resolve the plan only
@@ -34,13 +35,18 @@ def condense_dataset(config: CondenseConfig, out: str | None = None, resume: boo
     with several processes, each condenses its shard of the classes (fastdm.distributed) and
     rank 0 writes the outputs; the other ranks return synset and metrics None.
     ``tensorboard``: a folder for TensorBoard's live loss, speed and image grids (rank 0).
+    ``data``: an already loaded Dataset (default: load ``config.dataset``). ``files=False``:
+    write nothing (no checkpoints, no outputs; ``out`` must be None); the set and the metrics
+    come back in memory only (fastdm.api).
     """
+    if not files and (out is not None or resume):
+        raise FastDMError("a run without files has no folder to write or resume: pass out")
     if resume and overwrite:
         raise FastDMError("--resume and --overwrite contradict each other; pass one")
     if out is not None and os.path.exists(out) and not os.path.isdir(out):
         raise FastDMError(f"--out {out} is a file, not a folder; choose another --out")
     if dry_run:
-        plan = make_plan(config, _load(config, progress, None), dry_run=True)
+        plan = make_plan(config, data or _load(config, progress, None), dry_run=True)
         return {"out": out, "synset": None, "metrics": None, "plan": plan}
     dist, dev_name = None, None
     if distributed.launched():  # torchrun: this process condenses its shard of the classes
@@ -50,7 +56,13 @@ def condense_dataset(config: CondenseConfig, out: str | None = None, resume: boo
             log.setLevel(logging.WARNING)
             progress = False
     try:
-        return _condense(config, out, resume, overwrite, progress, dist, dev_name, tensorboard)
+        res = _condense(config, out, resume, overwrite, progress, dist, dev_name, tensorboard,
+                        data, files)
+        if dist is not None:
+            # every rank leaves together, once rank 0 has written the outputs: a rank that tore
+            # its process group down while rank 0 still used it was seen to abort in gloo
+            distributed.barrier()
+        return res
     finally:
         if dist is not None:
             distributed.shutdown()
@@ -82,17 +94,22 @@ def _session_setting(saved: str | None, now: str, iteration: int, ran: str, runs
 
 
 def _condense(config: CondenseConfig, out, resume: bool, overwrite: bool, progress: bool, dist,
-              dev_name: str | None = None, tensorboard: str | None = None) -> dict:
+              dev_name: str | None = None, tensorboard: str | None = None,
+              data: Dataset | None = None, files: bool = True) -> dict:
     t_start = time.perf_counter()
-    data = _load(config, progress, dist)
+    data = data if data is not None else _load(config, progress, dist)
     t_data = time.perf_counter() - t_start
     classes = distributed.shard(data.num_classes, dist.rank, dist.world) if dist else None
     plan = make_plan(config, data, dev_name, classes)
     cfg = plan.config
-    out = out or os.path.join("runs", f"{cfg.dataset}_ipc{cfg.ipc}")
-    if has_checkpoint(out) and not (resume or overwrite):
+    if files:
+        out = out or os.path.join("runs", f"{cfg.dataset}_ipc{cfg.ipc}")
+    if files and has_checkpoint(out) and not (resume or overwrite):
         raise FastDMError(f"{out} already holds a run (a checkpoint); pass --resume to continue it, "
                           f"--overwrite to start afresh, or another --out")
+    if files and not (resume or overwrite) and os.path.isfile(os.path.join(out, "synset.pt")):
+        raise FastDMError(f"{out} already holds a finished run (synset.pt); pass --overwrite to "
+                          f"replace it, or another --out")
     engine = DMEngine(plan, data)
     state = load_checkpoint(out, plan) if resume else engine.initial_state()
     if resume:
@@ -113,7 +130,8 @@ def _condense(config: CondenseConfig, out, resume: bool, overwrite: bool, progre
     try:
         if dist is None or dist.main:
             board = open_board(tensorboard)
-            prepare_folder(out, resume, overwrite)
+            if files:
+                prepare_folder(out, resume, overwrite)
     except BaseException:
         engine.close()
         if board is not None:
@@ -127,7 +145,8 @@ def _condense(config: CondenseConfig, out, resume: bool, overwrite: bool, progre
              # precision shown only when it is not the reference's fp32
              "" if plan.precision == "fp32" else f" in {plan.precision}",
              " with Winograd real-branch convolutions" if plan.winograd_layers else "",
-             plan.objective, plan.device, state.iteration, cfg.iterations, plan.class_chunk, out)
+             plan.objective, plan.device, state.iteration, cfg.iterations, plan.class_chunk,
+             out if files else "none (in memory)")
     if dist is not None:
         log.info("%d processes; rank 0 condenses classes %d..%d", dist.world, *plan.classes)
     t_run = time.perf_counter()
@@ -151,15 +170,21 @@ def _condense(config: CondenseConfig, out, resume: bool, overwrite: bool, progre
                          losses=state.losses, elapsed=state.elapsed, precision=state.precision,
                          conv=state.conv)
     done = state.iteration
-    synset, metrics = write_outputs(out, plan, data, state, {
+    facts = {
         "processes": 1 if dist is None else dist.world, "ranks": ranks,
         "real_batches": dict(engine.stream.stats), "resumed_from": started, "iterations": done,
         "timings": {"load_data_s": round(t_data, 3), "this_session_s": round(time.perf_counter() - t_run, 3),
                     "iterations_s": round(state.elapsed, 3),
                     "embedder_source_s": round(engine.source_seconds, 3),
                     "per_iteration_s": round(state.elapsed / done, 5) if done else None,
-                    "total_s": round(time.perf_counter() - t_start, 3)}})
-    return {"out": out, "synset": synset, "metrics": metrics, "plan": plan}
+                    "total_s": round(time.perf_counter() - t_start, 3)}}
+    if not files:
+        return {"out": None, "synset": synset_dict(cfg, data, state),
+                "metrics": metrics_dict(plan, state, facts), "plan": plan, "data": data}
+    synset, metrics = write_outputs(out, plan, data, state, facts)
+    if not cfg.keep_checkpoint:  # the outputs stand for the run now
+        remove_checkpoints(out)
+    return {"out": out, "synset": synset, "metrics": metrics, "plan": plan, "data": data}
 
 
 def _live(board, cfg, data):
