@@ -137,7 +137,8 @@ def evaluate(images, labels=None, *, test=None, dataset: str | None = None,
              epochs: int | None = None, batch_train: int | None = None,
              strategy: str | None = None, aug_mode: str | None = None, seed: int = 0,
              device: str | None = None, batched: bool | None = None, compile: str = "auto",
-             precision: str = "auto", teacher=None, progress: bool = True) -> EvalResult:
+             precision: str = "auto", conv: str = "auto", teacher=None,
+             progress: bool = True) -> EvalResult:
     """Train ``models`` networks on a synthetic set and test them.
 
     ``images``: a ``CondenseResult`` (its set and its data), a synset.pt path, or normalised
@@ -191,7 +192,7 @@ def evaluate(images, labels=None, *, test=None, dataset: str | None = None,
         strategy=strategy if strategy is not None else (p.strategy or saved.get("strategy")
                                                          or data.default_strategy),
         aug_mode=aug_mode or p.aug_mode or saved.get("aug_mode") or "S", seed=seed,
-        batched=batched, compile=compile, precision=precision)
+        batched=batched, compile=compile, precision=precision, conv=conv)
     try:
         cfg.check()
     except FastDMError as e:

@@ -31,7 +31,8 @@ def evaluate_synset(synset: str | None = None, *, baseline: str | None = None, d
                     compile: str = "auto", precision: str = "auto", aug_mode: str | None = None,
                     protocol: str | None = None, teacher: str | None = None,
                     teacher_epochs: int | None = None, teacher_images_per_class: int | None = None,
-                    rank: bool = False, tensorboard: str | None = None, plot: str | None = None) -> dict:
+                    rank: bool = False, tensorboard: str | None = None, plot: str | None = None,
+                    conv: str = "auto") -> dict:
     """Evaluate a synset file (or, with baseline='random', random real subsets) by ``protocol``
     (default dm; 'own': the synset's method's). ``rank``: also the DD-Ranking scores (hard and
     soft protocols on the synset and on random subsets, and the teacher's full-data accuracy).
@@ -84,7 +85,7 @@ def evaluate_synset(synset: str | None = None, *, baseline: str | None = None, d
                 p.strategy or saved.get("strategy", data.default_strategy)),
             aug_mode=aug_mode or p.aug_mode or saved.get("aug_mode") or "S",
             seed=seed if seed is not None else 0, batched=batched, compile=compile,
-            precision=precision)
+            precision=precision, conv=conv)
         cfg.check()
         return cfg
 
@@ -138,6 +139,7 @@ def evaluate_synset(synset: str | None = None, *, baseline: str | None = None, d
                "models": cfg.models, "epochs": cfg.epochs, "seed": cfg.seed, "device": str(dev),
                "seconds": main["seconds"], "trained_together": main["trained_together"],
                "compiled": main["compiled"], "precision": main["precision"],
+               "test_conv": main["test_conv"],
                "recipe": {k: v for k, v in cfg.to_dict().items() if k not in ("model", "models", "seed")}}
     for key in ("acc_best_mean", "acc_best_std", "accs_best"):
         if key in main:
