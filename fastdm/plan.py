@@ -12,7 +12,8 @@ Choice rules (measurements in benchmarks/RESULTS.md):
   else a budget of images x pixels per pass (CHUNK_BUDGET); on the CPU small chunks measured
   faster (cifar10 ipc 10: one class per chunk 1.5x faster than five), on CUDA large ones fill
   the GPU. BatchNorm models take all classes in one pass (their statistics mix classes).
-* compile: on CUDA, and on the CPU from 32 px (fastdm.models.compiled.wants_compile).
+* compile: on CUDA, and on the CPU from 28 px (fastdm.models.compiled.wants_compile; MNIST's
+  28 px measured 1.2-1.5x faster compiled, benchmarks/RESULTS.md "Issue 23").
 * precision: bf16 on CUDA GPUs that compute it natively, fp32 elsewhere (fastdm.precision).
 * conv: Winograd for ConvNets' real branch on the CPU in fp32 (fastdm.backend.conv_for).
 * tier: by the set's size against the memory budgets (fastdm.data.stream.choose_tier).

@@ -230,7 +230,7 @@ CONDENSE = (
     Setting("class_chunk", int, None, "classes per pass through the embedder", "speed",
             kind="speed", minimum=1, auto="by a memory budget"),
     Setting("compile", str, "auto", "torch.compile the embedder (one graph for the run); auto: on "
-            "CUDA, and on the CPU for images of 32 px or more", "speed", kind="speed",
+            "CUDA, and on the CPU for images of 28 px or more", "speed", kind="speed",
             choices=COMPILE_MODES),
     Setting("precision", str, "auto", "the embedder's arithmetic: fp32 (the reference's) or bf16 "
             "autocast with fp32 sums; auto: bf16 on CUDA GPUs with native bf16, else fp32",

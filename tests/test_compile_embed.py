@@ -78,7 +78,9 @@ def test_inductor_matches_eager(data):
 def test_auto_rule():
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     assert not compiled.wants_compile("auto", cpu, (8, 8))
-    assert compiled.wants_compile("auto", cpu, (32, 32))
+    assert compiled.wants_compile("auto", cpu, (32, 32)) and compiled.wants_compile("auto", cpu, (28, 28))
+    # the evaluation's step compiles from 32 px (28 px not measured to pay)
+    assert not compiled.wants_compile("auto", cpu, (28, 28), "the training step")
     assert compiled.wants_compile("auto", cuda, (8, 8))
     assert compiled.wants_compile("on", cpu, (8, 8)) and not compiled.wants_compile("off", cuda, (64, 64))
 
@@ -91,7 +93,7 @@ def test_unavailable_compiler_is_an_error_or_a_warning(data, monkeypatch, caplog
         e = engine_for(data, "auto", image_size=None, model="ConvNetW32")
     # 12 px on the CPU: auto does not compile, so nothing to warn about
     assert not e.plan.compiled and "not compiling" not in caplog.text
-    monkeypatch.setattr(compiled, "wants_compile", lambda *a: True)
+    monkeypatch.setattr(compiled, "wants_compile", lambda *a, **k: True)
     with caplog.at_level(logging.WARNING, logger="fastdm"):
         e = engine_for(data, "auto")
     assert not e.plan.compiled and "not compiling the embedder" in caplog.text

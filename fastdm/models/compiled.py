@@ -35,14 +35,21 @@ def compile_unavailable(device: torch.device) -> str | None:
     return None
 
 
-def wants_compile(mode: str, device: torch.device, image_size) -> bool:
-    """auto: on CUDA, and on the CPU for images of 32 px or more (there the compiled real
-    forward was 1.76x faster; at 8 px the compile time, ~20 s per graph, outweighs a short run)."""
+# The smallest side from which auto compiles on the CPU: the embedder from 28 px (MNIST's
+# shape: compiled 1.2-1.5x faster per iteration, benchmarks/RESULTS.md "Issue 23"), the
+# evaluation's training step from 32 px (measured there; not at 28 px). At 8 px the compile
+# time (~20 s per graph) outweighs a short run.
+CPU_COMPILE_FROM = {"the embedder": 28}
+CPU_COMPILE_DEFAULT = 32
+
+
+def wants_compile(mode: str, device: torch.device, image_size, what: str = "the embedder") -> bool:
+    """auto: on CUDA, and on the CPU for images from CPU_COMPILE_FROM's side on."""
     if mode == "off":
         return False
     if mode == "on":
         return True
-    return device.type == "cuda" or min(image_size) >= 32
+    return device.type == "cuda" or min(image_size) >= CPU_COMPILE_FROM.get(what, CPU_COMPILE_DEFAULT)
 
 
 # Graphs dynamo may keep per code object. Every engine and every evaluation shares one code
@@ -68,7 +75,7 @@ def resolve_compile(mode: str, device: torch.device, image_size, what: str = "th
     cannot is a FastDMError, 'auto' that cannot a logged warning)."""
     if mode not in ("auto", "on", "off"):
         raise FastDMError(f"--compile must be auto, on or off, got '{mode}'")
-    if not wants_compile(mode, device, image_size):
+    if not wants_compile(mode, device, image_size, what):
         return False
     why = compile_unavailable(device)
     if why is not None:
