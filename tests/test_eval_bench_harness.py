@@ -36,3 +36,18 @@ def test_protocol_cost_times_every_protocol(tmp_path, monkeypatch):
     dance = rep["protocols"]["dance"]
     assert dance["seconds_per_model"] == pytest.approx(dance["seconds_per_epoch"] * 1500, rel=1e-3)
     assert dance["tests_during_training"] == 6
+
+
+def test_eval_compare_times_both_sides(monkeypatch, tmp_path):
+    """benchmarks.eval_compare on a tiny setting: both sides train and test one model, the report
+    holds each side's seconds and the ratio (the baseline: fastdm.compat's evaluate_synset)."""
+    import json
+
+    from benchmarks import eval_compare
+    monkeypatch.setitem(eval_compare.SETTINGS, "tiny", eval_compare.EvalSetting(1, 8, 1, test=20, classes=2))
+    out = tmp_path / "r.json"
+    report = eval_compare.main(["--settings", "tiny", "--epochs", "1", "--json", str(out)])
+    row = report["settings"]["tiny"]
+    assert set(row["seconds"]) == {"reference", "fastdm"} and all(v > 0 for v in row["seconds"].values())
+    assert row["speedup"] == row["seconds"]["reference"] / row["seconds"]["fastdm"]
+    assert json.load(open(out))["baseline"] == "fastdm.compat"
