@@ -1,5 +1,8 @@
 import sys
 
 from .cli import main
+from .distributed import leave
 
-sys.exit(main())
+code = main()
+leave(code)  # under torchrun: exit here, skipping interpreter teardown (fastdm.distributed.leave)
+sys.exit(code)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime
 import logging
 import os
+import sys
 from dataclasses import dataclass
 
 import torch
@@ -124,6 +125,23 @@ def shutdown() -> None:
     if td.is_initialized():
         td.destroy_process_group()
         gc.collect()
+
+
+def leave(code: int) -> None:
+    """Under torchrun, end this rank's process now with ``code``, its output flushed. The job's
+    work is done (the ranks met after rank 0 wrote the outputs), and the interpreter's teardown
+    is skipped: a rank was seen to abort in it ("terminate called without an active
+    exception", SIGABRT, about 1 run in 35 on a loaded 2-core machine, also after an explicit
+    destroy_process_group), which failed a finished job."""
+    if not launched():
+        return
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except Exception:  # a closed stream: nothing to flush
+            pass
+    logging.shutdown()
+    os._exit(code)
 
 
 # what a collective raises when a peer is gone (gloo: connection closed/reset; NCCL: a
