@@ -149,8 +149,8 @@ def evaluate(images, labels=None, *, test=None, dataset: str | None = None,
     ``batch_train``, ``strategy`` or ``aug_mode`` say otherwise. ``teacher`` (soft protocol):
     a network, or a bank folder from ``fastdm pretrain``. Nothing is written."""
     from .devices import resolve_device
-    from .evaluation import EvalConfig, check_synset_shape, evaluate_images
-    from .protocols import get_protocol
+    from .evaluate_job import protocol_config
+    from .evaluation import check_synset_shape, evaluate_images
 
     saved, data = {}, None
     if isinstance(images, CondenseResult):
@@ -185,16 +185,11 @@ def evaluate(images, labels=None, *, test=None, dataset: str | None = None,
         raise FastDMError("the data has no test images: pass test=(images, labels) to condense "
                           "or to evaluate")
     check_synset_shape(images, labels.long(), data, "images")
-    p = get_protocol(protocol)
-    cfg = EvalConfig.for_protocol(
-        p.name, model=model or saved.get("model") or data.default_model, models=models,
-        epochs=epochs, batch_train=batch_train,
-        strategy=strategy if strategy is not None else (p.strategy or saved.get("strategy")
-                                                         or data.default_strategy),
-        aug_mode=aug_mode or p.aug_mode or saved.get("aug_mode") or "S", seed=seed,
-        batched=batched, compile=compile, precision=precision, conv=conv)
     try:
-        cfg.check()
+        cfg = protocol_config(protocol, data, saved, model=model, models=models, epochs=epochs,
+                              batch_train=batch_train, strategy=strategy, aug_mode=aug_mode,
+                              seed=seed, batched=batched, compile=compile, precision=precision,
+                              conv=conv)
     except FastDMError as e:
         raise FastDMError(python_names(str(e))) from None
     dev = resolve_device(device)

@@ -91,10 +91,9 @@ def save_checkpoint(out: str, plan, state: RunState, dist=None) -> None:
 
 def remove_checkpoints(out: str) -> None:
     """A finished run's checkpoint files (one process's or the ranks'), once its outputs are in."""
-    for path in (checkpoint_path(out), manifest_path(out)):
-        if os.path.exists(path):
-            os.remove(path)
-    _remove(out, keep=set())
+    if os.path.exists(checkpoint_path(out)):
+        os.remove(checkpoint_path(out))
+    _remove(out, keep=set())  # the manifest, then the ranks' files
 
 
 def _remove(out: str, keep: set) -> None:

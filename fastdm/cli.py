@@ -123,8 +123,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "1000, on digits 300)")
     tr.add_argument("--batch-train", type=int, help="training batch size (default: the protocol's; "
                     "dm: 256)")
-    tr.add_argument("--strategy", help="DSA ops joined by _ (color, crop, cutout, flip, scale, "
-                    "rotate) or none (default: the protocol's, else the synset's, else the dataset's)")
+    from .augment.params import OPS
+    tr.add_argument("--strategy", help=f"DSA ops joined by _ ({', '.join(OPS)}) or none (default: "
+                    "the protocol's, else the synset's, else the dataset's)")
     tr.add_argument("--aug-mode", choices=["S", "M"], help="DSA mode for training: S one op per "
                     "image, M all (default: the protocol's, else the synset's, else S)")
     tr.add_argument("--seed", type=int, help="evaluation seed (default 0)")

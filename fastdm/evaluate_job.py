@@ -70,24 +70,12 @@ def evaluate_synset(synset: str | None = None, *, baseline: str | None = None, d
     data_root = data_root if data_root is not None else saved.get("data_root")
     data = load_dataset(dataset, data_root, download, image_size or saved.get("image_size"),
                         progress=progress)
-    quick = QUICK_EVAL.get(data.name, {})
 
     def config(name: str) -> EvalConfig:
-        p = get_protocol(name)
-        short = quick if name == "dm" else {}  # a dataset's short schedule is dm's
-        cfg = EvalConfig.for_protocol(
-            name, model=model or saved.get("model") or data.default_model,
-            models=models if models is not None else quick.get("models", 5),
-            epochs=epochs if epochs is not None else short.get("epochs", p.epochs),
-            batch_train=batch_train,
-            # the protocol's augmentation, else one DSA setting for condensing and evaluating
-            strategy=strategy if strategy is not None else (
-                p.strategy or saved.get("strategy", data.default_strategy)),
-            aug_mode=aug_mode or p.aug_mode or saved.get("aug_mode") or "S",
-            seed=seed if seed is not None else 0, batched=batched, compile=compile,
-            precision=precision, conv=conv)
-        cfg.check()
-        return cfg
+        return protocol_config(name, data, saved, model=model, models=models, epochs=epochs,
+                               batch_train=batch_train, strategy=strategy, aug_mode=aug_mode,
+                               seed=seed, batched=batched, compile=compile, precision=precision,
+                               conv=conv)
 
     cfg = config(proto.name)
     dev = resolve_device(device)
@@ -173,6 +161,30 @@ def evaluate_synset(synset: str | None = None, *, baseline: str | None = None, d
         except FastDMError as e:
             log.warning("no training-curve picture: %s", e)
     return summary
+
+
+def protocol_config(name: str, data, saved: dict, *, model=None, models=None, epochs=None,
+                    batch_train=None, strategy=None, aug_mode=None, seed=None, batched=None,
+                    compile: str = "auto", precision: str = "auto", conv: str = "auto") -> EvalConfig:
+    """The protocol's EvalConfig for ``data`` and a set made with ``saved`` (its config; {} for
+    none), the given settings over it, checked. Defaults: the set's model, the protocol's
+    augmentation else the set's, the dataset's short schedule (dm only)."""
+    p = get_protocol(name)
+    quick = QUICK_EVAL.get(data.name, {})
+    short = quick if p.name == "dm" else {}  # a dataset's short schedule is dm's
+    cfg = EvalConfig.for_protocol(
+        p.name, model=model or saved.get("model") or data.default_model,
+        models=models if models is not None else quick.get("models", 5),
+        epochs=epochs if epochs is not None else short.get("epochs", p.epochs),
+        batch_train=batch_train,
+        # the protocol's augmentation, else one DSA setting for condensing and evaluating
+        strategy=strategy if strategy is not None else (
+            p.strategy or saved.get("strategy", data.default_strategy)),
+        aug_mode=aug_mode or p.aug_mode or saved.get("aug_mode") or "S",
+        seed=seed if seed is not None else 0, batched=batched, compile=compile,
+        precision=precision, conv=conv)
+    cfg.check()
+    return cfg
 
 
 def _strip(res: dict) -> dict:
