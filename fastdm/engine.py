@@ -75,9 +75,11 @@ class DMEngine:
         self.objective = objectives.get(plan.objective)(cfg, plan.backends, self.device)
         # the intermediate outputs the objective matches besides the embedding (if any)
         taps, tap = self.objective.taps(self.net), self.objective.tap
-        self.embed = compiled(tapped_embed(self.net, (), taps, tap) if taps else self.net.embed)
-        self.real_embed = compiled(tapped_embed(self.net, plan.winograd_layers, taps, tap)) \
-            if plan.winograd_layers else self.embed
+        single = plan.single_layers  # 1-channel first layers: the native kernel, with gradients
+        self.embed = compiled(tapped_embed(self.net, (), taps, tap, single, grad=True)
+                              if taps or single else self.net.embed)
+        self.real_embed = compiled(tapped_embed(self.net, plan.winograd_layers, taps, tap, single)) \
+            if plan.winograd_layers or single else self.embed
         self.optimizer = ImageOptimizer(cfg, data.mean, data.std, self.device)
         self.plateau = Plateau(self.optimizer, cfg.lr_plateau) if cfg.lr_plateau else None
         self._partitions: dict[int, Partition] = {}

@@ -30,7 +30,7 @@ from .data import Dataset
 from .errors import FastDMError
 from .models import build_model, check_model_name, create_model
 from .models.compiled import SharedCompiled, resolve_compile
-from .models.fast_embed import winograd_embed, winograd_layers
+from .models.fast_embed import native_forward, single_channel_layers, winograd_embed, winograd_layers
 from .precision import PRECISIONS, autocast, resolve_precision, warn_if_slow
 from .protocols import get_protocol, passes
 from .train_batched import can_batch, train_models_batched
@@ -62,8 +62,9 @@ class EvalConfig:
     # the training forward's arithmetic (fastdm.precision): auto = bf16 autocast on CUDA GPUs
     # that compute it natively, fp32 (the reference's) elsewhere; testing always runs in fp32
     precision: str = "auto"
-    # the test pass's 3x3 convolutions (fastdm.evaluation.test_conv): auto = Winograd for
-    # ConvNets on the CPU (as condensation's real branch), direct elsewhere
+    # the native CPU convolutions (fastdm.evaluation.test_conv): auto = on the CPU for ConvNets,
+    # as condensation's: the test pass's 3x3 layers by Winograd, a 1-channel first layer by the
+    # single-channel kernel in the test pass and the training step; direct elsewhere
     conv: str = "auto"
     # the protocol's recipe (fastdm.protocols.Protocol's fields)
     protocol: str = "dm"
@@ -129,9 +130,16 @@ def test_conv(mode: str, model: str, data: Dataset, device) -> str:
     from .backend import conv_for
     with torch.device("meta"):
         net = create_model(model, data.channels, data.num_classes, data.image_size)
-    layers = winograd_layers(net, data.image_size)
+    layers = winograd_layers(net, data.image_size) + single_channel_layers(net)
     return conv_for(mode, torch.device(device), "fp32",
-                    None if layers else f"{model} has no Winograd-eligible layers")
+                    None if layers else f"{model} has no layers for the native kernels")
+
+
+def train_forward(net: torch.nn.Module, conv: str, precision: str = "fp32"):
+    """The training step's forward: with the native kernels (conv 'winograd') in fp32, a
+    1-channel first layer by the single-channel kernel (with its gradients); else the module."""
+    single = single_channel_layers(net) if conv == "winograd" and precision == "fp32" else ()
+    return native_forward(net, single) if single else net
 
 
 @torch.no_grad()
@@ -140,7 +148,8 @@ def accuracy(net: torch.nn.Module, data: Dataset, device, batch: int = 1024,
     net.eval()
     correct = 0
     test = data.test
-    embed = winograd_embed(net, winograd_layers(net, data.image_size)) if conv == "winograd" else None
+    embed = winograd_embed(net, winograd_layers(net, data.image_size), single_channel_layers(net)) \
+        if conv == "winograd" else None
 
     def forward(x):  # the test pass is inference only: it may take the forward-only kernels
         return net(x) if embed is None else net.classifier(embed(x))
@@ -172,7 +181,7 @@ def train_model(images: torch.Tensor, labels: torch.Tensor, data: Dataset, cfg: 
     net = build_model(cfg.model, images.shape[1], data.num_classes, hw, cfg.seed, rng.EVAL_INIT, k,
                       device=device)
     net.train()
-    trained, forward = net, net
+    trained, forward = net, train_forward(net, conv, precision)
     if compiled is not None:
         compiled.load(net)
         trained, forward = compiled.net, compiled.fn
@@ -284,7 +293,8 @@ def evaluate_images(images: torch.Tensor, labels: torch.Tensor, data: Dataset, c
                 images, labels = random_subset(data, subset_ipc, cfg.seed, k)
             if compile_step and shared is None:
                 shared = SharedCompiled(build_model(cfg.model, data.channels, data.num_classes,
-                                                    data.image_size, device=device))
+                                                    data.image_size, device=device),
+                                        forward=lambda m: train_forward(m, conv, precision))
             curve, logged = {}, {}
 
             def epoch_done():

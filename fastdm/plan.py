@@ -36,7 +36,7 @@ from .errors import FastDMError
 from .footprint import count_flops
 from .models import create_model, uses_batchnorm
 from .models.compiled import resolve_compile
-from .models.fast_embed import winograd_layers
+from .models.fast_embed import single_channel_layers, winograd_layers
 from .precision import resolve_precision, warn_if_slow
 
 log = logging.getLogger("fastdm")
@@ -64,6 +64,7 @@ class RunPlan:
     compiled: bool
     conv: str                      # 'winograd' | 'direct' (the real branch's 3x3 convolutions)
     winograd_layers: tuple         # indices in the embedder's features that take Winograd
+    single_layers: tuple           # ... that take the native single-channel kernel (conv winograd)
     real_tier: str
     real_bytes: int                # the uint8 training rows this process holds
     class_chunk: int
@@ -85,6 +86,7 @@ class RunPlan:
         d["config"] = self.config.to_dict()
         d["image_size"], d["classes"] = list(self.image_size), list(self.classes)
         d["winograd_layers"], d["notes"] = list(self.winograd_layers), list(self.notes)
+        d["single_layers"] = list(self.single_layers)
         d["chunks"] = len(self.chunks)
         return d
 
@@ -104,9 +106,9 @@ def make_plan(config: CondenseConfig, data, device: str | torch.device | None = 
     compiled = resolve_compile(cfg.compile, dev, data.image_size)
     with torch.device("meta"):
         net = create_model(cfg.model, data.channels, data.num_classes, data.image_size)
-    layers = winograd_layers(net, data.image_size)
-    conv = conv_for(cfg.conv, dev, precision, None if layers else
-                    f"{cfg.model} has no Winograd-eligible layers", build=not dry_run)
+    layers, single = winograd_layers(net, data.image_size), single_channel_layers(net)
+    conv = conv_for(cfg.conv, dev, precision, None if layers or single else
+                    f"{cfg.model} has no layers for the native kernels", build=not dry_run)
     notes = []
     if dry_run and conv == "winograd":
         from . import native
@@ -136,7 +138,8 @@ def make_plan(config: CondenseConfig, data, device: str | torch.device | None = 
         channels=data.channels, image_size=tuple(data.image_size), classes=(lo, hi),
         device=str(dev), device_name=device_name(dev), threads=torch.get_num_threads(),
         backends=backends, precision=precision, compiled=compiled, conv=conv,
-        winograd_layers=layers if conv == "winograd" else (), real_tier=tier,
+        winograd_layers=layers if conv == "winograd" else (),
+        single_layers=single if conv == "winograd" else (), real_tier=tier,
         real_bytes=real_bytes, class_chunk=chunk, batchnorm=batchnorm, objective=objective.name,
         # forward of every real and synthetic image, plus the synthetic input-gradient backward
         flops_per_iteration=per_image.matmul * (n_real + 2 * n_syn),

@@ -24,6 +24,18 @@ namespace fastdm {
                        int64_t pad_left, int64_t th, int64_t tw);                              \
   void output_transform(const at::Tensor& Mm, const std::optional<at::Tensor>& bias,           \
                         const at::Tensor& out, int64_t th, int64_t tw);                        \
+  void conv1ch_forward(const at::Tensor& x, const at::Tensor& weight,                          \
+                       const std::optional<at::Tensor>& bias, const at::Tensor& out,           \
+                       int64_t pad);                                                           \
+  void conv1ch_backward_input(const at::Tensor& grad_out, const at::Tensor& weight,            \
+                              const at::Tensor& grad_x, int64_t pad);                          \
+  void conv1ch_backward_weight(const at::Tensor& grad_out, const at::Tensor& x,                \
+                               const at::Tensor& grad_weight,                                  \
+                               const std::optional<at::Tensor>& grad_bias, int64_t pad);       \
+  void conv1ch_norm_relu_pool(const at::Tensor& x, const at::Tensor& weight,                   \
+                              const std::optional<at::Tensor>& bias, const at::Tensor& gamma,  \
+                              const at::Tensor& beta, double eps, const at::Tensor& out,       \
+                              int64_t pad, bool nhwc);                                         \
   }
 FASTDM_DECLARE(generic)
 #ifdef FASTDM_HAVE_AVX2
@@ -95,30 +107,55 @@ Isa chosen() {
   return isa;
 }
 
-void input_transform(const at::Tensor& x, const at::Tensor& V, int64_t pad_top, int64_t pad_left,
-                     int64_t th, int64_t tw) {
-  switch (chosen()) {
+// Calls the build of FN for the chosen instruction set.
 #ifdef FASTDM_HAVE_AVX512
-    case Isa::avx512: return avx512::input_transform(x, V, pad_top, pad_left, th, tw);
+#define FASTDM_CASE_AVX512(FN, ...) case Isa::avx512: return avx512::FN(__VA_ARGS__);
+#else
+#define FASTDM_CASE_AVX512(FN, ...)
 #endif
 #ifdef FASTDM_HAVE_AVX2
-    case Isa::avx2: return avx2::input_transform(x, V, pad_top, pad_left, th, tw);
+#define FASTDM_CASE_AVX2(FN, ...) case Isa::avx2: return avx2::FN(__VA_ARGS__);
+#else
+#define FASTDM_CASE_AVX2(FN, ...)
 #endif
-    default: return generic::input_transform(x, V, pad_top, pad_left, th, tw);
+#define FASTDM_DISPATCH(FN, ...)                                                               \
+  switch (chosen()) {                                                                          \
+    FASTDM_CASE_AVX512(FN, __VA_ARGS__)                                                        \
+    FASTDM_CASE_AVX2(FN, __VA_ARGS__)                                                          \
+    default: return generic::FN(__VA_ARGS__);                                                  \
   }
+
+void input_transform(const at::Tensor& x, const at::Tensor& V, int64_t pad_top, int64_t pad_left,
+                     int64_t th, int64_t tw) {
+  FASTDM_DISPATCH(input_transform, x, V, pad_top, pad_left, th, tw)
 }
 
 void output_transform(const at::Tensor& Mm, const std::optional<at::Tensor>& bias,
                       const at::Tensor& out, int64_t th, int64_t tw) {
-  switch (chosen()) {
-#ifdef FASTDM_HAVE_AVX512
-    case Isa::avx512: return avx512::output_transform(Mm, bias, out, th, tw);
-#endif
-#ifdef FASTDM_HAVE_AVX2
-    case Isa::avx2: return avx2::output_transform(Mm, bias, out, th, tw);
-#endif
-    default: return generic::output_transform(Mm, bias, out, th, tw);
-  }
+  FASTDM_DISPATCH(output_transform, Mm, bias, out, th, tw)
+}
+
+void conv1ch_forward(const at::Tensor& x, const at::Tensor& weight,
+                     const std::optional<at::Tensor>& bias, const at::Tensor& out, int64_t pad) {
+  FASTDM_DISPATCH(conv1ch_forward, x, weight, bias, out, pad)
+}
+
+void conv1ch_backward_input(const at::Tensor& grad_out, const at::Tensor& weight,
+                            const at::Tensor& grad_x, int64_t pad) {
+  FASTDM_DISPATCH(conv1ch_backward_input, grad_out, weight, grad_x, pad)
+}
+
+void conv1ch_backward_weight(const at::Tensor& grad_out, const at::Tensor& x,
+                             const at::Tensor& grad_weight,
+                             const std::optional<at::Tensor>& grad_bias, int64_t pad) {
+  FASTDM_DISPATCH(conv1ch_backward_weight, grad_out, x, grad_weight, grad_bias, pad)
+}
+
+void conv1ch_norm_relu_pool(const at::Tensor& x, const at::Tensor& weight,
+                            const std::optional<at::Tensor>& bias, const at::Tensor& gamma,
+                            const at::Tensor& beta, double eps, const at::Tensor& out, int64_t pad,
+                            bool nhwc) {
+  FASTDM_DISPATCH(conv1ch_norm_relu_pool, x, weight, bias, gamma, beta, eps, out, pad, nhwc)
 }
 
 std::string isa_name() {
@@ -139,6 +176,14 @@ TORCH_LIBRARY(fastdm_native, m) {
         &fastdm::input_transform);
   m.def("winograd_output_transform(Tensor m, Tensor? bias, Tensor(a!) out, int th, int tw) -> ()",
         &fastdm::output_transform);
+  m.def("conv1ch_forward(Tensor x, Tensor weight, Tensor? bias, Tensor(a!) out, int pad) -> ()",
+        &fastdm::conv1ch_forward);
+  m.def("conv1ch_backward_input(Tensor grad_out, Tensor weight, Tensor(a!) grad_x, int pad) -> ()",
+        &fastdm::conv1ch_backward_input);
+  m.def("conv1ch_backward_weight(Tensor grad_out, Tensor x, Tensor(a!) grad_weight, Tensor(b!)? grad_bias, int pad) -> ()",
+        &fastdm::conv1ch_backward_weight);
+  m.def("conv1ch_norm_relu_pool(Tensor x, Tensor weight, Tensor? bias, Tensor gamma, Tensor beta, float eps, Tensor(a!) out, int pad, bool nhwc) -> ()",
+        &fastdm::conv1ch_norm_relu_pool);
   m.def("isa() -> str", &fastdm::isa_name);
   m.def("build_info() -> str", &fastdm::build_info);
 }

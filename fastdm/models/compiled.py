@@ -92,9 +92,10 @@ class SharedCompiled:
     copies them back. A compiled module per model would compile again for each (dynamo guards
     on the module), and fall back to eager after its cache limit."""
 
-    def __init__(self, net: torch.nn.Module, backend: str = "inductor"):
+    def __init__(self, net: torch.nn.Module, backend: str = "inductor", forward=None):
+        """``forward(net)``: the function of the copy to compile (default: the copy itself)."""
         self.net = copy.deepcopy(net)
-        self.fn = compile_fn(self.net, backend=backend)
+        self.fn = compile_fn(self.net if forward is None else forward(self.net), backend=backend)
 
     @torch.no_grad()
     def load(self, net: torch.nn.Module) -> None:

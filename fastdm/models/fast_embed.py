@@ -1,4 +1,7 @@
-"""The real branch's embedder with its 3x3 convolutions by Winograd (fastdm.ops.winograd).
+"""A ConvNet's embedder with its 3x3 convolutions by the native CPU kernels: Winograd for the
+wide layers (fastdm.ops.winograd, forward only) and the direct single-channel kernel for a
+1-channel first layer (fastdm.ops.conv1ch, with gradients, or fused with its norm, ReLU and pool
+when forward only).
 
 Only ConvNets (``embed`` = features(x).flatten(1) over one Sequential) take this path; the
 weights are read from the same modules as ``net.embed``, so weights drawn in place each
@@ -9,16 +12,30 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..ops import conv1ch
 from ..ops.winograd import eligible, winograd_conv2d
 from .convnet import ConvNet
 from .layers import conv_out
 
 
+def _plain_convnet(net: nn.Module) -> bool:
+    # the path rebuilds ConvNet.embed; a subclass's own embed is not it
+    return isinstance(net, ConvNet) and type(net).embed is ConvNet.embed
+
+
+def single_channel_layers(net: nn.Module) -> tuple[int, ...]:
+    """Indices in ``net.features`` of the 1-channel 3x3 convolutions the direct single-channel
+    kernel computes (empty for models other than ConvNets)."""
+    if not _plain_convnet(net):
+        return ()
+    return tuple(i for i, m in enumerate(net.features) if conv1ch.eligible(m))
+
+
 def winograd_layers(net: nn.Module, image_size) -> tuple[int, ...]:
     """Indices in ``net.features`` of the convolutions the Winograd path computes (empty for
     models other than ConvNets)."""
-    if not isinstance(net, ConvNet) or type(net).embed is not ConvNet.embed:
-        return ()  # the path rebuilds ConvNet.embed; a subclass's own embed is not it
+    if not _plain_convnet(net):
+        return ()
     h, w = image_size
     layers = []
     for i, m in enumerate(net.features):
@@ -32,27 +49,43 @@ def winograd_layers(net: nn.Module, image_size) -> tuple[int, ...]:
 
 
 def tapped_embed(net: nn.Module, layers: tuple[int, ...] = (), taps: tuple[int, ...] = (),
-                 tap=None):
+                 tap=None, single: tuple[int, ...] = (), grad: bool = False):
     """``net.embed`` (a ConvNet's: features(x).flatten(1)) with the convolutions at ``layers``
-    computed by Winograd (forward only) and the outputs of the modules at ``taps`` returned
-    after the embedding: (embedding, *tapped) when there are taps, each passed through ``tap``
-    if given (inside the embedder, so that a compiled one fuses it with the layer that makes the
-    output, and the output itself need not be kept). With Winograd layers it runs
+    computed by Winograd (forward only), those at ``single`` (1-channel) by the single-channel
+    kernel, and the outputs of the modules at ``taps`` returned after the embedding:
+    (embedding, *tapped) when there are taps, each passed through ``tap`` if given (inside the
+    embedder, so that a compiled one fuses it with the layer that makes the output, and the
+    output itself need not be kept).
+
+    ``grad=False`` (forward only): a single-channel convolution followed by instance norm, ReLU
+    and 2x2 average pooling (untapped) runs as one fused block. ``grad=True``: gradients flow
+    (to the input and the weights) and ``layers`` must be empty. With Winograd layers it runs
     in NHWC throughout: the other convolutions (an RGB first layer) measured 1.6x faster on
     channels_last input than on NCHW, and the Winograd op reads and writes NHWC."""
-    chosen, keep = frozenset(layers), frozenset(taps)
+    if grad and layers:
+        raise ValueError("Winograd layers are forward-only: grad=True takes single-channel layers only")
+    chosen, ones, keep = frozenset(layers), frozenset(single), frozenset(taps)
     mods = list(net.features)
-    # instance norm, ReLU, 2x2 average pool in a row (untapped): one block on NHWC (below)
-    blocks = frozenset(i for i in range(len(mods) - 2) if chosen and _norm_relu_pool(mods[i:i + 3])
-                       and not keep & {i, i + 1})
+    # instance norm, ReLU, 2x2 average pool in a row (untapped): one block on NHWC (below), or
+    # with the single-channel convolution before it, one native block
+    fusable = frozenset(i for i in range(len(mods) - 2) if not grad and _norm_relu_pool(mods[i:i + 3])
+                        and not keep & {i, i + 1})
+    fused = frozenset(i for i in ones if i + 1 in fusable and i not in keep)
+    blocks = frozenset(i for i in fusable if chosen and i - 1 not in fused)
 
     def embed(x):
         if chosen:
             x = x.contiguous(memory_format=torch.channels_last)
         tapped, skip = [], 0
         for i, m in enumerate(mods):
-            if skip:
+            if skip:  # inside a block: its output stands for the module's (a tapped pool)
                 skip -= 1
+            elif i in fused:
+                norm = mods[i + 1]
+                x, skip = conv1ch.conv1ch_norm_relu_pool(x, m.weight, m.bias, norm.weight, norm.bias,
+                                                         norm.eps, m.padding[0], bool(chosen)), 3
+            elif i in ones:
+                x = conv1ch.conv1ch_conv2d(x, m.weight, m.bias, m.padding[0])
             elif i in blocks:
                 x, skip = instance_norm_relu_pool_nhwc(x, m.weight, m.bias, m.eps), 2
             else:
@@ -62,6 +95,13 @@ def tapped_embed(net: nn.Module, layers: tuple[int, ...] = (), taps: tuple[int, 
         return (x.flatten(1), *tapped) if keep else x.flatten(1)
 
     return embed
+
+
+def native_forward(net: nn.Module, single: tuple[int, ...]):
+    """``net(x)`` of a ConvNet with its single-channel convolutions at ``single`` by the native
+    kernel, with gradients (evaluation's training step)."""
+    embed = tapped_embed(net, single=single, grad=True)
+    return lambda x: net.classifier(embed(x))
 
 
 def _norm_relu_pool(ms) -> bool:
@@ -89,6 +129,7 @@ def instance_norm_relu_pool_nhwc(x: torch.Tensor, weight: torch.Tensor, bias: to
     return F.avg_pool2d(centred.view(n, h, w, c).permute(0, 3, 1, 2), 2)
 
 
-def winograd_embed(net: nn.Module, layers: tuple[int, ...]):
-    """``net.embed`` with the convolutions at ``layers`` computed by Winograd (forward only)."""
-    return tapped_embed(net, layers)
+def winograd_embed(net: nn.Module, layers: tuple[int, ...], single: tuple[int, ...] = ()):
+    """``net.embed`` with the convolutions at ``layers`` computed by Winograd and those at
+    ``single`` by the single-channel kernel (forward only)."""
+    return tapped_embed(net, layers, single=single)

@@ -1,0 +1,168 @@
+"""3x3 convolution of single-channel images (MNIST's first layer) by native CPU kernels.
+
+Why: oneDNN computes a 1-input-channel 3x3 convolution into 128 channels at about 2 GFLOP/s on
+the 2-core CPU (0.4 s for 640 MNIST images, 40-50 % of an MNIST DM iteration; benchmarks/RESULTS.md,
+issue 23); the direct loops in kernels/conv1ch.cpp run along image rows from a padded copy of
+each image in L1. Two entry points:
+
+- ``conv1ch_conv2d``: F.conv2d for these layers, with gradients for the input, the weight and the
+  bias (the synthetic branch of condensation, the training steps of evaluation);
+- ``conv1ch_norm_relu_pool``: conv -> GroupNorm(C, C) -> ReLU -> 2x2 average pool in one pass per
+  (image, channel) plane, forward only (the real branch, the test pass): the full-size
+  convolution output is never written.
+
+``reference_conv1ch_norm_relu_pool`` is the same block in plain torch, for the tests.
+"""
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .. import native
+from ..errors import FastDMError
+
+
+def eligible(conv: nn.Module) -> bool:
+    """An nn.Conv2d these kernels compute as it does: 1 input channel, 3x3, stride 1, zero padding."""
+    return (isinstance(conv, nn.Conv2d) and conv.in_channels == 1 and conv.groups == 1
+            and tuple(conv.kernel_size) == (3, 3) and tuple(conv.stride) == (1, 1)
+            and tuple(conv.dilation) == (1, 1) and conv.padding_mode == "zeros"
+            and isinstance(conv.padding, tuple) and conv.padding[0] == conv.padding[1])
+
+
+def _out_hw(x: torch.Tensor, pad: int) -> tuple[int, int]:
+    return x.shape[2] + 2 * pad - 2, x.shape[3] + 2 * pad - 2
+
+
+@torch.library.custom_op("fastdm::conv1ch", mutates_args=())
+def _conv(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], pad: int) -> torch.Tensor:
+    out = x.new_empty((x.shape[0], weight.shape[0], *_out_hw(x, pad)))
+    native.load("conv1ch").conv1ch_forward(x.contiguous(), weight.contiguous(),
+                                            None if bias is None else bias.contiguous(), out, pad)
+    return out
+
+
+@_conv.register_fake
+def _(x, weight, bias, pad):
+    return x.new_empty((x.shape[0], weight.shape[0], *_out_hw(x, pad)))
+
+
+@torch.library.custom_op("fastdm::conv1ch_grad_input", mutates_args=())
+def _grad_input(grad: torch.Tensor, weight: torch.Tensor, h: int, w: int, pad: int) -> torch.Tensor:
+    gx = grad.new_empty((grad.shape[0], 1, h, w))
+    native.load("conv1ch").conv1ch_backward_input(grad.contiguous(), weight.contiguous(), gx, pad)
+    return gx
+
+
+@_grad_input.register_fake
+def _(grad, weight, h, w, pad):
+    return grad.new_empty((grad.shape[0], 1, h, w))
+
+
+@torch.library.custom_op("fastdm::conv1ch_grad_weight", mutates_args=())
+def _grad_weight(grad: torch.Tensor, x: torch.Tensor, k: int, pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+    gw, gb = grad.new_empty((k, 1, 3, 3)), grad.new_empty((k,))
+    native.load("conv1ch").conv1ch_backward_weight(grad.contiguous(), x.contiguous(), gw, gb, pad)
+    return gw, gb
+
+
+@_grad_weight.register_fake
+def _(grad, x, k, pad):
+    return grad.new_empty((k, 1, 3, 3)), grad.new_empty((k,))
+
+
+def _setup(ctx, inputs, output):
+    x, weight, bias, pad = inputs
+    ctx.save_for_backward(x, weight)
+    ctx.pad, ctx.has_bias = pad, bias is not None
+
+
+def _backward(ctx, grad):
+    x, weight = ctx.saved_tensors
+    gx = gw = gb = None
+    if ctx.needs_input_grad[0]:
+        gx = _grad_input(grad, weight, x.shape[2], x.shape[3], ctx.pad)
+    if ctx.needs_input_grad[1] or (ctx.has_bias and ctx.needs_input_grad[2]):
+        gw, gb = _grad_weight(grad, x, weight.shape[0], ctx.pad)
+    return gx, gw, gb if ctx.has_bias else None, None
+
+
+_conv.register_autograd(_backward, setup_context=_setup)
+
+
+@torch.library.custom_op("fastdm::conv1ch_norm_relu_pool", mutates_args=())
+def _block(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], gamma: torch.Tensor,
+           beta: torch.Tensor, eps: float, pad: int, nhwc: bool) -> torch.Tensor:
+    out = _block_out(x, weight, pad, nhwc)
+    native.load("conv1ch").conv1ch_norm_relu_pool(
+        x.contiguous(), weight.contiguous(), None if bias is None else bias.contiguous(),
+        gamma.contiguous(), beta.contiguous(), eps, out, pad, nhwc)
+    return out.permute(0, 3, 1, 2) if nhwc else out
+
+
+def _block_out(x, weight, pad, nhwc):
+    ho, wo = _out_hw(x, pad)
+    n, k = x.shape[0], weight.shape[0]
+    return x.new_empty((n, ho // 2, wo // 2, k) if nhwc else (n, k, ho // 2, wo // 2))
+
+
+@_block.register_fake
+def _(x, weight, bias, gamma, beta, eps, pad, nhwc):
+    out = _block_out(x, weight, pad, nhwc)
+    return out.permute(0, 3, 1, 2) if nhwc else out
+
+
+def _check(x, weight, bias, padding, what: str) -> None:
+    if not (isinstance(x, torch.Tensor) and isinstance(weight, torch.Tensor)):
+        raise FastDMError(f"{what} takes tensors x and weight")
+    if x.dim() != 4 or x.shape[1] != 1 or weight.dim() != 4 or tuple(weight.shape[1:]) != (1, 3, 3):
+        raise FastDMError(f"{what} needs x [N, 1, H, W] and a weight [K, 1, 3, 3], got x "
+                          f"{tuple(x.shape)} and weight {tuple(weight.shape)}")
+    tensors = [x, weight] + ([bias] if bias is not None else [])
+    if any(t.dtype != torch.float32 for t in tensors):
+        raise FastDMError(f"{what} is float32 only, got x {x.dtype}, weight {weight.dtype}")
+    if any(t.device.type != "cpu" for t in tensors):
+        raise FastDMError(f"{what} runs on the CPU (on CUDA, cuDNN chooses its own algorithm)")
+    if bias is not None and tuple(bias.shape) != (weight.shape[0],):
+        raise FastDMError(f"{what}: bias of shape {tuple(bias.shape)} for {weight.shape[0]} "
+                          f"output channels")
+    if not isinstance(padding, int) or padding < 0:
+        raise FastDMError(f"{what}: padding must be an integer >= 0, got {padding!r}")
+    if min(x.shape[2:]) + 2 * padding < 3:
+        raise FastDMError(f"{what}: a {x.shape[2]}x{x.shape[3]} input with padding {padding} is "
+                          f"smaller than the 3x3 kernel")
+
+
+def conv1ch_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None,
+                   padding: int = 1) -> torch.Tensor:
+    """F.conv2d(x, weight, bias, padding=padding) for a single-channel x [N, 1, H, W] and 3x3
+    filters, stride 1 (NCHW out), differentiable in x, weight and bias."""
+    _check(x, weight, bias, padding, "conv1ch_conv2d")
+    return _conv(x, weight, bias, padding)
+
+
+def conv1ch_norm_relu_pool(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
+                           gamma: torch.Tensor, beta: torch.Tensor, eps: float = 1e-5,
+                           padding: int = 1, channels_last: bool = False) -> torch.Tensor:
+    """avg_pool2d(relu(group_norm(conv2d(x, weight, bias, padding), K groups, gamma, beta, eps)), 2)
+    for a single-channel x, forward only; ``channels_last``: the result's memory is NHWC."""
+    _check(x, weight, bias, padding, "conv1ch_norm_relu_pool")
+    k = weight.shape[0]
+    if tuple(gamma.shape) != (k,) or tuple(beta.shape) != (k,):
+        raise FastDMError(f"conv1ch_norm_relu_pool: gamma and beta need {k} entries, got "
+                          f"{tuple(gamma.shape)} and {tuple(beta.shape)}")
+    if min(_out_hw(x, padding)) < 2:
+        raise FastDMError("conv1ch_norm_relu_pool: the convolution's output is smaller than the 2x2 pool")
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad
+                                       for t in (x, weight, bias, gamma, beta)):
+        raise FastDMError("conv1ch_norm_relu_pool is forward-only; use conv1ch_conv2d and the "
+                          "modules where gradients are needed")
+    return _block(x, weight, bias, gamma.float(), beta.float(), float(eps), padding, channels_last)
+
+
+def reference_conv1ch_norm_relu_pool(x, weight, bias, gamma, beta, eps=1e-5, padding=1):
+    """The same block in plain torch (the kernels' reference)."""
+    y = F.conv2d(x, weight, bias, padding=padding)
+    y = F.group_norm(y, weight.shape[0], gamma, beta, eps)
+    return F.avg_pool2d(F.relu(y), 2)

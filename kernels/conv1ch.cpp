@@ -1,0 +1,286 @@
+// Direct 3x3 convolution (stride 1, zero padding) of single-channel images: the first layer of a
+// ConvNet on MNIST-shaped data. oneDNN took 0.4 s for 640 28x28 images into 128 channels on the
+// 2-core CPU (benchmarks/RESULTS.md, issue 23), about 2 GFLOP/s; these loops run along image rows,
+// 8 or 16 outputs per vector, each output 9 multiply-adds from a padded copy of the image held
+// in L1.
+//
+// - conv1ch_forward / conv1ch_backward_input / conv1ch_backward_weight: NCHW, as F.conv2d.
+// - conv1ch_norm_relu_pool: the forward of conv -> GroupNorm(C, C) -> ReLU -> 2x2 average pool
+//   in one pass per (image, channel) plane, the plane in L1: the 1-channel block of a ConvNet
+//   without writing its full-size output (inference only).
+//
+// Compiled once per instruction set, as winograd.cpp (CMakeLists.txt, kernels/dispatch.cpp).
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <vector>
+
+#ifndef FASTDM_ISA
+#define FASTDM_ISA generic
+#endif
+
+#if defined(FASTDM_ISA_AVX512)
+#pragma GCC target("avx2,fma,avx512f,avx512dq,avx512bw,avx512vl")
+#elif defined(FASTDM_ISA_AVX2)
+#pragma GCC target("avx2,fma")
+#endif
+
+namespace fastdm {
+namespace FASTDM_ISA {
+namespace {
+
+void check_f32(const at::Tensor& t, const char* name, int64_t dim) {
+  TORCH_CHECK(t.device().is_cpu(), name, " must be a CPU tensor");
+  TORCH_CHECK(t.scalar_type() == at::kFloat, name, " must be float32");
+  TORCH_CHECK(t.is_contiguous(), name, " must be contiguous");
+  TORCH_CHECK(t.dim() == dim, name, " must have ", dim, " dimensions");
+}
+
+struct Shape {
+  int64_t N, H, W, K, pad, Hp, Wp, Ho, Wo;
+};
+
+Shape shape_of(const at::Tensor& x, const at::Tensor& w, int64_t pad) {
+  check_f32(x, "x", 4);
+  check_f32(w, "weight", 4);
+  TORCH_CHECK(x.size(1) == 1, "x must have one channel");
+  TORCH_CHECK(w.size(1) == 1 && w.size(2) == 3 && w.size(3) == 3, "weight must be [K, 1, 3, 3]");
+  TORCH_CHECK(pad >= 0, "padding must be >= 0");
+  Shape s{x.size(0), x.size(2), x.size(3), w.size(0), pad, 0, 0, 0, 0};
+  s.Hp = s.H + 2 * pad, s.Wp = s.W + 2 * pad;
+  s.Ho = s.Hp - 2, s.Wo = s.Wp - 2;
+  TORCH_CHECK(s.Ho >= 1 && s.Wo >= 1, "the padded image is smaller than the 3x3 kernel");
+  return s;
+}
+
+const float* optional_ptr(const std::optional<at::Tensor>& t, int64_t size, const char* name) {
+  if (!t.has_value() || !t->defined()) return nullptr;
+  check_f32(*t, name, 1);
+  TORCH_CHECK(t->size(0) == size, name, " has the wrong size");
+  return t->data_ptr<float>();
+}
+
+// The image n zero-padded into buf [Hp, Wp].
+inline void pad_image(const float* x, const Shape& s, float* buf) {
+  std::fill(buf, buf + s.Hp * s.Wp, 0.f);
+  for (int64_t i = 0; i < s.H; ++i)
+    std::memcpy(buf + (i + s.pad) * s.Wp + s.pad, x + i * s.W, sizeof(float) * s.W);
+}
+
+// One output plane: o[y, x] = b + sum_{dy, dx} w[dy, dx] xp[y + dy, x + dx].
+inline void conv_plane(const float* xp, const float* w, float b, const Shape& s, float* o) {
+  const float w0 = w[0], w1 = w[1], w2 = w[2], w3 = w[3], w4 = w[4], w5 = w[5], w6 = w[6],
+              w7 = w[7], w8 = w[8];
+  const int64_t Wo = s.Wo, Wp = s.Wp;
+  for (int64_t y = 0; y < s.Ho; ++y) {
+    const float* r0 = xp + y * Wp;
+    const float* r1 = r0 + Wp;
+    const float* r2 = r1 + Wp;
+    float* row = o + y * Wo;
+#pragma GCC ivdep
+    for (int64_t x = 0; x < Wo; ++x) {
+      row[x] = b + w0 * r0[x] + w1 * r0[x + 1] + w2 * r0[x + 2] + w3 * r1[x] + w4 * r1[x + 1] +
+               w5 * r1[x + 2] + w6 * r2[x] + w7 * r2[x + 1] + w8 * r2[x + 2];
+    }
+  }
+}
+
+// sum_i (v[i] - c)^2 if c is given as centre (squares), else sum_i v[i]: in 16 float lanes
+// (independent sums GCC vectorises without reassociating), the lanes added in double.
+inline double lane_sum(const float* v, int64_t n, float centre, bool squares) {
+  float lanes[16] = {0.f};
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16) {
+    for (int l = 0; l < 16; ++l) {
+      const float d = v[i + l] - centre;
+      lanes[l] += squares ? d * d : d;
+    }
+  }
+  double total = 0.0;
+  for (; i < n; ++i) {
+    const double d = static_cast<double>(v[i]) - centre;
+    total += squares ? d * d : d;
+  }
+  for (int l = 0; l < 16; ++l) total += lanes[l];
+  return total;
+}
+
+}  // namespace
+
+// out [N, K, Ho, Wo] = conv2d(x [N, 1, H, W], weight [K, 1, 3, 3], bias, padding=pad)
+void conv1ch_forward(const at::Tensor& x, const at::Tensor& weight,
+                     const std::optional<at::Tensor>& bias, const at::Tensor& out, int64_t pad) {
+  const Shape s = shape_of(x, weight, pad);
+  check_f32(out, "out", 4);
+  TORCH_CHECK(out.size(0) == s.N && out.size(1) == s.K && out.size(2) == s.Ho && out.size(3) == s.Wo,
+              "out has the wrong shape");
+  const float* bp = optional_ptr(bias, s.K, "bias");
+  const float* xd = x.data_ptr<float>();
+  const float* wd = weight.data_ptr<float>();
+  float* od = out.data_ptr<float>();
+  at::parallel_for(0, s.N, 1, [&](int64_t n0, int64_t n1) {
+    std::vector<float> xp(s.Hp * s.Wp);
+    for (int64_t n = n0; n < n1; ++n) {
+      pad_image(xd + n * s.H * s.W, s, xp.data());
+      for (int64_t k = 0; k < s.K; ++k)
+        conv_plane(xp.data(), wd + 9 * k, bp ? bp[k] : 0.f, s,
+                   od + (n * s.K + k) * s.Ho * s.Wo);
+    }
+  });
+}
+
+// grad_x [N, 1, H, W] of conv1ch_forward given grad_out [N, K, Ho, Wo]
+void conv1ch_backward_input(const at::Tensor& grad_out, const at::Tensor& weight,
+                            const at::Tensor& grad_x, int64_t pad) {
+  const Shape s = shape_of(grad_x, weight, pad);
+  check_f32(grad_out, "grad_out", 4);
+  TORCH_CHECK(grad_out.size(0) == s.N && grad_out.size(1) == s.K && grad_out.size(2) == s.Ho &&
+              grad_out.size(3) == s.Wo, "grad_out has the wrong shape");
+  const float* gd = grad_out.data_ptr<float>();
+  const float* wd = weight.data_ptr<float>();
+  float* xd = grad_x.data_ptr<float>();
+  at::parallel_for(0, s.N, 1, [&](int64_t n0, int64_t n1) {
+    std::vector<float> acc(s.Hp * s.Wp);  // the gradient of the padded image
+    for (int64_t n = n0; n < n1; ++n) {
+      std::fill(acc.begin(), acc.end(), 0.f);
+      for (int64_t k = 0; k < s.K; ++k) {
+        const float* g = gd + (n * s.K + k) * s.Ho * s.Wo;
+        const float* w = wd + 9 * k;
+        for (int64_t y = 0; y < s.Ho; ++y) {
+          const float* gr = g + y * s.Wo;
+          for (int dy = 0; dy < 3; ++dy) {
+            float* a = acc.data() + (y + dy) * s.Wp;
+            const float v0 = w[3 * dy], v1 = w[3 * dy + 1], v2 = w[3 * dy + 2];
+            // three shifted saxpys, one pass: a[x + dx] += w[dy, dx] g[y, x]
+#pragma GCC ivdep
+            for (int64_t x = 0; x < s.Wo; ++x) a[x] += v0 * gr[x];
+#pragma GCC ivdep
+            for (int64_t x = 0; x < s.Wo; ++x) a[x + 1] += v1 * gr[x];
+#pragma GCC ivdep
+            for (int64_t x = 0; x < s.Wo; ++x) a[x + 2] += v2 * gr[x];
+          }
+        }
+      }
+      for (int64_t i = 0; i < s.H; ++i)
+        std::memcpy(xd + (n * s.H + i) * s.W, acc.data() + (i + s.pad) * s.Wp + s.pad,
+                    sizeof(float) * s.W);
+    }
+  });
+}
+
+// grad_weight [K, 1, 3, 3] (and grad_bias [K] if given) of conv1ch_forward. Each of a fixed
+// number of image ranges sums into its own buffer, added in range order: the result does not
+// depend on how threads are scheduled.
+void conv1ch_backward_weight(const at::Tensor& grad_out, const at::Tensor& x,
+                             const at::Tensor& grad_weight,
+                             const std::optional<at::Tensor>& grad_bias, int64_t pad) {
+  const Shape s = shape_of(x, grad_weight, pad);
+  check_f32(grad_out, "grad_out", 4);
+  TORCH_CHECK(grad_out.size(0) == s.N && grad_out.size(1) == s.K && grad_out.size(2) == s.Ho &&
+              grad_out.size(3) == s.Wo, "grad_out has the wrong shape");
+  float* gb = nullptr;
+  if (grad_bias.has_value() && grad_bias->defined()) {
+    check_f32(*grad_bias, "grad_bias", 1);
+    TORCH_CHECK(grad_bias->size(0) == s.K, "grad_bias has the wrong size");
+    gb = grad_bias->data_ptr<float>();
+  }
+  const float* gd = grad_out.data_ptr<float>();
+  const float* xd = x.data_ptr<float>();
+  const int64_t R = std::max<int64_t>(1, std::min<int64_t>(s.N, at::get_num_threads()));
+  std::vector<double> part(R * s.K * 10, 0.0);
+  at::parallel_for(0, R, 1, [&](int64_t r0, int64_t r1) {
+    std::vector<float> xp(s.Hp * s.Wp);
+    std::vector<float> rows(10 * s.Wo);  // per tap (and the bias): sums along y, per x
+    for (int64_t r = r0; r < r1; ++r) {
+      double* out = part.data() + r * s.K * 10;
+      for (int64_t n = s.N * r / R; n < s.N * (r + 1) / R; ++n) {
+        pad_image(xd + n * s.H * s.W, s, xp.data());
+        for (int64_t k = 0; k < s.K; ++k) {
+          const float* g = gd + (n * s.K + k) * s.Ho * s.Wo;
+          std::fill(rows.begin(), rows.end(), 0.f);
+          for (int64_t y = 0; y < s.Ho; ++y) {
+            const float* gr = g + y * s.Wo;
+            for (int t = 0; t < 9; ++t) {
+              const float* xr = xp.data() + (y + t / 3) * s.Wp + t % 3;
+              float* a = rows.data() + t * s.Wo;
+#pragma GCC ivdep
+              for (int64_t x = 0; x < s.Wo; ++x) a[x] += gr[x] * xr[x];
+            }
+            float* a = rows.data() + 9 * s.Wo;
+#pragma GCC ivdep
+            for (int64_t x = 0; x < s.Wo; ++x) a[x] += gr[x];
+          }
+          for (int t = 0; t < 10; ++t) {
+            double sum = 0.0;
+            for (int64_t x = 0; x < s.Wo; ++x) sum += rows[t * s.Wo + x];
+            out[k * 10 + t] += sum;
+          }
+        }
+      }
+    }
+  });
+  float* gw = grad_weight.data_ptr<float>();
+  for (int64_t k = 0; k < s.K; ++k) {
+    for (int t = 0; t < 10; ++t) {
+      double sum = 0.0;
+      for (int64_t r = 0; r < R; ++r) sum += part[(r * s.K + k) * 10 + t];
+      if (t < 9) gw[k * 9 + t] = static_cast<float>(sum);
+      else if (gb) gb[k] = static_cast<float>(sum);
+    }
+  }
+}
+
+// out = avg_pool2d(relu(group_norm(conv2d(x, weight, bias, pad), K groups, gamma, beta, eps)), 2)
+// as [N, Ho/2, Wo/2, K] (nhwc) or [N, K, Ho/2, Wo/2]. Statistics in double, in two passes
+// (mean, then the centred sum of squares), as GroupNorm's own.
+void conv1ch_norm_relu_pool(const at::Tensor& x, const at::Tensor& weight,
+                            const std::optional<at::Tensor>& bias, const at::Tensor& gamma,
+                            const at::Tensor& beta, double eps, const at::Tensor& out, int64_t pad,
+                            bool nhwc) {
+  const Shape s = shape_of(x, weight, pad);
+  check_f32(gamma, "gamma", 1);
+  check_f32(beta, "beta", 1);
+  TORCH_CHECK(gamma.size(0) == s.K && beta.size(0) == s.K, "gamma and beta need K entries");
+  check_f32(out, "out", 4);
+  const int64_t Hq = s.Ho / 2, Wq = s.Wo / 2;
+  TORCH_CHECK(Hq >= 1 && Wq >= 1, "the convolution's output is smaller than the 2x2 pool");
+  TORCH_CHECK(out.size(0) == s.N && out.size(nhwc ? 3 : 1) == s.K &&
+              out.size(nhwc ? 1 : 2) == Hq && out.size(nhwc ? 2 : 3) == Wq, "out has the wrong shape");
+  const float* bp = optional_ptr(bias, s.K, "bias");
+  const float* xd = x.data_ptr<float>();
+  const float* wd = weight.data_ptr<float>();
+  const float* gm = gamma.data_ptr<float>();
+  const float* bt = beta.data_ptr<float>();
+  float* od = out.data_ptr<float>();
+  const int64_t HW = s.Ho * s.Wo;
+  at::parallel_for(0, s.N, 1, [&](int64_t n0, int64_t n1) {
+    std::vector<float> xp(s.Hp * s.Wp), plane(HW), row(s.Wo);
+    for (int64_t n = n0; n < n1; ++n) {
+      pad_image(xd + n * s.H * s.W, s, xp.data());
+      for (int64_t k = 0; k < s.K; ++k) {
+        conv_plane(xp.data(), wd + 9 * k, bp ? bp[k] : 0.f, s, plane.data());
+        const double mean = lane_sum(plane.data(), HW, 0.f, false) / HW;
+        const double sq = lane_sum(plane.data(), HW, static_cast<float>(mean), true);
+        const double inv = 1.0 / std::sqrt(sq / HW + eps);
+        const float scale = static_cast<float>(gm[k] * inv);
+        const float shift = static_cast<float>(bt[k] - mean * gm[k] * inv);
+        float* o = nhwc ? od + n * Hq * Wq * s.K + k : od + (n * s.K + k) * Hq * Wq;
+        const int64_t step = nhwc ? s.K : 1;
+        for (int64_t i = 0; i < Hq; ++i) {
+          const float* a = plane.data() + 2 * i * s.Wo;
+          const float* b = a + s.Wo;
+#pragma GCC ivdep
+          for (int64_t j = 0; j < 2 * Wq; ++j)
+            row[j] = std::max(a[j] * scale + shift, 0.f) + std::max(b[j] * scale + shift, 0.f);
+          for (int64_t j = 0; j < Wq; ++j) o[(i * Wq + j) * step] = 0.25f * (row[2 * j] + row[2 * j + 1]);
+        }
+      }
+    }
+  });
+}
+
+}  // namespace FASTDM_ISA
+}  // namespace fastdm

@@ -1,0 +1,233 @@
+"""The single-channel 3x3 convolution (fastdm.ops.conv1ch, kernels/conv1ch.cpp) against F.conv2d
+and the modules in float64, over odd shapes and paddings, forward and gradients; the fused
+conv/norm/ReLU/pool block; their use by condensation (both branches) and evaluation."""
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fastdm import native
+from fastdm.errors import FastDMError
+from fastdm.models import build_model
+from fastdm.models import fast_embed as fe
+from fastdm.ops import conv1ch as C
+
+pytestmark = pytest.mark.skipif(native.unavailable() is not None,
+                                reason=f"native kernels: {native.unavailable()}")
+
+SHAPES = [  # N, K, H, W, padding
+    (1, 1, 1, 1, 1), (3, 5, 7, 9, 1), (2, 128, 28, 28, 3), (4, 3, 5, 6, 0), (1, 17, 8, 8, 3),
+    (5, 33, 13, 4, 2), (2, 2, 3, 3, 0),
+]
+
+
+def _case(n, k, h, w, seed):
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randn(n, 1, h, w, generator=g, dtype=torch.float64),
+            torch.randn(k, 1, 3, 3, generator=g, dtype=torch.float64) / 3,
+            torch.randn(k, generator=g, dtype=torch.float64))
+
+
+def _rel(a, ref):
+    return float((a.detach().double() - ref).abs().max() / ref.abs().max().clamp_min(1e-12))
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_forward_and_gradients_match_conv2d_in_float64(shape, with_bias):
+    n, k, h, w, pad = shape
+    x, wt, b = _case(n, k, h, w, seed=sum(shape))
+    b = b if with_bias else None
+    ref = F.conv2d(x, wt, b, padding=pad)
+    leaves = [t.float().requires_grad_() for t in (x, wt) + ((b,) if with_bias else ())]
+    got = C.conv1ch_conv2d(leaves[0], leaves[1], leaves[2] if with_bias else None, pad)
+    assert got.shape == ref.shape and got.dtype == torch.float32 and got.is_contiguous()
+    assert _rel(got, ref) < 1e-6
+    g = torch.randn(ref.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(7))
+    want = torch.autograd.grad((F.conv2d(*[t.requires_grad_() for t in (x, wt)], b, padding=pad) * g).sum(),
+                               [x, wt])
+    if with_bias:
+        want += (g.sum((0, 2, 3)),)
+    (got * g.float()).sum().backward()
+    for leaf, ref_grad in zip(leaves, want):
+        assert _rel(leaf.grad, ref_grad) < 1e-5
+
+
+def test_only_the_gradients_asked_for_are_computed(monkeypatch):
+    x, wt, b = (t.float() for t in _case(2, 4, 6, 6, seed=0))
+    called = []
+    for name in ("_grad_input", "_grad_weight"):
+        real = getattr(C, name)
+        monkeypatch.setattr(C, name, lambda *a, _n=name, _r=real: called.append(_n) or _r(*a))
+    C.conv1ch_conv2d(x.requires_grad_(), wt, b, 1).sum().backward()
+    assert called == ["_grad_input"]
+    called.clear()
+    C.conv1ch_conv2d(x.detach(), wt.requires_grad_(), None, 1).sum().backward()
+    assert called == ["_grad_weight"]
+
+
+@pytest.mark.parametrize("shape", [s for s in SHAPES if min(s[2], s[3]) + 2 * s[4] - 2 >= 2])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_block_matches_the_modules_in_float64(shape, channels_last):
+    n, k, h, w, pad = shape
+    x, wt, b = _case(n, k, h, w, seed=sum(shape) + 1)
+    g = torch.Generator().manual_seed(3)
+    gamma, beta = torch.rand(k, generator=g, dtype=torch.float64) + 0.5, torch.randn(k, generator=g, dtype=torch.float64)
+    ref = C.reference_conv1ch_norm_relu_pool(x, wt, b, gamma, beta, 1e-5, pad)
+    got = C.conv1ch_norm_relu_pool(*(t.float() for t in (x, wt, b, gamma, beta)), 1e-5, pad,
+                                   channels_last)
+    assert got.shape == ref.shape
+    assert got.is_contiguous(memory_format=torch.channels_last) if channels_last else got.is_contiguous()
+    assert _rel(got, ref) < 2e-6
+
+
+def test_block_with_a_constant_plane_and_large_offsets():
+    # a zero weight gives constant planes (variance 0: eps alone); a large bias tests the
+    # two-pass statistics (no E[x^2] - E[x]^2 cancellation)
+    x = torch.rand(2, 1, 9, 9, dtype=torch.float64)
+    wt = torch.randn(4, 1, 3, 3, dtype=torch.float64)
+    wt[0] = 0
+    b = torch.tensor([1.0, 3e3, -2e3, 0.5], dtype=torch.float64)
+    gamma, beta = torch.ones(4, dtype=torch.float64), torch.zeros(4, dtype=torch.float64)
+    ref = C.reference_conv1ch_norm_relu_pool(x, wt, b, gamma, beta, 1e-5, 1)
+    got = C.conv1ch_norm_relu_pool(*(t.float() for t in (x, wt, b, gamma, beta)), 1e-5, 1)
+    # the float32 conv output of a 3e3 bias is rounded to ~2e-4 already: as close as the modules
+    modules = C.reference_conv1ch_norm_relu_pool(*(t.float() for t in (x, wt, b, gamma, beta)), 1e-5, 1)
+    assert (got.double() - ref).abs().max() <= 2 * (modules.double() - ref).abs().max() + 1e-6
+    assert (got[:, 0] - beta[0]).abs().max() < 1e-6  # a constant plane: normalised to beta
+
+
+def test_clear_errors():
+    x, wt = torch.randn(2, 1, 5, 5), torch.randn(4, 1, 3, 3)
+    with pytest.raises(FastDMError, match=r"x \[N, 1, H, W\]"):
+        C.conv1ch_conv2d(torch.randn(2, 3, 5, 5), wt)
+    with pytest.raises(FastDMError, match="float32 only"):
+        C.conv1ch_conv2d(x.double(), wt.double())
+    with pytest.raises(FastDMError, match="bias of shape"):
+        C.conv1ch_conv2d(x, wt, torch.randn(3))
+    with pytest.raises(FastDMError, match="padding must be"):
+        C.conv1ch_conv2d(x, wt, None, -1)
+    with pytest.raises(FastDMError, match="smaller than the 3x3"):
+        C.conv1ch_conv2d(torch.randn(1, 1, 2, 2), wt, None, 0)
+    with pytest.raises(FastDMError, match="forward-only"):
+        C.conv1ch_norm_relu_pool(x, wt.requires_grad_(), None, torch.ones(4), torch.zeros(4))
+    with pytest.raises(FastDMError, match="gamma and beta"):
+        C.conv1ch_norm_relu_pool(x, wt.detach(), None, torch.ones(3), torch.zeros(4))
+    with pytest.raises(FastDMError, match="smaller than the 2x2 pool"):
+        C.conv1ch_norm_relu_pool(torch.randn(1, 1, 3, 3), wt.detach(), None, torch.ones(4),
+                                 torch.zeros(4), padding=0)
+
+
+def test_opcheck():
+    x, wt, b = (t.float() for t in _case(2, 3, 6, 5, seed=2))
+    torch.library.opcheck(C._conv, (x.requires_grad_(), wt.requires_grad_(), b.requires_grad_(), 1))
+    torch.library.opcheck(C._block, (x.detach(), wt.detach(), b.detach(), torch.ones(3), torch.zeros(3),
+                                     1e-5, 2, True))
+
+
+def test_eligibility_and_layers():
+    assert C.eligible(nn.Conv2d(1, 8, 3, padding=3))
+    assert not C.eligible(nn.Conv2d(3, 8, 3, padding=1))
+    assert not C.eligible(nn.Conv2d(1, 8, 3, stride=2))
+    assert not C.eligible(nn.Conv2d(1, 8, 5))
+    assert not C.eligible(nn.Conv2d(1, 8, 3, padding=1, padding_mode="reflect"))
+    assert fe.single_channel_layers(build_model("ConvNet", 1, 10, (28, 28), 0, 1)) == (0,)
+    assert fe.single_channel_layers(build_model("ConvNet", 3, 10, (32, 32), 0, 1)) == ()
+    assert fe.single_channel_layers(build_model("ResNet18", 1, 10, (28, 28), 0, 1)) == ()
+
+
+@pytest.mark.parametrize("model", ["ConvNet", "ConvNetBN", "ConvNetNP", "ConvNetD1", "ConvNetW32"])
+@pytest.mark.parametrize("size", [(28, 28), (8, 8)])
+def test_embeds_with_the_kernel_equal_the_modules(model, size):
+    net = build_model(model, 1, 10, size, 0, 1)
+    net.train()
+    single, layers = fe.single_channel_layers(net), fe.winograd_layers(net, size)
+    assert single == (0,)
+    x = torch.randn(5, 1, *size)
+    want = net.embed(x)
+    with torch.inference_mode():  # the real branch: fused block and Winograd where they apply
+        torch.testing.assert_close(fe.tapped_embed(net, layers, single=single)(x), want,
+                                   atol=1e-4, rtol=1e-4)
+    # the synthetic branch and the training step: gradients to the input and the weights
+    xg = x.clone().requires_grad_()
+    got = fe.tapped_embed(net, single=single, grad=True)(xg)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    got.square().sum().backward()
+    xr = x.clone().requires_grad_()
+    net.zero_grad()
+    net.embed(xr).square().sum().backward()
+    want_w = net.features[0].weight.grad.clone()
+    net.zero_grad()
+    torch.testing.assert_close(xg.grad, xr.grad, atol=1e-4, rtol=1e-4)
+    fe.native_forward(net, single)(x).sum().backward()
+    native_w = net.features[0].weight.grad.clone()
+    net.zero_grad()
+    net(x).sum().backward()
+    torch.testing.assert_close(native_w, net.features[0].weight.grad, atol=1e-4, rtol=1e-4)
+    assert want_w.shape == native_w.shape
+    with pytest.raises(ValueError, match="forward-only"):
+        fe.tapped_embed(net, (4,), single=single, grad=True)
+
+
+def test_a_tapped_first_norm_keeps_the_modules(monkeypatch):
+    net = build_model("ConvNet", 1, 10, (12, 12), 0, 1)
+    calls = []
+    real = C.conv1ch_norm_relu_pool
+    monkeypatch.setattr(C, "conv1ch_norm_relu_pool", lambda *a: calls.append(1) or real(*a))
+    x = torch.randn(3, 1, 12, 12)
+    with torch.no_grad():
+        emb, norm = fe.tapped_embed(net, single=(0,), taps=(1,), tap=torch.clone)(x)  # ReLU is in place
+        torch.testing.assert_close(norm, net.features[1](net.features[0](x)), atol=1e-5, rtol=1e-5)
+        assert calls == []
+        emb2, pooled = fe.tapped_embed(net, single=(0,), taps=(3,))(x)  # the block's own output
+        assert calls == [1]
+        torch.testing.assert_close(pooled, net.features[:4](x), atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(emb, emb2, atol=1e-5, rtol=1e-5)
+
+
+def _gray_engine(data, **kw):
+    from conftest import engine_for
+    return engine_for(data, **{"ipc": 2, "iterations": 6, "batch_real": 7, "model": "ConvNetW32",
+                               "device": "cpu", "class_chunk": 3, **kw})
+
+
+def test_engine_takes_the_kernel_in_both_branches_and_agrees_with_direct(monkeypatch):
+    from conftest import make_dataset
+    monkeypatch.delenv("FASTDM_BACKEND", raising=False)
+    data = make_dataset(channels=1, size=(12, 12))
+    calls = {"block": 0, "conv": 0}
+    for name, key in (("conv1ch_norm_relu_pool", "block"), ("conv1ch_conv2d", "conv")):
+        real = getattr(C, name)
+        monkeypatch.setattr(C, name, lambda *a, _k=key, _r=real: calls.__setitem__(_k, calls[_k] + 1) or _r(*a))
+    e = _gray_engine(data, compile="off")  # conv auto: the native kernels on the CPU
+    assert e.plan.conv == "winograd" and e.plan.single_layers == (0,)
+    d = _gray_engine(data, compile="off", conv="direct")
+    assert d.plan.single_layers == () and d.real_embed is d.embed
+    images = e.initial_state().images
+    got = e.loss_and_grad(images, 3)
+    assert calls == {"block": 2, "conv": 2}  # 2 chunks: the real branch fused, the synthetic one
+    want = d.loss_and_grad(images, 3)
+    torch.testing.assert_close(got[0], want[0], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(got[1], want[1], rtol=1e-3, atol=1e-6)
+
+
+def test_evaluation_trains_and_tests_with_the_kernel(monkeypatch):
+    from conftest import make_dataset
+    from fastdm.evaluation import EvalConfig, evaluate_images
+    monkeypatch.delenv("FASTDM_BACKEND", raising=False)
+    data = make_dataset(channels=1, size=(12, 12))
+    calls = []
+    real = C._grad_weight
+    monkeypatch.setattr(C, "_grad_weight", lambda *a: calls.append(1) or real(*a))
+    x = data.normalize(data.train.images[:8], "cpu")
+    y = data.train.labels[:8]
+    res = {}
+    for conv in ("auto", "direct"):
+        cfg = EvalConfig(model="ConvNetW32", models=1, epochs=3, batch_train=4, conv=conv,
+                         compile="off", strategy="none")
+        res[conv] = evaluate_images(x, y, data, cfg, "cpu", progress=False)
+        if conv == "auto":
+            # epochs + 1 passes (as the reference) x 2 steps of 4 images
+            assert res[conv]["test_conv"] == "winograd" and len(calls) == 8
+    assert res["direct"]["test_conv"] == "direct"
+    assert res["auto"]["accs"] == pytest.approx(res["direct"]["accs"], abs=0.05)
