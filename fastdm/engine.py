@@ -34,7 +34,7 @@ import torch
 
 import torch.nn.functional as F
 
-from . import objectives, rng
+from . import host_memory, objectives, rng
 from .augment import DSAParams, parse_strategy, sample_siamese
 from .augment.partition import Partition, encode_init, partition
 from .checkpoint import RunState
@@ -62,6 +62,8 @@ class DMEngine:
         self.lo, self.hi = plan.classes
         self.ipc = cfg.ipc
         self.hw = data.image_size
+        if plan.host_memory == "kept":
+            host_memory.keep_freed_memory()
         self.ops = parse_strategy(cfg.strategy)
         self.dsa = DSAParams(aug_mode=cfg.aug_mode)
         self.dsa_backend = plan.backends["dsa"]
@@ -75,11 +77,13 @@ class DMEngine:
         self.objective = objectives.get(plan.objective)(cfg, plan.backends, self.device)
         # the intermediate outputs the objective matches besides the embedding (if any)
         taps, tap = self.objective.taps(self.net), self.objective.tap
-        single = plan.single_layers  # 1-channel first layers: the native kernel, with gradients
-        self.embed = compiled(tapped_embed(self.net, (), taps, tap, single, grad=True)
-                              if taps or single else self.net.embed)
+        # the synthetic branch: Winograd with gradients; the real branch (forward only) may also
+        # take the single-channel block
+        wino, single = plan.winograd_layers, plan.single_layers
+        self.embed = compiled(tapped_embed(self.net, wino, taps, tap, grad=True)
+                              if taps or wino else self.net.embed)
         self.real_embed = compiled(tapped_embed(self.net, plan.winograd_layers, taps, tap, single)) \
-            if plan.winograd_layers or single else self.embed
+            if wino or single else self.embed
         self.optimizer = ImageOptimizer(cfg, data.mean, data.std, self.device)
         self.plateau = Plateau(self.optimizer, cfg.lr_plateau) if cfg.lr_plateau else None
         self._partitions: dict[int, Partition] = {}

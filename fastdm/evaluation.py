@@ -21,7 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import rng
+from . import host_memory, rng
 from .augment import DSAParams, parse_strategy, sample_per_sample
 from .augment.cutmix import cutmix_
 from .backend import backend_for
@@ -63,8 +63,8 @@ class EvalConfig:
     # that compute it natively, fp32 (the reference's) elsewhere; testing always runs in fp32
     precision: str = "auto"
     # the native CPU convolutions (fastdm.evaluation.test_conv): auto = on the CPU for ConvNets,
-    # as condensation's: the test pass's 3x3 layers by Winograd, a 1-channel first layer by the
-    # single-channel kernel in the test pass and the training step; direct elsewhere
+    # as condensation's: the 3x3 layers by Winograd (training step and test pass), a 1-channel
+    # first block by the single-channel kernel (test pass); direct elsewhere
     conv: str = "auto"
     # the protocol's recipe (fastdm.protocols.Protocol's fields)
     protocol: str = "dm"
@@ -135,11 +135,11 @@ def test_conv(mode: str, model: str, data: Dataset, device) -> str:
                     None if layers else f"{model} has no layers for the native kernels")
 
 
-def train_forward(net: torch.nn.Module, conv: str, precision: str = "fp32"):
-    """The training step's forward: with the native kernels (conv 'winograd') in fp32, a
-    1-channel first layer by the single-channel kernel (with its gradients); else the module."""
-    single = single_channel_layers(net) if conv == "winograd" and precision == "fp32" else ()
-    return native_forward(net, single) if single else net
+def train_forward(net: torch.nn.Module, image_size, conv: str, precision: str = "fp32"):
+    """The training step's forward: with the native kernels (conv 'winograd') in fp32, the
+    3x3 layers by Winograd with gradients; else the module."""
+    layers = winograd_layers(net, image_size) if conv == "winograd" and precision == "fp32" else ()
+    return native_forward(net, layers) if layers else net
 
 
 @torch.no_grad()
@@ -181,7 +181,7 @@ def train_model(images: torch.Tensor, labels: torch.Tensor, data: Dataset, cfg: 
     net = build_model(cfg.model, images.shape[1], data.num_classes, hw, cfg.seed, rng.EVAL_INIT, k,
                       device=device)
     net.train()
-    trained, forward = net, train_forward(net, conv, precision)
+    trained, forward = net, train_forward(net, hw, conv, precision)
     if compiled is not None:
         compiled.load(net)
         trained, forward = compiled.net, compiled.fn
@@ -239,6 +239,8 @@ def evaluate_images(images: torch.Tensor, labels: torch.Tensor, data: Dataset, c
     from tqdm.auto import tqdm
 
     cfg.check()
+    if host_memory.planned(torch.device(device)) == "kept":
+        host_memory.keep_freed_memory()
     accs, curves, t0 = [], [], time.perf_counter()
     n_passes = passes(cfg.schedule, cfg.epochs)
     bar = tqdm(total=cfg.models * n_passes, desc=desc, unit="epoch",
@@ -294,7 +296,7 @@ def evaluate_images(images: torch.Tensor, labels: torch.Tensor, data: Dataset, c
             if compile_step and shared is None:
                 shared = SharedCompiled(build_model(cfg.model, data.channels, data.num_classes,
                                                     data.image_size, device=device),
-                                        forward=lambda m: train_forward(m, conv, precision))
+                                        forward=lambda m: train_forward(m, data.image_size, conv, precision))
             curve, logged = {}, {}
 
             def epoch_done():
@@ -317,6 +319,7 @@ def evaluate_images(images: torch.Tensor, labels: torch.Tensor, data: Dataset, c
     res = {"acc_mean": float(np.mean(accs)), "acc_std": float(np.std(accs)), "accs": accs,
            "seconds": round(time.perf_counter() - t0, 3), "trained_together": together,
            "compiled": compile_step, "precision": precision, "test_conv": conv,
+           "host_memory": host_memory.planned(torch.device(device)),
            "protocol": cfg.protocol,
            "curves": curves}
     if cfg.validate_every:

@@ -46,9 +46,6 @@ class _Ops:
         ns = torch.ops.fastdm_native
         self.input_transform = ns.winograd_input_transform
         self.output_transform = ns.winograd_output_transform
-        self.conv1ch_forward = ns.conv1ch_forward
-        self.conv1ch_backward_input = ns.conv1ch_backward_input
-        self.conv1ch_backward_weight = ns.conv1ch_backward_weight
         self.conv1ch_norm_relu_pool = ns.conv1ch_norm_relu_pool
         self.isa = ns.isa
         self.build_info = lambda: json.loads(ns.build_info())

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from . import distributed, objectives
+from . import distributed, host_memory, objectives
 from .backend import backend_for, conv_for
 from .config import CondenseConfig, resolve_config
 from .data.stream import choose_tier
@@ -65,6 +65,7 @@ class RunPlan:
     conv: str                      # 'winograd' | 'direct' (the real branch's 3x3 convolutions)
     winograd_layers: tuple         # indices in the embedder's features that take Winograd
     single_layers: tuple           # ... that take the native single-channel kernel (conv winograd)
+    host_memory: str               # 'kept' (freed host memory reused: fastdm.host_memory) or 'system: why'
     real_tier: str
     real_bytes: int                # the uint8 training rows this process holds
     class_chunk: int
@@ -140,6 +141,7 @@ def make_plan(config: CondenseConfig, data, device: str | torch.device | None = 
         backends=backends, precision=precision, compiled=compiled, conv=conv,
         winograd_layers=layers if conv == "winograd" else (),
         single_layers=single if conv == "winograd" else (), real_tier=tier,
+        host_memory=host_memory.planned(dev),
         real_bytes=real_bytes, class_chunk=chunk, batchnorm=batchnorm, objective=objective.name,
         # forward of every real and synthetic image, plus the synthetic input-gradient backward
         flops_per_iteration=per_image.matmul * (n_real + 2 * n_syn),

@@ -1,13 +1,9 @@
-// Direct 3x3 convolution (stride 1, zero padding) of single-channel images: the first layer of a
-// ConvNet on MNIST-shaped data. oneDNN took 0.4 s for 640 28x28 images into 128 channels on the
-// 2-core CPU (benchmarks/RESULTS.md, issue 23), about 2 GFLOP/s; these loops run along image rows,
-// 8 or 16 outputs per vector, each output 9 multiply-adds from a padded copy of the image held
-// in L1.
-//
-// - conv1ch_forward / conv1ch_backward_input / conv1ch_backward_weight: NCHW, as F.conv2d.
-// - conv1ch_norm_relu_pool: the forward of conv -> GroupNorm(C, C) -> ReLU -> 2x2 average pool
-//   in one pass per (image, channel) plane, the plane in L1: the 1-channel block of a ConvNet
-//   without writing its full-size output (inference only).
+// The first block of a ConvNet on single-channel images, forward only: 3x3 convolution (stride 1,
+// zero padding) -> GroupNorm(C, C) -> ReLU -> 2x2 average pool, in one pass per (image, channel)
+// plane with the plane in L1. The modules write the convolution's full-size output (128 x 32 x 32
+// floats per MNIST image) and read it back three times; this block writes only the pooled
+// quarter (benchmarks/RESULTS.md, issue 23: 7x faster than the modules for 500 images). The
+// convolution runs along image rows, 8 outputs per vector, from a padded copy of the image.
 //
 // Compiled once per instruction set, as winograd.cpp (CMakeLists.txt, kernels/dispatch.cpp).
 #include <ATen/ATen.h>
@@ -63,6 +59,8 @@ const float* optional_ptr(const std::optional<at::Tensor>& t, int64_t size, cons
   return t->data_ptr<float>();
 }
 
+
+
 // The image n zero-padded into buf [Hp, Wp].
 inline void pad_image(const float* x, const Shape& s, float* buf) {
   std::fill(buf, buf + s.Hp * s.Wp, 0.f);
@@ -109,129 +107,6 @@ inline double lane_sum(const float* v, int64_t n, float centre, bool squares) {
 }
 
 }  // namespace
-
-// out [N, K, Ho, Wo] = conv2d(x [N, 1, H, W], weight [K, 1, 3, 3], bias, padding=pad)
-void conv1ch_forward(const at::Tensor& x, const at::Tensor& weight,
-                     const std::optional<at::Tensor>& bias, const at::Tensor& out, int64_t pad) {
-  const Shape s = shape_of(x, weight, pad);
-  check_f32(out, "out", 4);
-  TORCH_CHECK(out.size(0) == s.N && out.size(1) == s.K && out.size(2) == s.Ho && out.size(3) == s.Wo,
-              "out has the wrong shape");
-  const float* bp = optional_ptr(bias, s.K, "bias");
-  const float* xd = x.data_ptr<float>();
-  const float* wd = weight.data_ptr<float>();
-  float* od = out.data_ptr<float>();
-  at::parallel_for(0, s.N, 1, [&](int64_t n0, int64_t n1) {
-    std::vector<float> xp(s.Hp * s.Wp);
-    for (int64_t n = n0; n < n1; ++n) {
-      pad_image(xd + n * s.H * s.W, s, xp.data());
-      for (int64_t k = 0; k < s.K; ++k)
-        conv_plane(xp.data(), wd + 9 * k, bp ? bp[k] : 0.f, s,
-                   od + (n * s.K + k) * s.Ho * s.Wo);
-    }
-  });
-}
-
-// grad_x [N, 1, H, W] of conv1ch_forward given grad_out [N, K, Ho, Wo]
-void conv1ch_backward_input(const at::Tensor& grad_out, const at::Tensor& weight,
-                            const at::Tensor& grad_x, int64_t pad) {
-  const Shape s = shape_of(grad_x, weight, pad);
-  check_f32(grad_out, "grad_out", 4);
-  TORCH_CHECK(grad_out.size(0) == s.N && grad_out.size(1) == s.K && grad_out.size(2) == s.Ho &&
-              grad_out.size(3) == s.Wo, "grad_out has the wrong shape");
-  const float* gd = grad_out.data_ptr<float>();
-  const float* wd = weight.data_ptr<float>();
-  float* xd = grad_x.data_ptr<float>();
-  at::parallel_for(0, s.N, 1, [&](int64_t n0, int64_t n1) {
-    std::vector<float> acc(s.Hp * s.Wp);  // the gradient of the padded image
-    for (int64_t n = n0; n < n1; ++n) {
-      std::fill(acc.begin(), acc.end(), 0.f);
-      for (int64_t k = 0; k < s.K; ++k) {
-        const float* g = gd + (n * s.K + k) * s.Ho * s.Wo;
-        const float* w = wd + 9 * k;
-        for (int64_t y = 0; y < s.Ho; ++y) {
-          const float* gr = g + y * s.Wo;
-          for (int dy = 0; dy < 3; ++dy) {
-            float* a = acc.data() + (y + dy) * s.Wp;
-            const float v0 = w[3 * dy], v1 = w[3 * dy + 1], v2 = w[3 * dy + 2];
-            // three shifted saxpys, one pass: a[x + dx] += w[dy, dx] g[y, x]
-#pragma GCC ivdep
-            for (int64_t x = 0; x < s.Wo; ++x) a[x] += v0 * gr[x];
-#pragma GCC ivdep
-            for (int64_t x = 0; x < s.Wo; ++x) a[x + 1] += v1 * gr[x];
-#pragma GCC ivdep
-            for (int64_t x = 0; x < s.Wo; ++x) a[x + 2] += v2 * gr[x];
-          }
-        }
-      }
-      for (int64_t i = 0; i < s.H; ++i)
-        std::memcpy(xd + (n * s.H + i) * s.W, acc.data() + (i + s.pad) * s.Wp + s.pad,
-                    sizeof(float) * s.W);
-    }
-  });
-}
-
-// grad_weight [K, 1, 3, 3] (and grad_bias [K] if given) of conv1ch_forward. Each of a fixed
-// number of image ranges sums into its own buffer, added in range order: the result does not
-// depend on how threads are scheduled.
-void conv1ch_backward_weight(const at::Tensor& grad_out, const at::Tensor& x,
-                             const at::Tensor& grad_weight,
-                             const std::optional<at::Tensor>& grad_bias, int64_t pad) {
-  const Shape s = shape_of(x, grad_weight, pad);
-  check_f32(grad_out, "grad_out", 4);
-  TORCH_CHECK(grad_out.size(0) == s.N && grad_out.size(1) == s.K && grad_out.size(2) == s.Ho &&
-              grad_out.size(3) == s.Wo, "grad_out has the wrong shape");
-  float* gb = nullptr;
-  if (grad_bias.has_value() && grad_bias->defined()) {
-    check_f32(*grad_bias, "grad_bias", 1);
-    TORCH_CHECK(grad_bias->size(0) == s.K, "grad_bias has the wrong size");
-    gb = grad_bias->data_ptr<float>();
-  }
-  const float* gd = grad_out.data_ptr<float>();
-  const float* xd = x.data_ptr<float>();
-  const int64_t R = std::max<int64_t>(1, std::min<int64_t>(s.N, at::get_num_threads()));
-  std::vector<double> part(R * s.K * 10, 0.0);
-  at::parallel_for(0, R, 1, [&](int64_t r0, int64_t r1) {
-    std::vector<float> xp(s.Hp * s.Wp);
-    std::vector<float> rows(10 * s.Wo);  // per tap (and the bias): sums along y, per x
-    for (int64_t r = r0; r < r1; ++r) {
-      double* out = part.data() + r * s.K * 10;
-      for (int64_t n = s.N * r / R; n < s.N * (r + 1) / R; ++n) {
-        pad_image(xd + n * s.H * s.W, s, xp.data());
-        for (int64_t k = 0; k < s.K; ++k) {
-          const float* g = gd + (n * s.K + k) * s.Ho * s.Wo;
-          std::fill(rows.begin(), rows.end(), 0.f);
-          for (int64_t y = 0; y < s.Ho; ++y) {
-            const float* gr = g + y * s.Wo;
-            for (int t = 0; t < 9; ++t) {
-              const float* xr = xp.data() + (y + t / 3) * s.Wp + t % 3;
-              float* a = rows.data() + t * s.Wo;
-#pragma GCC ivdep
-              for (int64_t x = 0; x < s.Wo; ++x) a[x] += gr[x] * xr[x];
-            }
-            float* a = rows.data() + 9 * s.Wo;
-#pragma GCC ivdep
-            for (int64_t x = 0; x < s.Wo; ++x) a[x] += gr[x];
-          }
-          for (int t = 0; t < 10; ++t) {
-            double sum = 0.0;
-            for (int64_t x = 0; x < s.Wo; ++x) sum += rows[t * s.Wo + x];
-            out[k * 10 + t] += sum;
-          }
-        }
-      }
-    }
-  });
-  float* gw = grad_weight.data_ptr<float>();
-  for (int64_t k = 0; k < s.K; ++k) {
-    for (int t = 0; t < 10; ++t) {
-      double sum = 0.0;
-      for (int64_t r = 0; r < R; ++r) sum += part[(r * s.K + k) * 10 + t];
-      if (t < 9) gw[k * 9 + t] = static_cast<float>(sum);
-      else if (gb) gb[k] = static_cast<float>(sum);
-    }
-  }
-}
 
 // out = avg_pool2d(relu(group_norm(conv2d(x, weight, bias, pad), K groups, gamma, beta, eps)), 2)
 // as [N, Ho/2, Wo/2, K] (nhwc) or [N, K, Ho/2, Wo/2]. Statistics in double, in two passes

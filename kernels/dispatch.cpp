@@ -24,14 +24,6 @@ namespace fastdm {
                        int64_t pad_left, int64_t th, int64_t tw);                              \
   void output_transform(const at::Tensor& Mm, const std::optional<at::Tensor>& bias,           \
                         const at::Tensor& out, int64_t th, int64_t tw);                        \
-  void conv1ch_forward(const at::Tensor& x, const at::Tensor& weight,                          \
-                       const std::optional<at::Tensor>& bias, const at::Tensor& out,           \
-                       int64_t pad);                                                           \
-  void conv1ch_backward_input(const at::Tensor& grad_out, const at::Tensor& weight,            \
-                              const at::Tensor& grad_x, int64_t pad);                          \
-  void conv1ch_backward_weight(const at::Tensor& grad_out, const at::Tensor& x,                \
-                               const at::Tensor& grad_weight,                                  \
-                               const std::optional<at::Tensor>& grad_bias, int64_t pad);       \
   void conv1ch_norm_relu_pool(const at::Tensor& x, const at::Tensor& weight,                   \
                               const std::optional<at::Tensor>& bias, const at::Tensor& gamma,  \
                               const at::Tensor& beta, double eps, const at::Tensor& out,       \
@@ -135,22 +127,6 @@ void output_transform(const at::Tensor& Mm, const std::optional<at::Tensor>& bia
   FASTDM_DISPATCH(output_transform, Mm, bias, out, th, tw)
 }
 
-void conv1ch_forward(const at::Tensor& x, const at::Tensor& weight,
-                     const std::optional<at::Tensor>& bias, const at::Tensor& out, int64_t pad) {
-  FASTDM_DISPATCH(conv1ch_forward, x, weight, bias, out, pad)
-}
-
-void conv1ch_backward_input(const at::Tensor& grad_out, const at::Tensor& weight,
-                            const at::Tensor& grad_x, int64_t pad) {
-  FASTDM_DISPATCH(conv1ch_backward_input, grad_out, weight, grad_x, pad)
-}
-
-void conv1ch_backward_weight(const at::Tensor& grad_out, const at::Tensor& x,
-                             const at::Tensor& grad_weight,
-                             const std::optional<at::Tensor>& grad_bias, int64_t pad) {
-  FASTDM_DISPATCH(conv1ch_backward_weight, grad_out, x, grad_weight, grad_bias, pad)
-}
-
 void conv1ch_norm_relu_pool(const at::Tensor& x, const at::Tensor& weight,
                             const std::optional<at::Tensor>& bias, const at::Tensor& gamma,
                             const at::Tensor& beta, double eps, const at::Tensor& out, int64_t pad,
@@ -176,12 +152,6 @@ TORCH_LIBRARY(fastdm_native, m) {
         &fastdm::input_transform);
   m.def("winograd_output_transform(Tensor m, Tensor? bias, Tensor(a!) out, int th, int tw) -> ()",
         &fastdm::output_transform);
-  m.def("conv1ch_forward(Tensor x, Tensor weight, Tensor? bias, Tensor(a!) out, int pad) -> ()",
-        &fastdm::conv1ch_forward);
-  m.def("conv1ch_backward_input(Tensor grad_out, Tensor weight, Tensor(a!) grad_x, int pad) -> ()",
-        &fastdm::conv1ch_backward_input);
-  m.def("conv1ch_backward_weight(Tensor grad_out, Tensor x, Tensor(a!) grad_weight, Tensor(b!)? grad_bias, int pad) -> ()",
-        &fastdm::conv1ch_backward_weight);
   m.def("conv1ch_norm_relu_pool(Tensor x, Tensor weight, Tensor? bias, Tensor gamma, Tensor beta, float eps, Tensor(a!) out, int pad, bool nhwc) -> ()",
         &fastdm::conv1ch_norm_relu_pool);
   m.def("isa() -> str", &fastdm::isa_name);

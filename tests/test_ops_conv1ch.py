@@ -1,6 +1,6 @@
-"""The single-channel 3x3 convolution (fastdm.ops.conv1ch, kernels/conv1ch.cpp) against F.conv2d
-and the modules in float64, over odd shapes and paddings, forward and gradients; the fused
-conv/norm/ReLU/pool block; their use by condensation (both branches) and evaluation."""
+"""The single-channel first block (fastdm.ops.conv1ch, kernels/conv1ch.cpp: conv -> instance norm
+-> ReLU -> pool) against the modules in float64 over odd shapes and paddings; Winograd with
+gradients (fastdm.ops.winograd) against F.conv2d; their use by condensation and evaluation."""
 import pytest
 import torch
 import torch.nn.functional as F
@@ -11,6 +11,7 @@ from fastdm.errors import FastDMError
 from fastdm.models import build_model
 from fastdm.models import fast_embed as fe
 from fastdm.ops import conv1ch as C
+from fastdm.ops import winograd as W
 
 pytestmark = pytest.mark.skipif(native.unavailable() is not None,
                                 reason=f"native kernels: {native.unavailable()}")
@@ -32,38 +33,36 @@ def _rel(a, ref):
     return float((a.detach().double() - ref).abs().max() / ref.abs().max().clamp_min(1e-12))
 
 
-@pytest.mark.parametrize("shape", SHAPES)
+WINO_SHAPES = [  # N, C, K, H, W, padding
+    (2, 16, 5, 7, 9, 1), (1, 20, 17, 6, 6, 0), (3, 16, 16, 5, 11, 2), (2, 33, 8, 16, 16, 1),
+]
+
+
+@pytest.mark.parametrize("shape", WINO_SHAPES)
 @pytest.mark.parametrize("with_bias", [True, False])
-def test_forward_and_gradients_match_conv2d_in_float64(shape, with_bias):
-    n, k, h, w, pad = shape
-    x, wt, b = _case(n, k, h, w, seed=sum(shape))
-    b = b if with_bias else None
-    ref = F.conv2d(x, wt, b, padding=pad)
+def test_winograd_with_gradients_matches_conv2d_in_float64(shape, with_bias):
+    n, c, k, h, w, pad = shape
+    g = torch.Generator().manual_seed(sum(shape))
+    x = torch.randn(n, c, h, w, generator=g, dtype=torch.float64)
+    wt = torch.randn(k, c, 3, 3, generator=g, dtype=torch.float64) / (9 * c) ** 0.5
+    b = torch.randn(k, generator=g, dtype=torch.float64) if with_bias else None
+    ref_leaves = [t.clone().requires_grad_() for t in (x, wt) + ((b,) if with_bias else ())]
+    ref = F.conv2d(ref_leaves[0], ref_leaves[1], ref_leaves[2] if with_bias else None, padding=pad)
     leaves = [t.float().requires_grad_() for t in (x, wt) + ((b,) if with_bias else ())]
-    got = C.conv1ch_conv2d(leaves[0], leaves[1], leaves[2] if with_bias else None, pad)
-    assert got.shape == ref.shape and got.dtype == torch.float32 and got.is_contiguous()
-    assert _rel(got, ref) < 1e-6
-    g = torch.randn(ref.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(7))
-    want = torch.autograd.grad((F.conv2d(*[t.requires_grad_() for t in (x, wt)], b, padding=pad) * g).sum(),
-                               [x, wt])
-    if with_bias:
-        want += (g.sum((0, 2, 3)),)
-    (got * g.float()).sum().backward()
-    for leaf, ref_grad in zip(leaves, want):
-        assert _rel(leaf.grad, ref_grad) < 1e-5
+    got = W.winograd_conv2d_grad(leaves[0], leaves[1], leaves[2] if with_bias else None, pad)
+    assert _rel(got, ref.detach()) < 2e-5
+    up = torch.randn(ref.shape, generator=g, dtype=torch.float64)
+    (ref * up).sum().backward()
+    (got * up.float()).sum().backward()
+    for leaf, want in zip(leaves, ref_leaves):
+        assert _rel(leaf.grad, want.grad) < 2e-5
 
 
-def test_only_the_gradients_asked_for_are_computed(monkeypatch):
-    x, wt, b = (t.float() for t in _case(2, 4, 6, 6, seed=0))
-    called = []
-    for name in ("_grad_input", "_grad_weight"):
-        real = getattr(C, name)
-        monkeypatch.setattr(C, name, lambda *a, _n=name, _r=real: called.append(_n) or _r(*a))
-    C.conv1ch_conv2d(x.requires_grad_(), wt, b, 1).sum().backward()
-    assert called == ["_grad_input"]
-    called.clear()
-    C.conv1ch_conv2d(x.detach(), wt.requires_grad_(), None, 1).sum().backward()
-    assert called == ["_grad_weight"]
+def test_winograd_with_gradients_errors_and_opcheck():
+    x, wt = torch.randn(2, 16, 6, 6), torch.randn(4, 16, 3, 3)
+    with pytest.raises(FastDMError, match="padding 3 > 2"):
+        W.winograd_conv2d_grad(x, wt, None, 3)
+    torch.library.opcheck(W._winograd_grad_op, (x.requires_grad_(), wt.requires_grad_(), None, 1))
 
 
 @pytest.mark.parametrize("shape", [s for s in SHAPES if min(s[2], s[3]) + 2 * s[4] - 2 >= 2])
@@ -99,30 +98,28 @@ def test_block_with_a_constant_plane_and_large_offsets():
 
 def test_clear_errors():
     x, wt = torch.randn(2, 1, 5, 5), torch.randn(4, 1, 3, 3)
+    one, zero = torch.ones(4), torch.zeros(4)
     with pytest.raises(FastDMError, match=r"x \[N, 1, H, W\]"):
-        C.conv1ch_conv2d(torch.randn(2, 3, 5, 5), wt)
+        C.conv1ch_norm_relu_pool(torch.randn(2, 3, 5, 5), wt, None, one, zero)
     with pytest.raises(FastDMError, match="float32 only"):
-        C.conv1ch_conv2d(x.double(), wt.double())
+        C.conv1ch_norm_relu_pool(x.double(), wt.double(), None, one, zero)
     with pytest.raises(FastDMError, match="bias of shape"):
-        C.conv1ch_conv2d(x, wt, torch.randn(3))
+        C.conv1ch_norm_relu_pool(x, wt, torch.randn(3), one, zero)
     with pytest.raises(FastDMError, match="padding must be"):
-        C.conv1ch_conv2d(x, wt, None, -1)
+        C.conv1ch_norm_relu_pool(x, wt, None, one, zero, padding=-1)
     with pytest.raises(FastDMError, match="smaller than the 3x3"):
-        C.conv1ch_conv2d(torch.randn(1, 1, 2, 2), wt, None, 0)
+        C.conv1ch_norm_relu_pool(torch.randn(1, 1, 2, 2), wt, None, one, zero, padding=0)
     with pytest.raises(FastDMError, match="forward-only"):
-        C.conv1ch_norm_relu_pool(x, wt.requires_grad_(), None, torch.ones(4), torch.zeros(4))
+        C.conv1ch_norm_relu_pool(x, wt.requires_grad_(), None, one, zero)
     with pytest.raises(FastDMError, match="gamma and beta"):
-        C.conv1ch_norm_relu_pool(x, wt.detach(), None, torch.ones(3), torch.zeros(4))
+        C.conv1ch_norm_relu_pool(x, wt.detach(), None, torch.ones(3), zero)
     with pytest.raises(FastDMError, match="smaller than the 2x2 pool"):
-        C.conv1ch_norm_relu_pool(torch.randn(1, 1, 3, 3), wt.detach(), None, torch.ones(4),
-                                 torch.zeros(4), padding=0)
+        C.conv1ch_norm_relu_pool(torch.randn(1, 1, 3, 3), wt.detach(), None, one, zero, padding=0)
 
 
 def test_opcheck():
     x, wt, b = (t.float() for t in _case(2, 3, 6, 5, seed=2))
-    torch.library.opcheck(C._conv, (x.requires_grad_(), wt.requires_grad_(), b.requires_grad_(), 1))
-    torch.library.opcheck(C._block, (x.detach(), wt.detach(), b.detach(), torch.ones(3), torch.zeros(3),
-                                     1e-5, 2, True))
+    torch.library.opcheck(C._block, (x, wt, b, torch.ones(3), torch.zeros(3), 1e-5, 2, True))
 
 
 def test_eligibility_and_layers():
@@ -137,36 +134,31 @@ def test_eligibility_and_layers():
 
 
 @pytest.mark.parametrize("model", ["ConvNet", "ConvNetBN", "ConvNetNP", "ConvNetD1", "ConvNetW32"])
-@pytest.mark.parametrize("size", [(28, 28), (8, 8)])
-def test_embeds_with_the_kernel_equal_the_modules(model, size):
-    net = build_model(model, 1, 10, size, 0, 1)
+@pytest.mark.parametrize("channels,size", [(1, (28, 28)), (1, (8, 8)), (3, (16, 16))])
+def test_native_embeds_equal_the_modules(model, channels, size):
+    net = build_model(model, channels, 10, size, 0, 1)
     net.train()
     single, layers = fe.single_channel_layers(net), fe.winograd_layers(net, size)
-    assert single == (0,)
-    x = torch.randn(5, 1, *size)
+    assert single == ((0,) if channels == 1 else ())
+    x = torch.randn(5, channels, *size)
     want = net.embed(x)
     with torch.inference_mode():  # the real branch: fused block and Winograd where they apply
         torch.testing.assert_close(fe.tapped_embed(net, layers, single=single)(x), want,
                                    atol=1e-4, rtol=1e-4)
-    # the synthetic branch and the training step: gradients to the input and the weights
-    xg = x.clone().requires_grad_()
-    got = fe.tapped_embed(net, single=single, grad=True)(xg)
-    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    # the synthetic branch: gradients to the input; the training step: to the weights
+    xg, xr = x.clone().requires_grad_(), x.clone().requires_grad_()
+    got = fe.tapped_embed(net, layers, single=single, grad=True)(xg)
+    torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
     got.square().sum().backward()
-    xr = x.clone().requires_grad_()
-    net.zero_grad()
     net.embed(xr).square().sum().backward()
-    want_w = net.features[0].weight.grad.clone()
+    torch.testing.assert_close(xg.grad, xr.grad, atol=1e-3, rtol=1e-3)
     net.zero_grad()
-    torch.testing.assert_close(xg.grad, xr.grad, atol=1e-4, rtol=1e-4)
-    fe.native_forward(net, single)(x).sum().backward()
-    native_w = net.features[0].weight.grad.clone()
+    fe.native_forward(net, layers)(x).sum().backward()
+    native_grads = [p.grad.clone() for p in net.parameters()]
     net.zero_grad()
     net(x).sum().backward()
-    torch.testing.assert_close(native_w, net.features[0].weight.grad, atol=1e-4, rtol=1e-4)
-    assert want_w.shape == native_w.shape
-    with pytest.raises(ValueError, match="forward-only"):
-        fe.tapped_embed(net, (4,), single=single, grad=True)
+    for mine, ref in zip(native_grads, [p.grad for p in net.parameters()]):
+        torch.testing.assert_close(mine, ref, atol=1e-4, rtol=1e-3)
 
 
 def test_a_tapped_first_norm_keeps_the_modules(monkeypatch):
@@ -191,34 +183,40 @@ def _gray_engine(data, **kw):
                                "device": "cpu", "class_chunk": 3, **kw})
 
 
-def test_engine_takes_the_kernel_in_both_branches_and_agrees_with_direct(monkeypatch):
+def test_engine_takes_the_native_paths_in_both_branches_and_agrees_with_direct(monkeypatch):
+    import fastdm.models.fast_embed as fast_embed
     from conftest import make_dataset
     monkeypatch.delenv("FASTDM_BACKEND", raising=False)
     data = make_dataset(channels=1, size=(12, 12))
-    calls = {"block": 0, "conv": 0}
-    for name, key in (("conv1ch_norm_relu_pool", "block"), ("conv1ch_conv2d", "conv")):
-        real = getattr(C, name)
-        monkeypatch.setattr(C, name, lambda *a, _k=key, _r=real: calls.__setitem__(_k, calls[_k] + 1) or _r(*a))
+    calls = {"block": 0, "grad": 0}
+    real_block, real_grad = C.conv1ch_norm_relu_pool, fast_embed.winograd_conv2d_grad
+    monkeypatch.setattr(C, "conv1ch_norm_relu_pool",
+                        lambda *a: calls.__setitem__("block", calls["block"] + 1) or real_block(*a))
+    monkeypatch.setattr(fast_embed, "winograd_conv2d_grad",
+                        lambda *a: calls.__setitem__("grad", calls["grad"] + 1) or real_grad(*a))
     e = _gray_engine(data, compile="off")  # conv auto: the native kernels on the CPU
-    assert e.plan.conv == "winograd" and e.plan.single_layers == (0,)
+    assert e.plan.conv == "winograd" and e.plan.single_layers == (0,) and e.plan.winograd_layers
     d = _gray_engine(data, compile="off", conv="direct")
     assert d.plan.single_layers == () and d.real_embed is d.embed
     images = e.initial_state().images
     got = e.loss_and_grad(images, 3)
-    assert calls == {"block": 2, "conv": 2}  # 2 chunks: the real branch fused, the synthetic one
+    # 2 chunks: the real branch's first block fused, the synthetic branch's Winograd layers
+    assert calls == {"block": 2, "grad": 2 * len(e.plan.winograd_layers)}
     want = d.loss_and_grad(images, 3)
     torch.testing.assert_close(got[0], want[0], rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(got[1], want[1], rtol=1e-3, atol=1e-6)
 
 
-def test_evaluation_trains_and_tests_with_the_kernel(monkeypatch):
+def test_evaluation_trains_and_tests_with_the_native_paths(monkeypatch):
     from conftest import make_dataset
     from fastdm.evaluation import EvalConfig, evaluate_images
     monkeypatch.delenv("FASTDM_BACKEND", raising=False)
     data = make_dataset(channels=1, size=(12, 12))
-    calls = []
-    real = C._grad_weight
-    monkeypatch.setattr(C, "_grad_weight", lambda *a: calls.append(1) or real(*a))
+    calls = {"block": 0, "grad": 0}
+    real_block, real_grad = C._block, W._winograd_grad_op
+    monkeypatch.setattr(C, "_block", lambda *a: calls.__setitem__("block", calls["block"] + 1) or real_block(*a))
+    monkeypatch.setattr(W, "_winograd_grad_op",
+                        lambda *a: calls.__setitem__("grad", calls["grad"] + 1) or real_grad(*a))
     x = data.normalize(data.train.images[:8], "cpu")
     y = data.train.labels[:8]
     res = {}
@@ -227,7 +225,8 @@ def test_evaluation_trains_and_tests_with_the_kernel(monkeypatch):
                          compile="off", strategy="none")
         res[conv] = evaluate_images(x, y, data, cfg, "cpu", progress=False)
         if conv == "auto":
-            # epochs + 1 passes (as the reference) x 2 steps of 4 images
-            assert res[conv]["test_conv"] == "winograd" and len(calls) == 8
-    assert res["direct"]["test_conv"] == "direct"
+            # epochs + 1 passes (as the reference) x 2 steps x the Winograd layers; one test pass
+            assert res[conv]["test_conv"] == "winograd"
+            assert calls == {"block": 1, "grad": 8 * 2}
+    assert res["direct"]["test_conv"] == "direct" and calls["block"] == 1
     assert res["auto"]["accs"] == pytest.approx(res["direct"]["accs"], abs=0.05)

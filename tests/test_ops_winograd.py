@@ -261,15 +261,9 @@ out = torch.empty(2, 7, 10, 67)
 ops.output_transform(m, torch.randn(67, generator=g), out, 2, 3)
 x1 = torch.randn(3, 1, 11, 9, generator=g)
 w1, b1 = torch.randn(20, 1, 3, 3, generator=g), torch.randn(20, generator=g)
-c1 = torch.empty(3, 20, 13, 11)
-ops.conv1ch_forward(x1, w1, b1, c1, 2)
-g1 = torch.randn(3, 20, 13, 11, generator=g)
-gx, gw, gb = torch.empty(3, 1, 11, 9), torch.empty(20, 1, 3, 3), torch.empty(20)
-ops.conv1ch_backward_input(g1, w1, gx, 2)
-ops.conv1ch_backward_weight(g1, x1, gw, gb, 2)
 blk = torch.empty(3, 6, 5, 20)
 ops.conv1ch_norm_relu_pool(x1, w1, b1, torch.rand(20, generator=g), torch.randn(20, generator=g), 1e-5, blk, 2, True)
-torch.save({"isa": ops.isa(), "v": v, "out": out, "c1": c1, "gx": gx, "gw": gw, "gb": gb, "blk": blk}, sys.argv[1])
+torch.save({"isa": ops.isa(), "v": v, "out": out, "blk": blk}, sys.argv[1])
 """
 
 
@@ -296,7 +290,7 @@ def test_the_cpu_picks_its_build_and_every_build_computes_the_same(tmp_path):
     assert auto["isa"] == want
     p, generic = _isa_run(tmp_path, "generic")
     assert p.returncode == 0 and generic["isa"] == "generic", p.stderr[-2000:]
-    for key in ("v", "out", "c1", "gx", "gw", "gb", "blk"):  # FMA contraction may round differently
+    for key in ("v", "out", "blk"):  # FMA contraction may round differently: float32 rounding apart
         torch.testing.assert_close(generic[key], auto[key], rtol=1e-5, atol=1e-4)
     if " avx512f" not in flags:
         p, _ = _isa_run(tmp_path, "avx512")

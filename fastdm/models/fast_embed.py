@@ -1,7 +1,6 @@
 """A ConvNet's embedder with its 3x3 convolutions by the native CPU kernels: Winograd for the
-wide layers (fastdm.ops.winograd, forward only) and the direct single-channel kernel for a
-1-channel first layer (fastdm.ops.conv1ch, with gradients, or fused with its norm, ReLU and pool
-when forward only).
+wide layers (fastdm.ops.winograd) and, forward only, a 1-channel first layer fused with its
+norm, ReLU and pool (fastdm.ops.conv1ch).
 
 Only ConvNets (``embed`` = features(x).flatten(1) over one Sequential) take this path; the
 weights are read from the same modules as ``net.embed``, so weights drawn in place each
@@ -13,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..ops import conv1ch
-from ..ops.winograd import eligible, winograd_conv2d
+from ..ops.winograd import eligible, winograd_conv2d, winograd_conv2d_grad
 from .convnet import ConvNet
 from .layers import conv_out
 
@@ -24,8 +23,8 @@ def _plain_convnet(net: nn.Module) -> bool:
 
 
 def single_channel_layers(net: nn.Module) -> tuple[int, ...]:
-    """Indices in ``net.features`` of the 1-channel 3x3 convolutions the direct single-channel
-    kernel computes (empty for models other than ConvNets)."""
+    """Indices in ``net.features`` of the 1-channel 3x3 convolutions the single-channel block
+    may compute, with the norm, ReLU and pool after them (empty for models other than ConvNets)."""
     if not _plain_convnet(net):
         return ()
     return tuple(i for i, m in enumerate(net.features) if conv1ch.eligible(m))
@@ -51,30 +50,30 @@ def winograd_layers(net: nn.Module, image_size) -> tuple[int, ...]:
 def tapped_embed(net: nn.Module, layers: tuple[int, ...] = (), taps: tuple[int, ...] = (),
                  tap=None, single: tuple[int, ...] = (), grad: bool = False):
     """``net.embed`` (a ConvNet's: features(x).flatten(1)) with the convolutions at ``layers``
-    computed by Winograd (forward only), those at ``single`` (1-channel) by the single-channel
-    kernel, and the outputs of the modules at ``taps`` returned after the embedding:
-    (embedding, *tapped) when there are taps, each passed through ``tap`` if given (inside the
-    embedder, so that a compiled one fuses it with the layer that makes the output, and the
-    output itself need not be kept).
+    computed by Winograd and the outputs of the modules at ``taps`` returned after the
+    embedding: (embedding, *tapped) when there are taps, each passed through ``tap`` if given
+    (inside the embedder, so that a compiled one fuses it with the layer that makes the output,
+    and the output itself need not be kept).
 
-    ``grad=False`` (forward only): a single-channel convolution followed by instance norm, ReLU
-    and 2x2 average pooling (untapped) runs as one fused block. ``grad=True``: gradients flow
-    (to the input and the weights) and ``layers`` must be empty. With Winograd layers it runs
-    in NHWC throughout: the other convolutions (an RGB first layer) measured 1.6x faster on
-    channels_last input than on NCHW, and the Winograd op reads and writes NHWC."""
-    if grad and layers:
-        raise ValueError("Winograd layers are forward-only: grad=True takes single-channel layers only")
+    ``grad=False`` (forward only): a 1-channel convolution at ``single`` followed by instance
+    norm, ReLU and 2x2 average pooling (untapped) runs as one native block, and with Winograd
+    layers the embedder runs in NHWC throughout: the other convolutions (an RGB first layer)
+    measured 1.6x faster on channels_last input than on NCHW, and the Winograd op reads and
+    writes NHWC. ``grad=True``: gradients flow (to the input and the weights); ``single`` is
+    not used (oneDNN's convolution and its backward measured faster than direct ones), and each
+    Winograd layer's output goes back to NCHW for the modules after it (PyTorch's GroupNorm and
+    its backward are slow on channels_last; under torch.compile the copy fuses into them)."""
     chosen, ones, keep = frozenset(layers), frozenset(single), frozenset(taps)
     mods = list(net.features)
     # instance norm, ReLU, 2x2 average pool in a row (untapped): one block on NHWC (below), or
     # with the single-channel convolution before it, one native block
     fusable = frozenset(i for i in range(len(mods) - 2) if not grad and _norm_relu_pool(mods[i:i + 3])
                         and not keep & {i, i + 1})
-    fused = frozenset(i for i in ones if i + 1 in fusable and i not in keep)
-    blocks = frozenset(i for i in fusable if chosen and i - 1 not in fused)
+    fused = frozenset(i for i in ones if i + 1 in fusable and i not in keep)  # (empty with grad)
+    blocks = frozenset(i for i in fusable if chosen and i - 1 not in fused)  # (empty with grad)
 
     def embed(x):
-        if chosen:
+        if chosen and not grad:
             x = x.contiguous(memory_format=torch.channels_last)
         tapped, skip = [], 0
         for i, m in enumerate(mods):
@@ -84,10 +83,10 @@ def tapped_embed(net: nn.Module, layers: tuple[int, ...] = (), taps: tuple[int, 
                 norm = mods[i + 1]
                 x, skip = conv1ch.conv1ch_norm_relu_pool(x, m.weight, m.bias, norm.weight, norm.bias,
                                                          norm.eps, m.padding[0], bool(chosen)), 3
-            elif i in ones:
-                x = conv1ch.conv1ch_conv2d(x, m.weight, m.bias, m.padding[0])
             elif i in blocks:
                 x, skip = instance_norm_relu_pool_nhwc(x, m.weight, m.bias, m.eps), 2
+            elif i in chosen and grad:
+                x = winograd_conv2d_grad(x, m.weight, m.bias, m.padding[0]).contiguous()
             else:
                 x = winograd_conv2d(x, m.weight, m.bias, m.padding[0]) if i in chosen else m(x)
             if i in keep:
@@ -97,10 +96,10 @@ def tapped_embed(net: nn.Module, layers: tuple[int, ...] = (), taps: tuple[int, 
     return embed
 
 
-def native_forward(net: nn.Module, single: tuple[int, ...]):
-    """``net(x)`` of a ConvNet with its single-channel convolutions at ``single`` by the native
-    kernel, with gradients (evaluation's training step)."""
-    embed = tapped_embed(net, single=single, grad=True)
+def native_forward(net: nn.Module, layers: tuple[int, ...]):
+    """``net(x)`` of a ConvNet with its convolutions at ``layers`` by Winograd, with gradients
+    (evaluation's training step)."""
+    embed = tapped_embed(net, layers, grad=True)
     return lambda x: net.classifier(embed(x))
 
 
@@ -131,5 +130,5 @@ def instance_norm_relu_pool_nhwc(x: torch.Tensor, weight: torch.Tensor, bias: to
 
 def winograd_embed(net: nn.Module, layers: tuple[int, ...], single: tuple[int, ...] = ()):
     """``net.embed`` with the convolutions at ``layers`` computed by Winograd and those at
-    ``single`` by the single-channel kernel (forward only)."""
+    ``single`` by the single-channel block where it applies (forward only)."""
     return tapped_embed(net, layers, single=single)

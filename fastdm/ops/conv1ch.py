@@ -1,17 +1,16 @@
-"""3x3 convolution of single-channel images (MNIST's first layer) by native CPU kernels.
+"""The first block of a ConvNet on single-channel images (MNIST's), forward only, by a native
+CPU kernel (kernels/conv1ch.cpp): 3x3 convolution -> GroupNorm(C, C) -> ReLU -> 2x2 average pool
+in one pass per (image, channel) plane.
 
-Why: oneDNN computes a 1-input-channel 3x3 convolution into 128 channels at about 2 GFLOP/s on
-the 2-core CPU (0.4 s for 640 MNIST images, 40-50 % of an MNIST DM iteration; benchmarks/RESULTS.md,
-issue 23); the direct loops in kernels/conv1ch.cpp run along image rows from a padded copy of
-each image in L1. Two entry points:
+Why: the modules write the convolution's full-size output (128 x 32 x 32 floats per MNIST image,
+335 MB for a 640-image real batch) and read it back for the norm, the ReLU and the pool; the
+block keeps each plane in L1 and writes the pooled quarter: 40 ms against 288 ms for 500 images
+on the 2-core CPU (benchmarks/RESULTS.md, issue 23). Used where no gradient is needed: the real
+branch of condensation and the test pass of evaluation.
 
-- ``conv1ch_conv2d``: F.conv2d for these layers, with gradients for the input, the weight and the
-  bias (the synthetic branch of condensation, the training steps of evaluation);
-- ``conv1ch_norm_relu_pool``: conv -> GroupNorm(C, C) -> ReLU -> 2x2 average pool in one pass per
-  (image, channel) plane, forward only (the real branch, the test pass): the full-size
-  convolution output is never written.
-
-``reference_conv1ch_norm_relu_pool`` is the same block in plain torch, for the tests.
+- ``conv1ch_norm_relu_pool``: the functional entry point (checks its inputs);
+- ``reference_conv1ch_norm_relu_pool``: the same block in plain torch, for the tests;
+- ``eligible``: whether an nn.Conv2d is such a first convolution.
 """
 from typing import Optional
 
@@ -33,62 +32,6 @@ def eligible(conv: nn.Module) -> bool:
 
 def _out_hw(x: torch.Tensor, pad: int) -> tuple[int, int]:
     return x.shape[2] + 2 * pad - 2, x.shape[3] + 2 * pad - 2
-
-
-@torch.library.custom_op("fastdm::conv1ch", mutates_args=())
-def _conv(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], pad: int) -> torch.Tensor:
-    out = x.new_empty((x.shape[0], weight.shape[0], *_out_hw(x, pad)))
-    native.load("conv1ch").conv1ch_forward(x.contiguous(), weight.contiguous(),
-                                            None if bias is None else bias.contiguous(), out, pad)
-    return out
-
-
-@_conv.register_fake
-def _(x, weight, bias, pad):
-    return x.new_empty((x.shape[0], weight.shape[0], *_out_hw(x, pad)))
-
-
-@torch.library.custom_op("fastdm::conv1ch_grad_input", mutates_args=())
-def _grad_input(grad: torch.Tensor, weight: torch.Tensor, h: int, w: int, pad: int) -> torch.Tensor:
-    gx = grad.new_empty((grad.shape[0], 1, h, w))
-    native.load("conv1ch").conv1ch_backward_input(grad.contiguous(), weight.contiguous(), gx, pad)
-    return gx
-
-
-@_grad_input.register_fake
-def _(grad, weight, h, w, pad):
-    return grad.new_empty((grad.shape[0], 1, h, w))
-
-
-@torch.library.custom_op("fastdm::conv1ch_grad_weight", mutates_args=())
-def _grad_weight(grad: torch.Tensor, x: torch.Tensor, k: int, pad: int) -> tuple[torch.Tensor, torch.Tensor]:
-    gw, gb = grad.new_empty((k, 1, 3, 3)), grad.new_empty((k,))
-    native.load("conv1ch").conv1ch_backward_weight(grad.contiguous(), x.contiguous(), gw, gb, pad)
-    return gw, gb
-
-
-@_grad_weight.register_fake
-def _(grad, x, k, pad):
-    return grad.new_empty((k, 1, 3, 3)), grad.new_empty((k,))
-
-
-def _setup(ctx, inputs, output):
-    x, weight, bias, pad = inputs
-    ctx.save_for_backward(x, weight)
-    ctx.pad, ctx.has_bias = pad, bias is not None
-
-
-def _backward(ctx, grad):
-    x, weight = ctx.saved_tensors
-    gx = gw = gb = None
-    if ctx.needs_input_grad[0]:
-        gx = _grad_input(grad, weight, x.shape[2], x.shape[3], ctx.pad)
-    if ctx.needs_input_grad[1] or (ctx.has_bias and ctx.needs_input_grad[2]):
-        gw, gb = _grad_weight(grad, x, weight.shape[0], ctx.pad)
-    return gx, gw, gb if ctx.has_bias else None, None
-
-
-_conv.register_autograd(_backward, setup_context=_setup)
 
 
 @torch.library.custom_op("fastdm::conv1ch_norm_relu_pool", mutates_args=())
@@ -134,14 +77,6 @@ def _check(x, weight, bias, padding, what: str) -> None:
                           f"smaller than the 3x3 kernel")
 
 
-def conv1ch_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None,
-                   padding: int = 1) -> torch.Tensor:
-    """F.conv2d(x, weight, bias, padding=padding) for a single-channel x [N, 1, H, W] and 3x3
-    filters, stride 1 (NCHW out), differentiable in x, weight and bias."""
-    _check(x, weight, bias, padding, "conv1ch_conv2d")
-    return _conv(x, weight, bias, padding)
-
-
 def conv1ch_norm_relu_pool(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
                            gamma: torch.Tensor, beta: torch.Tensor, eps: float = 1e-5,
                            padding: int = 1, channels_last: bool = False) -> torch.Tensor:
@@ -156,8 +91,8 @@ def conv1ch_norm_relu_pool(x: torch.Tensor, weight: torch.Tensor, bias: Optional
         raise FastDMError("conv1ch_norm_relu_pool: the convolution's output is smaller than the 2x2 pool")
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad
                                        for t in (x, weight, bias, gamma, beta)):
-        raise FastDMError("conv1ch_norm_relu_pool is forward-only; use conv1ch_conv2d and the "
-                          "modules where gradients are needed")
+        raise FastDMError("conv1ch_norm_relu_pool is forward-only; use the modules where "
+                          "gradients are needed")
     return _block(x, weight, bias, gamma.float(), beta.float(), float(eps), padding, channels_last)
 
 

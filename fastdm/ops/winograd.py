@@ -8,12 +8,12 @@ torch.bmm; the transforms around it are memory-bound loops, which in plain torch
 under inductor (unrolled) took 30x and 6x as long as the native ones in kernels/winograd.cpp
 (a one-off prototype at cifar10's 16 px layer; built on first use, see fastdm.native).
 
-Forward only (inference): the engine uses it for the real branch, which runs under
-torch.inference_mode; the synthetic branch, which needs input gradients, keeps the direct
-convolution. Results agree with F.conv2d to float32 rounding of the transforms (max error
+``winograd_conv2d`` is forward only (the real branch, under torch.inference_mode; the test
+pass); ``winograd_conv2d_grad`` adds gradients (the synthetic branch, the training steps of
+evaluation): the input's by Winograd too, the weight's by PyTorch's convolution backward. Results agree with F.conv2d to float32 rounding of the transforms (max error
 measured 2e-6 to 8e-6 of the largest output, against float64; the direct convolution's 2e-7 to 2e-6).
 
-- ``winograd_conv2d``: the functional entry point (checks its inputs).
+- ``winograd_conv2d``, ``winograd_conv2d_grad``: the functional entry points (check their inputs).
 - ``reference_winograd_conv2d``: the same algorithm in plain torch, for the tests.
 - ``eligible``: whether an nn.Conv2d can take this path.
 """
@@ -95,6 +95,41 @@ def _(x, u, bias, pad):
     return x.new_empty((n, _tiles(h, pad)[0], _tiles(w, pad)[0], u.shape[2])).permute(0, 3, 1, 2)
 
 
+@torch.library.custom_op("fastdm::winograd_conv3x3_grad", mutates_args=())
+def _winograd_grad_op(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
+                      pad: int) -> torch.Tensor:
+    return _winograd_op(x, weight_transform(weight), bias, pad)
+
+
+@_winograd_grad_op.register_fake
+def _(x, weight, bias, pad):
+    n, _, h, w = x.shape
+    return x.new_empty((n, _tiles(h, pad)[0], _tiles(w, pad)[0], weight.shape[0])).permute(0, 3, 1, 2)
+
+
+def _grad_setup(ctx, inputs, output):
+    x, weight, bias, pad = inputs
+    ctx.save_for_backward(x, weight)
+    ctx.pad, ctx.has_bias = pad, bias is not None
+
+
+def _grad_backward(ctx, grad):
+    x, weight = ctx.saved_tensors
+    gx = gw = gb = None
+    if ctx.needs_input_grad[0]:
+        # the input gradient of a stride-1 3x3 convolution is one too: the filters turned by
+        # 180 degrees, input and output channels swapped, padding 2 - pad
+        gx = _winograd_op(grad, weight_transform(weight.flip(2, 3).transpose(0, 1)), None, 2 - ctx.pad)
+    if ctx.needs_input_grad[1] or (ctx.has_bias and ctx.needs_input_grad[2]):
+        _, gw, gb = torch.ops.aten.convolution_backward(
+            grad, x, weight, [weight.shape[0]] if ctx.has_bias else None, [1, 1], [ctx.pad] * 2,
+            [1, 1], False, [0, 0], 1, [False, True, ctx.has_bias])
+    return gx, gw, gb, None
+
+
+_winograd_grad_op.register_autograd(_grad_backward, setup_context=_grad_setup)
+
+
 def _check(x: torch.Tensor, weight: torch.Tensor, bias, padding: int) -> None:
     if not (isinstance(x, torch.Tensor) and isinstance(weight, torch.Tensor)):
         raise FastDMError("winograd_conv2d takes tensors x and weight")
@@ -131,6 +166,17 @@ def winograd_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.
         raise FastDMError("winograd_conv2d is forward-only (the real branch, under inference "
                           "mode); use F.conv2d where gradients are needed")
     return _winograd_op(x, weight_transform(weight), bias, padding)
+
+
+def winograd_conv2d_grad(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None,
+                         padding: int = 1) -> torch.Tensor:
+    """winograd_conv2d with gradients: the input's by Winograd too (padding at most 2), the
+    weight's and bias's by PyTorch's convolution backward."""
+    _check(x, weight, bias, padding)
+    if padding > 2:
+        raise FastDMError(f"winograd_conv2d_grad: padding {padding} > 2 (the input gradient's "
+                          f"padding, 2 - padding, would be negative)")
+    return _winograd_grad_op(x, weight, bias, padding)
 
 
 def reference_winograd_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None,
