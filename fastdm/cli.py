@@ -164,8 +164,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="the training forward's arithmetic: auto (default) = bf16 autocast on CUDA "
                          "GPUs with native bf16, fp32 elsewhere; testing is always fp32")
     sp.add_argument("--conv", choices=["auto", "winograd", "direct"],
-                    help="the test pass's 3x3 convolutions: auto (default) = Winograd (the native "
-                         "CPU kernels) for ConvNets on the CPU, direct elsewhere")
+                    help="the training step's and test pass's convolutions: auto (default) = "
+                         "the native CPU kernels (Winograd, a fused 1-channel first block) for "
+                         "ConvNets on the CPU, direct elsewhere")
 
     p = sub.add_parser("prepare", help="decode an image folder once into a uint8 store for "
                                        "--dataset store (parallel, resumable)")

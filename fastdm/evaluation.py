@@ -125,8 +125,9 @@ class EvalConfig:
 
 
 def test_conv(mode: str, model: str, data: Dataset, device) -> str:
-    """The test pass's 3x3 convolutions: 'winograd' (the native CPU kernels, as condensation's
-    real branch; the pass is inference only) or 'direct', by fastdm.backend.conv_for's rule."""
+    """Evaluation's convolutions: 'winograd' (the native CPU kernels, as condensation's: the
+    training step's and the test pass's Winograd layers, the test pass's 1-channel first block)
+    or 'direct', by fastdm.backend.conv_for's rule."""
     from .backend import conv_for
     with torch.device("meta"):
         net = create_model(model, data.channels, data.num_classes, data.image_size)

@@ -235,8 +235,9 @@ CONDENSE = (
     Setting("precision", str, "auto", "the embedder's arithmetic: fp32 (the reference's) or bf16 "
             "autocast with fp32 sums; auto: bf16 on CUDA GPUs with native bf16, else fp32",
             "speed", kind="speed", choices=PRECISIONS),
-    Setting("conv", str, "auto", "the real branch's 3x3 convolutions: winograd (native CPU "
-            "kernels) or direct; auto: winograd for ConvNets on the CPU in fp32", "speed",
+    Setting("conv", str, "auto", "the embedder's convolutions: winograd (native CPU kernels: "
+            "Winograd 3x3 layers, a fused 1-channel first block) or direct; auto: winograd for "
+            "ConvNets on the CPU in fp32", "speed",
             kind="speed", choices=CONV_MODES),
     Setting("real_tier", str, "auto", "where the real uint8 images live: gpu, pinned (CUDA), "
             "memory (CPU), disk (a store through the page cache); auto: by size", "speed",
