@@ -57,7 +57,8 @@ class EvalConfig:
     # train the models together (vmap) or one at a time; None: together on CUDA, one at a time
     # on the CPU, where together measured 2x slower (benchmarks/RESULTS.md)
     batched: bool | None = None
-    # torch.compile the training forward/backward: auto (CUDA, or >= 32 px on the CPU), on, off
+    # torch.compile the training forward/backward: auto (CUDA; on the CPU from 28 px when the
+    # evaluation trains on enough images to repay the compile: compiled.wants_compile), on, off
     compile: str = "auto"
     # the training forward's arithmetic (fastdm.precision): auto = bf16 autocast on CUDA GPUs
     # that compute it natively, fp32 (the reference's) elsewhere; testing always runs in fp32
@@ -257,8 +258,10 @@ def evaluate_images(images: torch.Tensor, labels: torch.Tensor, data: Dataset, c
         log.info("%s has BatchNorm (running statistics updated in place): its %d models are "
                  "trained one at a time", cfg.model, cfg.models)
         together = False
+    trained = cfg.models * n_passes * (images.shape[0] if subset_ipc is None
+                                       else subset_ipc * data.num_classes)
     compile_step = resolve_compile(cfg.compile, torch.device(device), data.image_size,
-                                   "the training step")
+                                   "the training step", work=trained)
     precision = resolve_precision(cfg.precision, torch.device(device))
     warn_if_slow(precision, device, "the evaluation trains")
     conv = test_conv(cfg.conv, cfg.model, data, device)

@@ -13,9 +13,13 @@ Choice rules (measurements in benchmarks/RESULTS.md):
   faster (cifar10 ipc 10: one class per chunk 1.5x faster than five), on CUDA large ones fill
   the GPU. BatchNorm models take all classes in one pass (their statistics mix classes).
 * compile: on CUDA, and on the CPU from 28 px (fastdm.models.compiled.wants_compile; MNIST's
-  28 px measured 1.2-1.5x faster compiled, benchmarks/RESULTS.md "Issue 23").
+  28 px measured 1.2-1.5x faster compiled, benchmarks/RESULTS.md "Issue 23"); evaluation's
+  training step also needs enough images trained to repay the compile.
+* host memory: kept for reuse on the CPU (fastdm.host_memory; page faults cost 0.7 s of a 1.4 s
+  MNIST ipc-50 iteration).
 * precision: bf16 on CUDA GPUs that compute it natively, fp32 elsewhere (fastdm.precision).
-* conv: Winograd for ConvNets' real branch on the CPU in fp32 (fastdm.backend.conv_for).
+* conv: the native kernels for ConvNets on the CPU in fp32 (fastdm.backend.conv_for): Winograd
+  3x3 layers in both branches, the fused 1-channel first block in the real branch.
 * tier: by the set's size against the memory budgets (fastdm.data.stream.choose_tier).
 """
 from __future__ import annotations

@@ -79,8 +79,12 @@ def test_auto_rule():
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     assert not compiled.wants_compile("auto", cpu, (8, 8))
     assert compiled.wants_compile("auto", cpu, (32, 32)) and compiled.wants_compile("auto", cpu, (28, 28))
-    # the evaluation's step compiles from 32 px (28 px not measured to pay)
-    assert not compiled.wants_compile("auto", cpu, (28, 28), "the training step")
+    # the evaluation's step: when it trains on enough images to repay the compile
+    few, many = compiled.CPU_COMPILE_MIN_IMAGES - 1, compiled.CPU_COMPILE_MIN_IMAGES
+    assert not compiled.wants_compile("auto", cpu, (28, 28), few)
+    assert compiled.wants_compile("auto", cpu, (28, 28), many)
+    assert not compiled.wants_compile("auto", cpu, (8, 8), 10 ** 9)
+    assert compiled.wants_compile("auto", cuda, (8, 8), 1)
     assert compiled.wants_compile("auto", cuda, (8, 8))
     assert compiled.wants_compile("on", cpu, (8, 8)) and not compiled.wants_compile("off", cuda, (64, 64))
 

@@ -35,21 +35,27 @@ def compile_unavailable(device: torch.device) -> str | None:
     return None
 
 
-# The smallest side from which auto compiles on the CPU: the embedder from 28 px (MNIST's
-# shape: compiled 1.2-1.5x faster per iteration, benchmarks/RESULTS.md "Issue 23"), the
-# evaluation's training step from 32 px (measured there; not at 28 px). At 8 px the compile
-# time (~20 s per graph) outweighs a short run.
-CPU_COMPILE_FROM = {"the embedder": 28}
-CPU_COMPILE_DEFAULT = 32
+# The smallest side from which auto compiles on the CPU (28 px: MNIST's shape; compiled 1.4-1.5x
+# faster per iteration, benchmarks/RESULTS.md "Issue 23"). At 8 px the compile time (~20 s per
+# graph) outweighs a short run.
+CPU_COMPILE_FROM = 28
+# Evaluation's training step on the CPU compiles only when it trains on at least this many
+# images in all (models x passes x images): compiled it saved 0.5-0.65 ms per image trained
+# against a cold compile of 16-21 s (ConvNet, native convolutions, 28 and 32 px, ipc 1-50;
+# RESULTS.md "Issue 23, continued").
+CPU_COMPILE_MIN_IMAGES = 40_000
 
 
-def wants_compile(mode: str, device: torch.device, image_size, what: str = "the embedder") -> bool:
-    """auto: on CUDA, and on the CPU for images from CPU_COMPILE_FROM's side on."""
+def wants_compile(mode: str, device: torch.device, image_size, work: int | None = None) -> bool:
+    """auto: on CUDA, and on the CPU for images from CPU_COMPILE_FROM's side on and, where
+    ``work`` (images trained in all) is given, at least CPU_COMPILE_MIN_IMAGES of them."""
     if mode == "off":
         return False
     if mode == "on":
         return True
-    return device.type == "cuda" or min(image_size) >= CPU_COMPILE_FROM.get(what, CPU_COMPILE_DEFAULT)
+    if device.type == "cuda":
+        return True
+    return min(image_size) >= CPU_COMPILE_FROM and (work is None or work >= CPU_COMPILE_MIN_IMAGES)
 
 
 # Graphs dynamo may keep per code object. Every engine and every evaluation shares one code
@@ -70,12 +76,13 @@ def compile_fn(fn, backend: str = "inductor", **options):
     return torch.compile(fn, backend=backend, fullgraph=True, **options)
 
 
-def resolve_compile(mode: str, device: torch.device, image_size, what: str = "the embedder") -> bool:
+def resolve_compile(mode: str, device: torch.device, image_size, what: str = "the embedder",
+                    work: int | None = None) -> bool:
     """Whether to compile for ``mode`` (auto|on|off): wants_compile, and able to ('on' that
     cannot is a FastDMError, 'auto' that cannot a logged warning)."""
     if mode not in ("auto", "on", "off"):
         raise FastDMError(f"--compile must be auto, on or off, got '{mode}'")
-    if not wants_compile(mode, device, image_size, what):
+    if not wants_compile(mode, device, image_size, work):
         return False
     why = compile_unavailable(device)
     if why is not None:
