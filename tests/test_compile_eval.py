@@ -9,7 +9,10 @@ from fastdm import evaluation as ev
 from fastdm.errors import FastDMError
 from fastdm.evaluation import EvalConfig, train_model
 from fastdm.models import build_model
+from fastdm.models import compiled as compiled_mod
 from fastdm.models.compiled import SharedCompiled
+
+DEFAULT_MIN_IMAGES = compiled_mod.CPU_COMPILE_MIN_IMAGES
 from fastdm.train_batched import train_models_batched
 
 
@@ -87,15 +90,20 @@ def test_evaluate_images_compiles_by_rule(monkeypatch):
     made = []
 
     class Spy(SharedCompiled):
-        def __init__(self, net, backend="aot_eager"):
+        def __init__(self, net, backend="aot_eager", forward=None):
             made.append(net)
-            super().__init__(net, backend)
+            super().__init__(net, backend, forward)
     monkeypatch.setattr(ev, "SharedCompiled", Spy)
     small = make_dataset(num_classes=3, per_class=(5, 4, 6), size=(16, 16), test_per_class=3)
     big = make_dataset(num_classes=3, per_class=(5, 4, 6), size=(32, 32), test_per_class=3)
-    for d, mode, want in ((small, "auto", False), (big, "auto", True), (small, "on", True),
-                          (big, "off", False)):
+    # auto at 32 px: not for 2 models x 2 passes x 15 images (far below the images that repay
+    # a compile), yes when the rule's minimum is that low
+    for d, mode, want, least in ((small, "auto", False, 1), (big, "auto", False, None),
+                                 (big, "auto", True, 60), (small, "on", True, None),
+                                 (big, "off", False, 1)):
         made.clear()
+        monkeypatch.setattr(compiled_mod, "CPU_COMPILE_MIN_IMAGES",
+                            DEFAULT_MIN_IMAGES if least is None else least)
         cfg = EvalConfig(model="ConvNetW32", models=2, epochs=1, strategy="none", compile=mode)
         res = ev.evaluate_images(d.normalize(d.train.images), d.train.labels, d, cfg, "cpu",
                                  progress=False)
