@@ -10,7 +10,7 @@ the process keeps its peak heap instead of returning it to the system.
 
 ``FASTDM_HOST_MEMORY=system`` leaves malloc as it is. Process-wide and applied once, by the jobs
 that run on the CPU (condensation's engine, evaluation); other allocators (jemalloc, tcmalloc
-preloaded), non-glibc systems and torchrun's processes are left alone.
+preloaded) and non-glibc systems are left alone.
 """
 from __future__ import annotations
 
@@ -31,10 +31,6 @@ _state: dict = {}
 def _why_not() -> str | None:
     if os.environ.get("FASTDM_HOST_MEMORY", "keep").strip().lower() == "system":
         return "FASTDM_HOST_MEMORY=system"
-    if "TORCHELASTIC_RUN_ID" in os.environ or int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        # with mmap off, a rank whose peer was killed died by torchrun's SIGTERM before its
-        # collective reported the lost peer (tests/test_distributed.py); cause not found
-        return "a torchrun process"
     if not sys.platform.startswith("linux"):
         return "not Linux"
     preload = os.environ.get("LD_PRELOAD", "")

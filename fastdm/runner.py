@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import signal
+import sys
 import threading
 import time
 
@@ -129,8 +130,13 @@ def run(engine: DMEngine, state: RunState, out: str | None = None, progress: boo
         raise Interrupted(out, state.iteration, saved[0]) from None
     finally:
         bar.close()
+        failing = sys.exc_info()[0] is not None
         for sig, h in handlers.items():
-            signal.signal(sig, h)
+            # a torchrun rank leaving by an error (another rank's death, mostly) ignores the
+            # launcher's SIGTERM from here: it says why it stops, then exits (torchrun kills
+            # what outlives its grace period anyway)
+            signal.signal(sig, signal.SIG_IGN if dist is not None and failing and
+                          sig == signal.SIGTERM else h)
     flush()
     if out:
         save()
