@@ -135,7 +135,8 @@ def test_eligibility_and_layers():
 
 @pytest.mark.parametrize("model", ["ConvNet", "ConvNetBN", "ConvNetNP", "ConvNetD1", "ConvNetW32"])
 @pytest.mark.parametrize("channels,size", [(1, (28, 28)), (1, (8, 8)), (3, (16, 16))])
-def test_native_embeds_equal_the_modules(model, channels, size):
+def test_native_embeds_equal_the_modules(model, channels, size, monkeypatch):
+    monkeypatch.setattr(fe, "GRAD_MIN_BATCH", 1)  # Winograd's gradients on these 5 images
     net = build_model(model, channels, 10, size, 0, 1)
     net.train()
     single, layers = fe.single_channel_layers(net), fe.winograd_layers(net, size)
@@ -223,6 +224,7 @@ def test_engine_takes_the_native_paths_in_both_branches_and_agrees_with_direct(m
                         lambda *a: calls.__setitem__("block", calls["block"] + 1) or real_block(*a))
     monkeypatch.setattr(fast_embed, "winograd_conv2d_grad",
                         lambda *a: calls.__setitem__("grad", calls["grad"] + 1) or real_grad(*a))
+    monkeypatch.setattr(fast_embed, "GRAD_MIN_BATCH", 1)  # the test's batches are small
     e = _gray_engine(data, compile="off")  # conv auto: the native kernels on the CPU
     assert e.plan.conv == "winograd" and e.plan.single_layers == (0,) and e.plan.winograd_layers
     d = _gray_engine(data, compile="off", conv="direct")
@@ -234,6 +236,11 @@ def test_engine_takes_the_native_paths_in_both_branches_and_agrees_with_direct(m
     want = d.loss_and_grad(images, 3)
     torch.testing.assert_close(got[0], want[0], rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(got[1], want[1], rtol=1e-3, atol=1e-6)
+    # below GRAD_MIN_BATCH the synthetic branch keeps the modules
+    monkeypatch.setattr(fast_embed, "GRAD_MIN_BATCH", 7)
+    calls.update(block=0, grad=0)
+    _gray_engine(data, compile="off").loss_and_grad(images, 3)
+    assert calls == {"block": 2, "grad": 0}
 
 
 def test_evaluation_trains_and_tests_with_the_native_paths(monkeypatch):
@@ -241,6 +248,7 @@ def test_evaluation_trains_and_tests_with_the_native_paths(monkeypatch):
     from fastdm.evaluation import EvalConfig, evaluate_images
     monkeypatch.delenv("FASTDM_BACKEND", raising=False)
     data = make_dataset(channels=1, size=(12, 12))
+    monkeypatch.setattr(fe, "GRAD_MIN_BATCH", 1)  # the test's batches are small
     calls = {"block": 0, "grad": 0}
     real_block, real_grad = C._block, W._winograd_grad_op
     monkeypatch.setattr(C, "_block", lambda *a: calls.__setitem__("block", calls["block"] + 1) or real_block(*a))

@@ -47,6 +47,12 @@ def winograd_layers(net: nn.Module, image_size) -> tuple[int, ...]:
     return tuple(layers)
 
 
+# Batches from which the gradient path takes Winograd: an evaluation training step (eager,
+# ConvNet, DSA) of 100 images measured 5-7 % faster with it, one of 10 images 21 % slower
+# (the weight transforms and layout copies per call); benchmarks/RESULTS.md, issue 23.
+GRAD_MIN_BATCH = 32
+
+
 def tapped_embed(net: nn.Module, layers: tuple[int, ...] = (), taps: tuple[int, ...] = (),
                  tap=None, single: tuple[int, ...] = (), grad: bool = False):
     """``net.embed`` (a ConvNet's: features(x).flatten(1)) with the convolutions at ``layers``
@@ -73,6 +79,8 @@ def tapped_embed(net: nn.Module, layers: tuple[int, ...] = (), taps: tuple[int, 
     blocks = frozenset(i for i in fusable if chosen and i - 1 not in fused)  # (empty with grad)
 
     def embed(x):
+        # with gradients, small batches keep the modules (see GRAD_MIN_BATCH)
+        wino = chosen if not grad or x.shape[0] >= GRAD_MIN_BATCH else frozenset()
         if chosen and not grad:
             x = x.contiguous(memory_format=torch.channels_last)
         tapped, skip = [], 0
@@ -85,10 +93,10 @@ def tapped_embed(net: nn.Module, layers: tuple[int, ...] = (), taps: tuple[int, 
                                                          norm.eps, m.padding[0], bool(chosen)), 3
             elif i in blocks:
                 x, skip = instance_norm_relu_pool_nhwc(x, m.weight, m.bias, m.eps), 2
-            elif i in chosen and grad:
+            elif i in wino and grad:
                 x = winograd_conv2d_grad(x, m.weight, m.bias, m.padding[0]).contiguous()
             else:
-                x = winograd_conv2d(x, m.weight, m.bias, m.padding[0]) if i in chosen else m(x)
+                x = winograd_conv2d(x, m.weight, m.bias, m.padding[0]) if i in wino else m(x)
             if i in keep:
                 tapped.append(tap(x) if tap is not None else x)
         return (x.flatten(1), *tapped) if keep else x.flatten(1)
