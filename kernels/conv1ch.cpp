@@ -14,26 +14,11 @@
 #include <cstring>
 #include <vector>
 
-#ifndef FASTDM_ISA
-#define FASTDM_ISA generic
-#endif
-
-#if defined(FASTDM_ISA_AVX512)
-#pragma GCC target("avx2,fma,avx512f,avx512dq,avx512bw,avx512vl")
-#elif defined(FASTDM_ISA_AVX2)
-#pragma GCC target("avx2,fma")
-#endif
+#include "kernel_common.h"  // the build's instruction set (from here on), check_f32
 
 namespace fastdm {
 namespace FASTDM_ISA {
 namespace {
-
-void check_f32(const at::Tensor& t, const char* name, int64_t dim) {
-  TORCH_CHECK(t.device().is_cpu(), name, " must be a CPU tensor");
-  TORCH_CHECK(t.scalar_type() == at::kFloat, name, " must be float32");
-  TORCH_CHECK(t.is_contiguous(), name, " must be contiguous");
-  TORCH_CHECK(t.dim() == dim, name, " must have ", dim, " dimensions");
-}
 
 struct Shape {
   int64_t N, H, W, K, pad, Hp, Wp, Ho, Wo;

@@ -17,18 +17,7 @@
 #include <algorithm>
 #include <cstring>
 
-#ifndef FASTDM_ISA
-#define FASTDM_ISA generic
-#endif
-
-// The instruction set applies to this file's own functions only, from here on: torch's inline
-// header functions above stay baseline x86-64, so the linker's one copy of each (shared by every
-// build in the library) can never be an AVX one that the generic path would run.
-#if defined(FASTDM_ISA_AVX512)
-#pragma GCC target("avx2,fma,avx512f,avx512dq,avx512bw,avx512vl")
-#elif defined(FASTDM_ISA_AVX2)
-#pragma GCC target("avx2,fma")
-#endif
+#include "kernel_common.h"  // the build's instruction set (from here on), check_f32
 
 namespace fastdm {
 namespace FASTDM_ISA {
@@ -65,13 +54,6 @@ inline void output_1d(const float* const z[T], float* const o[M], int n) {
   }
 }
 
-void check_f32_contig(const at::Tensor& t, const char* name, int64_t dim) {
-  TORCH_CHECK(t.device().is_cpu(), name, " must be a CPU tensor");
-  TORCH_CHECK(t.scalar_type() == at::kFloat, name, " must be float32");
-  TORCH_CHECK(t.is_contiguous(), name, " must be contiguous");
-  TORCH_CHECK(t.dim() == dim, name, " must have ", dim, " dimensions");
-}
-
 }  // namespace
 
 // x: [N, H, W, C] (NHWC); tiles start at (-pad_top, -pad_left) with stride 4; pixels outside
@@ -79,8 +61,8 @@ void check_f32_contig(const at::Tensor& t, const char* name, int64_t dim) {
 // caller reuses: fresh multi-MB buffers per block cost more in page faults than the transform).
 void input_transform(const at::Tensor& x, const at::Tensor& V, int64_t pad_top, int64_t pad_left,
                      int64_t th, int64_t tw) {
-  check_f32_contig(x, "x", 4);
-  check_f32_contig(V, "V", 3);
+  check_f32(x, "x", 4);
+  check_f32(V, "V", 3);
   const int64_t N = x.size(0), H = x.size(1), W = x.size(2), C = x.size(3);
   const int64_t P = N * th * tw;
   TORCH_CHECK(V.size(0) == T * T && V.size(1) == P && V.size(2) == C, "V has the wrong shape");
@@ -126,8 +108,8 @@ void input_transform(const at::Tensor& x, const at::Tensor& V, int64_t pad_top, 
 // A^T Mm A of each tile, cropped to the image, plus bias (may be undefined).
 void output_transform(const at::Tensor& Mm, const std::optional<at::Tensor>& bias, const at::Tensor& out,
                       int64_t th, int64_t tw) {
-  check_f32_contig(Mm, "Mm", 3);
-  check_f32_contig(out, "out", 4);
+  check_f32(Mm, "Mm", 3);
+  check_f32(out, "out", 4);
   const int64_t N = out.size(0), Ho = out.size(1), Wo = out.size(2), K = out.size(3);
   const int64_t P = N * th * tw;
   TORCH_CHECK(Mm.size(0) == T * T && Mm.size(1) == P && Mm.size(2) == K, "Mm has the wrong shape");
@@ -136,7 +118,7 @@ void output_transform(const at::Tensor& Mm, const std::optional<at::Tensor>& bia
               "the tile grid does not cover the output");
   const float* bp = nullptr;
   if (bias.has_value() && bias->defined()) {
-    check_f32_contig(*bias, "bias", 1);
+    check_f32(*bias, "bias", 1);
     TORCH_CHECK(bias->size(0) == K, "bias has the wrong size");
     bp = bias->data_ptr<float>();
   }
