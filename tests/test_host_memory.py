@@ -36,6 +36,7 @@ print(json.dumps({"default": default, "state": state, "kept": faults()}))
 """
 
 
+@pytest.mark.slow  # a subprocess importing torch (4 s)
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc")
 def test_freed_blocks_are_reused_without_page_faults():
     env = {k: v for k, v in os.environ.items() if k not in ("FASTDM_HOST_MEMORY", "LD_PRELOAD")}

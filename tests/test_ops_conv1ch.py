@@ -133,7 +133,8 @@ def test_eligibility_and_layers():
     assert fe.single_channel_layers(build_model("ResNet18", 1, 10, (28, 28), 0, 1)) == ()
 
 
-@pytest.mark.parametrize("model", ["ConvNet", "ConvNetBN", "ConvNetNP", "ConvNetD1", "ConvNetW32"])
+@pytest.mark.parametrize("model", ["ConvNet", "ConvNetNP"] + [  # the others in the slow tier
+    pytest.param(m, marks=pytest.mark.slow) for m in ("ConvNetBN", "ConvNetD1", "ConvNetW32")])
 @pytest.mark.parametrize("channels,size", [(1, (28, 28)), (1, (8, 8)), (3, (16, 16))])
 def test_native_embeds_equal_the_modules(model, channels, size, monkeypatch):
     monkeypatch.setattr(fe, "GRAD_MIN_BATCH", 1)  # Winograd's gradients on these 5 images
