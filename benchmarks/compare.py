@@ -22,6 +22,7 @@ import os
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 
 import numpy as np
@@ -29,6 +30,7 @@ import torch
 
 from fastdm.devices import resolve_device, synchronize
 from fastdm.errors import FastDMError
+from fastdm.host_memory import release_freed
 from fastdm.io import atomic_json_dump
 
 from .measure import (CudaMemory, conv_precision, host_available, measured_peaks, peak_rss_bytes,
@@ -92,6 +94,32 @@ class Side:
                 **extra}
 
 
+class ChildSide(Side):
+    """The baseline timed in a process of its own: fastdm's engine keeps freed host memory
+    process-wide (fastdm.host_memory), which a baseline in the same process would gain from
+    too; its users run it under glibc's default malloc."""
+
+    def __init__(self, name: str, setting: str, device: torch.device, args):
+        self.name, self.device, self.cuda, self.obj, self.state = name, device, None, None, None
+        self.working = 0
+        cmd = [sys.executable, "-m", "benchmarks.compare", "--settings", setting, "--device", str(device),
+               "--sides", name, "--iters", str(args.iters), "--warmup", str(args.warmup),
+               "--no-memory", "--peak-tflops", str(args.peak_used), "--baseline-process", "shared",
+               *_side_options(args)]
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        with tempfile.TemporaryDirectory() as tmp:
+            out = os.path.join(tmp, "child.json")
+            done = subprocess.run(cmd + ["--json", out], cwd=root, capture_output=True, text=True)
+            if done.returncode != 0 or not os.path.exists(out):
+                why = (done.stderr.strip().splitlines() or [f"exit status {done.returncode}"])[-1]
+                raise FastDMError(f"the {name} side's own process failed on {setting}: {why}")
+            with open(out) as f:
+                got = json.load(f)["settings"][setting]["sides"][name]
+        if "times_ms" not in got:
+            raise FastDMError(f"the {name} side's own process skipped {setting}: {got.get('skipped')}")
+        self.times = [t / 1e3 for t in got["times_ms"]]
+
+
 def _free(device) -> None:
     gc.collect()
     if device.type == "cuda":
@@ -143,6 +171,7 @@ def memory_probe(name: str, side: str, args) -> None:
     toy = SETTINGS["toy-ipc2"]
     Side(side, build(toy, toy.per_class), cpu).step()
     gc.collect()
+    release_freed()  # the warm-up's freed blocks stay in fastdm's heap (host_memory); not live data
     start = rss_bytes()
     obj = Side(side, build(s, per_class, args.class_chunk), cpu)
     gc.collect()
@@ -182,6 +211,10 @@ def run_setting(name: str, s: Setting, device, args, impl) -> dict:
         if side in skip:
             _say(f"[{name}] {side}: skipped: {skip[side]}")
             continue
+        if side == "baseline" and args.baseline_own:
+            _say(f"[{name}] timing {side} in a process of its own (glibc's malloc) ...")
+            sides[side] = ChildSide(side, name, device, args)
+            continue
         _say(f"[{name}] building {side} ...")
         try:
             sides[side] = Side(side, builders[side], device)
@@ -192,7 +225,7 @@ def run_setting(name: str, s: Setting, device, args, impl) -> dict:
             skip[side] = f"out of memory: {str(e).splitlines()[0]}"
             _say(f"[{name}] {side}: {skip[side]}")
             _free(device)
-    order = list(sides.values())
+    order = [side for side in sides.values() if not isinstance(side, ChildSide)]
     try:
         for i in range(args.iters):
             for side in (order if i % 2 == 0 else order[::-1]):
@@ -285,6 +318,10 @@ def parse_args(argv=None):
     ap.add_argument("--no-memory", dest="memory", action="store_false",
                     help="CPU: skip the peak-memory probe (one extra iteration per side)")
     ap.add_argument("--probe-timeout", type=float, default=3600, help="seconds (default 3600)")
+    ap.add_argument("--baseline-process", choices=["auto", "own", "shared"], default="auto",
+                    help="time the baseline in a process of its own, under glibc's default malloc "
+                         "as its users run it, or in this one, sharing fastdm's host-memory "
+                         "setting and interleaved with fastdm (auto: own on the CPU)")
     ap.add_argument("--probe-memory", choices=SIDES, help=argparse.SUPPRESS)  # internal: the probe
     args = ap.parse_args(argv)
     try:
@@ -330,10 +367,14 @@ def main(argv=None) -> dict:
     args.peaks = measured_peaks(device)
     precision = conv_precision(device)
     args.peak_used = args.peak_tflops or args.peaks[precision]
+    args.baseline_own = args.baseline_process == "own" or (
+        args.baseline_process == "auto" and device.type == "cpu" and set(args.sides) == set(SIDES))
     report = {"schema": SCHEMA, **run_facts(device), "iters": args.iters, "warmup": args.warmup,
               "peaks_tflops": args.peaks, "peak_tflops_used": args.peak_used,
               "peak_source": "--peak-tflops" if args.peak_tflops else f"measured matmul {precision}",
-              "baseline_impl": impl.source, "settings": {}}
+              "baseline_impl": impl.source,
+              "baseline_process": "own (glibc's malloc)" if args.baseline_own else "shared with fastdm",
+              "settings": {}}
     try:
         for name in args.settings:
             report["settings"][name] = run_setting(name, SETTINGS[name], device, args, impl)

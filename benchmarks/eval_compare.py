@@ -11,11 +11,20 @@ VICO-UoE/DatasetCondensation checkout with ``--reference-repo``, else fastdm.com
 trains to the same weights); fastdm's side is ``fastdm.evaluation.evaluate_images`` with the
 defaults of ``fastdm evaluate --models 1``. Sides alternate (which goes first too); the report
 gives each side's median seconds per model and the ratio, measured in this run.
+
+Each timed run happens in a fresh process of its own (``--child``): fastdm's evaluation keeps
+freed host memory for reuse process-wide (fastdm.host_memory), and a reference timed in the
+same process would gain from it too. ``--reference-malloc kept`` gives the reference's process
+that setting as well (the ratio then shows what is left without it); ``--in-process`` times
+both sides in this process, as before.
 """
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import statistics
+import subprocess
 import sys
 import time
 from dataclasses import dataclass
@@ -92,6 +101,37 @@ def fastdm_side(data, images, labels, epochs: int, device):
     return run
 
 
+def _child(args) -> None:
+    """(Child process) time one side once on one setting; print its seconds as JSON."""
+    s = SETTINGS[args.settings]
+    data, images, labels = _data(s)
+    device = resolve_device(args.device)
+    if args.child == "reference":
+        if args.reference_malloc == "kept":
+            from fastdm import host_memory
+            host_memory.keep_freed_memory()
+        run = reference_side(s, data, images, labels, args.epochs, device, args.reference_repo)
+    else:
+        run = fastdm_side(data, images, labels, args.epochs, device)
+    t0 = time.perf_counter()
+    run()
+    print(json.dumps({"seconds": time.perf_counter() - t0}))
+
+
+def _in_child(side: str, name: str, args) -> float:
+    cmd = [sys.executable, "-m", "benchmarks.eval_compare", "--child", side, "--settings", name,
+           "--epochs", str(args.epochs), "--device", args.device,
+           "--reference-malloc", args.reference_malloc]
+    if args.reference_repo:
+        cmd += ["--reference-repo", args.reference_repo]
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    done = subprocess.run(cmd, capture_output=True, text=True, cwd=root)
+    if done.returncode != 0:
+        tail = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["no output"]
+        raise SystemExit(f"eval_compare: the {side} side failed on {name}: {tail[0]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])["seconds"]
+
+
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.eval_compare", description=__doc__.split("\n")[0])
     ap.add_argument("--settings", default="mnist-ipc1", help=f"comma-separated, from: {', '.join(SETTINGS)}")
@@ -100,7 +140,15 @@ def main(argv=None) -> dict:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--reference-repo", metavar="PATH")
     ap.add_argument("--json")
+    ap.add_argument("--in-process", action="store_true",
+                    help="time both sides in this process (they then share fastdm's host-memory setting)")
+    ap.add_argument("--reference-malloc", choices=("default", "kept"), default="default",
+                    help="the reference process's malloc: glibc's default (as users run it) or "
+                         "fastdm's kept freed memory")
+    ap.add_argument("--child", choices=("reference", "fastdm"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.child:
+        return _child(args)
     names = [n.strip() for n in args.settings.split(",") if n.strip()]
     bad = [n for n in names if n not in SETTINGS]
     if bad:
@@ -108,23 +156,31 @@ def main(argv=None) -> dict:
     device = resolve_device(args.device)
     report = {"schema": "fastdm.eval_compare/1", "facts": run_facts(device), "epochs": args.epochs,
               "baseline": f"upstream:{args.reference_repo}" if args.reference_repo else "fastdm.compat",
+              "processes": "shared" if args.in_process else "one per timed run",
+              "reference_malloc": "shared with fastdm" if args.in_process else args.reference_malloc,
               "settings": {}}
     for name in names:
         s = SETTINGS[name]
         data, images, labels = _data(s)
-        try:
-            sides = {"reference": reference_side(s, data, images, labels, args.epochs, device,
-                                                 args.reference_repo),
-                     "fastdm": fastdm_side(data, images, labels, args.epochs, device)}
-        except FastDMError as e:
-            raise SystemExit(f"eval_compare: {e}")
+        if args.in_process:
+            try:
+                sides = {"reference": reference_side(s, data, images, labels, args.epochs, device,
+                                                     args.reference_repo),
+                         "fastdm": fastdm_side(data, images, labels, args.epochs, device)}
+            except FastDMError as e:
+                raise SystemExit(f"eval_compare: {e}")
+        else:
+            sides = {k: (lambda k=k, name=name: _in_child(k, name, args)) for k in ("reference", "fastdm")}
         times = {k: [] for k in sides}
         order = list(sides)
         for r in range(args.repeats):
             for k in (order if r % 2 == 0 else order[::-1]):
-                t0 = time.perf_counter()
-                sides[k]()
-                times[k].append(time.perf_counter() - t0)
+                if args.in_process:
+                    t0 = time.perf_counter()
+                    sides[k]()
+                    times[k].append(time.perf_counter() - t0)
+                else:
+                    times[k].append(sides[k]())
         med = {k: statistics.median(v) for k, v in times.items()}
         row = {"seconds": med, "runs": times, "speedup": med["reference"] / med["fastdm"]}
         report["settings"][name] = row

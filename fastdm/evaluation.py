@@ -241,8 +241,7 @@ def evaluate_images(images: torch.Tensor, labels: torch.Tensor, data: Dataset, c
     from tqdm.auto import tqdm
 
     cfg.check()
-    if host_memory.planned(torch.device(device)) == "kept":
-        host_memory.keep_freed_memory()
+    memory = host_memory.apply(torch.device(device))
     accs, curves, t0 = [], [], time.perf_counter()
     n_passes = passes(cfg.schedule, cfg.epochs)
     bar = tqdm(total=cfg.models * n_passes, desc=desc, unit="epoch",
@@ -323,7 +322,7 @@ def evaluate_images(images: torch.Tensor, labels: torch.Tensor, data: Dataset, c
     res = {"acc_mean": float(np.mean(accs)), "acc_std": float(np.std(accs)), "accs": accs,
            "seconds": round(time.perf_counter() - t0, 3), "trained_together": together,
            "compiled": compile_step, "precision": precision, "test_conv": conv,
-           "host_memory": host_memory.planned(torch.device(device)),
+           "host_memory": memory,
            "protocol": cfg.protocol,
            "curves": curves}
     if cfg.validate_every:

@@ -43,8 +43,16 @@ def planned(device) -> str:
     """What a job on ``device`` does: 'kept' on the CPU where it can, else 'system: why'."""
     if getattr(device, "type", str(device)) != "cpu":
         return "system: not a CPU job"
-    why = _state.get("state") if _state.get("state", "kept") != "kept" else _why_not()
-    return "kept" if why is None else (why if why.startswith("system") else f"system: {why}")
+    if "state" in _state:  # applied already: what it came to
+        return _state["state"]
+    why = _why_not()
+    return "kept" if why is None else f"system: {why}"
+
+
+def apply(device) -> str:
+    """Make ``planned(device)`` so; returns what it came to."""
+    plan = planned(device)
+    return keep_freed_memory() if plan == "kept" else plan
 
 
 def keep_freed_memory() -> str:
@@ -67,3 +75,15 @@ def keep_freed_memory() -> str:
         _state["state"] = "kept" if why is None else f"system: {why}"
         log.debug("host memory: %s", _state["state"])
         return _state["state"]
+
+
+def release_freed() -> bool:
+    """Hand the heap's free pages back to the system now (glibc ``malloc_trim(0)``), e.g. before
+    measuring a resident set; False where there is no glibc."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        trim = libc.malloc_trim
+    except (OSError, AttributeError):
+        return False
+    trim(0)
+    return True

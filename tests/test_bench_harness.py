@@ -192,7 +192,7 @@ def test_compare_times_a_reference_checkout(tmp_path):
     impl = upstream_impl(str(repo))
     assert impl.source == f"upstream:{repo}" and "utils" not in sys.modules
     r = compare.main(["--settings", "toy-ipc2", "--device", "cpu", "--iters", "2", "--warmup", "0",
-                      "--no-memory", "--reference-repo", str(repo)])
+                      "--no-memory", "--reference-repo", str(repo), "--baseline-process", "shared"])
     assert r["baseline_impl"] == f"upstream:{repo}"
     assert r["settings"]["toy-ipc2"]["sides"]["baseline"]["impl"] == f"upstream:{repo}"
     # a new upstream network per baseline iteration (2 timed, none for warm-up)
@@ -219,6 +219,7 @@ def test_compare_report_schema(tmp_path, capsys):
         assert key in r
     assert r["device"] == "cpu" and r["peak_tflops_used"] == 0.5 and r["peak_source"] == "--peak-tflops"
     assert r["peaks_tflops"]["fp32"] > 0
+    assert r["baseline_process"] == "own (glibc's malloc)"  # the CPU default: a child times it
     s = r["settings"]["toy-ipc2"]
     want_flops = SETTINGS["toy-ipc2"].flops()
     assert s["flops"] == want_flops
@@ -254,7 +255,7 @@ def test_compare_one_side_and_bad_arguments(tmp_path, capsys):
 def test_compare_skips_a_baseline_that_does_not_fit(monkeypatch, capsys):
     monkeypatch.setattr(compare, "baseline_fits", lambda *a: "needs 64.0 GB")
     r = compare.main(["--settings", "toy-ipc2", "--device", "cpu", "--iters", "1", "--warmup", "0",
-                      "--no-memory"])
+                      "--no-memory", "--baseline-process", "shared"])
     s = r["settings"]["toy-ipc2"]
     assert s["sides"]["baseline"] == {"skipped": "needs 64.0 GB"} and s["speedup"] is None
     assert s["sides"]["fastdm"]["ms_per_iter"] > 0

@@ -4,6 +4,7 @@ import pytest
 from benchmarks import eval_bench
 
 
+@pytest.mark.slow  # a whole benchmark run (6 s)
 def test_tiny_run(tmp_path):
     out = tmp_path / "eval.json"
     r = eval_bench.main(["--device", "cpu", "--models", "2", "--epochs", "0", "--ipc", "1",
@@ -46,8 +47,33 @@ def test_eval_compare_times_both_sides(monkeypatch, tmp_path):
     from benchmarks import eval_compare
     monkeypatch.setitem(eval_compare.SETTINGS, "tiny", eval_compare.EvalSetting(1, 8, 1, test=20, classes=2))
     out = tmp_path / "r.json"
-    report = eval_compare.main(["--settings", "tiny", "--epochs", "1", "--json", str(out)])
+    report = eval_compare.main(["--settings", "tiny", "--epochs", "1", "--json", str(out), "--in-process"])
     row = report["settings"]["tiny"]
     assert set(row["seconds"]) == {"reference", "fastdm"} and all(v > 0 for v in row["seconds"].values())
     assert row["speedup"] == row["seconds"]["reference"] / row["seconds"]["fastdm"]
-    assert json.load(open(out))["baseline"] == "fastdm.compat"
+    saved = json.load(open(out))
+    assert saved["baseline"] == "fastdm.compat" and saved["processes"] == "shared"
+
+
+def test_eval_compare_times_each_run_in_its_own_process(monkeypatch, capsys):
+    """By default every timed run is a child process (the reference then has glibc's malloc, as
+    its users do); the child prints its seconds as JSON, the parent alternates the sides."""
+    import json
+
+    from benchmarks import eval_compare
+    monkeypatch.setitem(eval_compare.SETTINGS, "tiny", eval_compare.EvalSetting(1, 8, 1, test=20, classes=2))
+    for side in ("reference", "fastdm"):
+        eval_compare.main(["--child", side, "--settings", "tiny", "--epochs", "0"])
+        assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["seconds"] > 0
+    calls = []
+
+    def fake(side, name, args):
+        calls.append((side, name, args.reference_malloc))
+        return {"reference": 4.0, "fastdm": 2.0}[side]
+    monkeypatch.setattr(eval_compare, "_in_child", fake)
+    report = eval_compare.main(["--settings", "tiny", "--epochs", "1", "--repeats", "2",
+                                "--reference-malloc", "kept"])
+    assert calls == [("reference", "tiny", "kept"), ("fastdm", "tiny", "kept"),
+                     ("fastdm", "tiny", "kept"), ("reference", "tiny", "kept")]
+    assert report["settings"]["tiny"]["speedup"] == 2.0
+    assert report["processes"] == "one per timed run" and report["reference_malloc"] == "kept"

@@ -299,6 +299,7 @@ def test_ncfm_loss_is_ncfms_match_loss(data):
 
 
 @needs_kernels
+@pytest.mark.slow  # a whole engine iteration in Triton's interpreter (23 s); the kernels' own tests are quick
 @pytest.mark.parametrize("method", ["datadam", "ncfm"])
 def test_family_iteration_on_triton_equals_torch(monkeypatch, data, method):
     """One iteration with every fused op (decode in the DSA read, attention or characteristic

@@ -2,6 +2,8 @@
 that measure with them)."""
 import json
 
+import pytest
+
 from benchmarks import family_cost, family_table
 
 
@@ -16,6 +18,7 @@ def test_family_cost_reports_each_variant_against_dm(tmp_path):
     assert json.loads(out.read_text())["setting"] == "toy-ipc2"
 
 
+@pytest.mark.slow  # condenses and evaluates table cells (3 s each)
 def test_family_table_runs_cells_and_resumes(tmp_path, capsys):
     args = ["--data-root", str(tmp_path), "--datasets", "digits", "--ipc", "1", "--methods", "dm",
             "--factors", "1,2", "--iterations", "2", "--models", "1", "--epochs", "1",
@@ -30,6 +33,7 @@ def test_family_table_runs_cells_and_resumes(tmp_path, capsys):
     assert not (tmp_path / "t" / "digits_ipc1_dm_f2" / "synset.pt").exists()
 
 
+@pytest.mark.slow  # condenses and evaluates table cells (3 s each)
 def test_family_table_runs_trained_embedder_methods(tmp_path):
     """idm (queue) and dance (a bank per dataset under --banks), with --set overrides."""
     from fastdm.cli import main

@@ -52,6 +52,7 @@ def test_freed_blocks_are_reused_without_page_faults():
 
 
 def test_planned_by_device_and_setting(monkeypatch):
+    monkeypatch.setattr(host_memory, "_state", {})  # as in a process that has not applied it yet
     monkeypatch.delenv("FASTDM_HOST_MEMORY", raising=False)
     monkeypatch.delenv("LD_PRELOAD", raising=False)
     if sys.platform.startswith("linux"):
@@ -62,6 +63,9 @@ def test_planned_by_device_and_setting(monkeypatch):
     monkeypatch.setenv("FASTDM_HOST_MEMORY", "keep")
     monkeypatch.setenv("LD_PRELOAD", "/usr/lib/libjemalloc.so.2")
     assert "another allocator" in host_memory.planned(torch.device("cpu"))
+    monkeypatch.setattr(host_memory, "_state", {"state": "kept"})  # once applied, it stays so
+    assert host_memory.planned(torch.device("cpu")) == "kept"
+    assert host_memory.apply(torch.device("cuda")) == "system: not a CPU job"
 
 
 def test_the_plan_records_it(toy_dataset):

@@ -80,7 +80,7 @@ def check(x, table, group, seed, atol=ATOL, rtol=RTOL, **kw):
         torch.testing.assert_close(gk, gt, atol=atol, rtol=rtol, msg=lambda m: f"grad, seed {seed}: {m}")
 
 
-SHAPES = [(1, 1, 28, 28), (5, 3, 7, 9), (4, 3, 32, 32), (2, 3, 64, 64), (3, 1, 9, 7)]
+SHAPES = [(1, 1, 28, 28), (3, 3, 7, 9), (2, 3, 32, 32), (2, 3, 64, 64), (3, 1, 9, 7)]
 
 
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
@@ -98,7 +98,9 @@ def test_each_op_matches_the_torch_path(op, shape):
 
 @pytest.mark.parametrize("strategy", [FULL, "scale_rotate_crop", "crop_color", "flip_cutout_crop_rotate"])
 @pytest.mark.parametrize("mode", ["S", "M"])
-@pytest.mark.parametrize("shape", [(6, 3, 7, 9), (3, 3, 32, 32)], ids=["7x9", "32"])
+# 32 x 32 in the slow tier: the quick tier has 32 x 32 in the per-op and DM-chunk tests
+@pytest.mark.parametrize("shape", [pytest.param((4, 3, 7, 9), id="7x9"),
+                                   pytest.param((3, 3, 32, 32), id="32", marks=pytest.mark.slow)])
 def test_strategies_and_modes_match_the_torch_path(strategy, mode, shape):
     """Mode S: a batch of many classes mixing every op (one per row); mode M: all ops in order,
     in as many fused segments as the order needs."""
@@ -113,13 +115,13 @@ def test_strategies_and_modes_match_the_torch_path(strategy, mode, shape):
 
 
 def test_a_dm_chunk_of_classes_with_every_op_present():
-    """The engine's case: ten classes, 7 images each, one row per class, all six ops."""
+    """The engine's case: ten classes, 3 images each, one row per class, all six ops."""
     seed = fresh_seed()
     gen = torch.Generator().manual_seed(seed)
     table = random_table(parse_strategy(FULL), "S", 10, (32, 32), gen)
     table.op = torch.arange(10, device=DEVICE) % 6
-    group = torch.arange(10, device=DEVICE).repeat_interleave(7)
-    check(torch.randn(70, 3, 32, 32, generator=gen).to(DEVICE), table, group, seed)
+    group = torch.arange(10, device=DEVICE).repeat_interleave(3)
+    check(torch.randn(30, 3, 32, 32, generator=gen).to(DEVICE), table, group, seed)
 
 
 @pytest.mark.parametrize("shape", [(1, 3, 1, 1), (2, 1, 1, 5), (2, 3, 2, 3)])
@@ -146,7 +148,7 @@ AFFINES = {
 # same code paths in the quick tier)
 @pytest.mark.parametrize("shape", [(2, 3, 9, 1), (2, 3, 1, 9), (2, 1, 2, 2),
                                    pytest.param((2, 3, 16, 16), marks=pytest.mark.slow),
-                                   (2, 2, 5, 17)],
+                                   (1, 2, 5, 17)],
                          ids=lambda s: "x".join(map(str, s)))
 @pytest.mark.parametrize("name", list(AFFINES))
 def test_extreme_affine_maps_forward_gradient_and_transpose(name, shape):
@@ -186,8 +188,8 @@ def test_bf16_inputs_accumulate_in_fp32(mode):
     on the same (bf16-representable) values."""
     seed = fresh_seed()
     gen = torch.Generator().manual_seed(seed)
-    x = torch.randn(6, 3, 32, 32, generator=gen).to(torch.bfloat16).float().to(DEVICE)
-    table = random_table(parse_strategy(FULL), mode, 3, (32, 32), gen)
+    x = torch.randn(6, 3, 16, 16, generator=gen).to(torch.bfloat16).float().to(DEVICE)
+    table = random_table(parse_strategy(FULL), mode, 3, (16, 16), gen)
     group = torch.tensor([0, 1, 2, 2, 1, 0], device=DEVICE)
     y32 = dsa_augment(x, table, group, backend="torch")
     xk = x.to(torch.bfloat16).requires_grad_(True)

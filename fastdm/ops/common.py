@@ -74,3 +74,30 @@ def no_real_grad(t: torch.Tensor, backend: str) -> None:
     if backend == "triton" and t.requires_grad and torch.is_grad_enabled():
         raise FastDMError("the fused MMD differentiates w.r.t. the synthetic features only; detach "
                           "the real side (DM never trains it) or use backend='torch'")
+
+
+def check_conv3x3(x, weight, bias, padding, what: str, channels: int | None = None) -> None:
+    """One-line errors for the native CPU 3x3 convolutions (stride 1, float32); ``channels``
+    fixes the input's channel count (the 1-channel kernel)."""
+    if not (isinstance(x, torch.Tensor) and isinstance(weight, torch.Tensor)):
+        raise FastDMError(f"{what} takes tensors x and weight")
+    c = "C" if channels is None else str(channels)
+    if x.dim() != 4 or weight.dim() != 4 or tuple(weight.shape[2:]) != (3, 3) or \
+            (channels is not None and (x.shape[1] != channels or weight.shape[1] != channels)):
+        raise FastDMError(f"{what} needs x [N, {c}, H, W] and a 3x3 weight [K, {c}, 3, 3], got x "
+                          f"{tuple(x.shape)} and weight {tuple(weight.shape)}")
+    if x.shape[1] != weight.shape[1]:
+        raise FastDMError(f"{what}: x has {x.shape[1]} channels, the weight expects {weight.shape[1]}")
+    tensors = [x, weight] + ([bias] if bias is not None else [])
+    if any(t.dtype != torch.float32 for t in tensors):
+        raise FastDMError(f"{what} is float32 only, got x {x.dtype}, weight {weight.dtype}")
+    if any(t.device.type != "cpu" for t in tensors):
+        raise FastDMError(f"{what} runs on the CPU (on CUDA, cuDNN chooses its own algorithm)")
+    if bias is not None and tuple(bias.shape) != (weight.shape[0],):
+        raise FastDMError(f"{what}: bias of shape {tuple(bias.shape)} for {weight.shape[0]} "
+                          f"output channels")
+    if not isinstance(padding, int) or padding < 0:
+        raise FastDMError(f"{what}: padding must be an integer >= 0, got {padding!r}")
+    if min(x.shape[2:]) + 2 * padding < 3:
+        raise FastDMError(f"{what}: a {x.shape[2]}x{x.shape[3]} input with padding {padding} is "
+                          f"smaller than the 3x3 kernel")

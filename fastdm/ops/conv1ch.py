@@ -20,6 +20,7 @@ from torch import nn
 
 from .. import native
 from ..errors import FastDMError
+from .common import check_conv3x3
 
 
 def eligible(conv: nn.Module) -> bool:
@@ -56,33 +57,12 @@ def _(x, weight, bias, gamma, beta, eps, pad, nhwc):
     return out.permute(0, 3, 1, 2) if nhwc else out
 
 
-def _check(x, weight, bias, padding, what: str) -> None:
-    if not (isinstance(x, torch.Tensor) and isinstance(weight, torch.Tensor)):
-        raise FastDMError(f"{what} takes tensors x and weight")
-    if x.dim() != 4 or x.shape[1] != 1 or weight.dim() != 4 or tuple(weight.shape[1:]) != (1, 3, 3):
-        raise FastDMError(f"{what} needs x [N, 1, H, W] and a weight [K, 1, 3, 3], got x "
-                          f"{tuple(x.shape)} and weight {tuple(weight.shape)}")
-    tensors = [x, weight] + ([bias] if bias is not None else [])
-    if any(t.dtype != torch.float32 for t in tensors):
-        raise FastDMError(f"{what} is float32 only, got x {x.dtype}, weight {weight.dtype}")
-    if any(t.device.type != "cpu" for t in tensors):
-        raise FastDMError(f"{what} runs on the CPU (on CUDA, cuDNN chooses its own algorithm)")
-    if bias is not None and tuple(bias.shape) != (weight.shape[0],):
-        raise FastDMError(f"{what}: bias of shape {tuple(bias.shape)} for {weight.shape[0]} "
-                          f"output channels")
-    if not isinstance(padding, int) or padding < 0:
-        raise FastDMError(f"{what}: padding must be an integer >= 0, got {padding!r}")
-    if min(x.shape[2:]) + 2 * padding < 3:
-        raise FastDMError(f"{what}: a {x.shape[2]}x{x.shape[3]} input with padding {padding} is "
-                          f"smaller than the 3x3 kernel")
-
-
 def conv1ch_norm_relu_pool(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
                            gamma: torch.Tensor, beta: torch.Tensor, eps: float = 1e-5,
                            padding: int = 1, channels_last: bool = False) -> torch.Tensor:
     """avg_pool2d(relu(group_norm(conv2d(x, weight, bias, padding), K groups, gamma, beta, eps)), 2)
     for a single-channel x, forward only; ``channels_last``: the result's memory is NHWC."""
-    _check(x, weight, bias, padding, "conv1ch_norm_relu_pool")
+    check_conv3x3(x, weight, bias, padding, "conv1ch_norm_relu_pool", channels=1)
     k = weight.shape[0]
     if tuple(gamma.shape) != (k,) or tuple(beta.shape) != (k,):
         raise FastDMError(f"conv1ch_norm_relu_pool: gamma and beta need {k} entries, got "

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from ..errors import FastDMError
+from .common import check_conv3x3
 from .. import native
 
 TILE = 6         # input tile side
@@ -130,37 +131,12 @@ def _grad_backward(ctx, grad):
 _winograd_grad_op.register_autograd(_grad_backward, setup_context=_grad_setup)
 
 
-def _check(x: torch.Tensor, weight: torch.Tensor, bias, padding: int) -> None:
-    if not (isinstance(x, torch.Tensor) and isinstance(weight, torch.Tensor)):
-        raise FastDMError("winograd_conv2d takes tensors x and weight")
-    if x.dim() != 4 or weight.dim() != 4 or tuple(weight.shape[2:]) != (3, 3):
-        raise FastDMError(f"winograd_conv2d needs x [N, C, H, W] and a 3x3 weight [K, C, 3, 3], "
-                          f"got x {tuple(x.shape)} and weight {tuple(weight.shape)}")
-    if x.shape[1] != weight.shape[1]:
-        raise FastDMError(f"winograd_conv2d: x has {x.shape[1]} channels, the weight expects "
-                          f"{weight.shape[1]}")
-    if x.dtype != torch.float32 or weight.dtype != torch.float32 or \
-            (bias is not None and bias.dtype != torch.float32):
-        raise FastDMError(f"winograd_conv2d is float32 only, got x {x.dtype}, weight {weight.dtype}")
-    if x.device.type != "cpu" or weight.device.type != "cpu" or \
-            (bias is not None and bias.device.type != "cpu"):
-        raise FastDMError("winograd_conv2d runs on the CPU (on CUDA, cuDNN chooses its own algorithm)")
-    if bias is not None and tuple(bias.shape) != (weight.shape[0],):
-        raise FastDMError(f"winograd_conv2d: bias of shape {tuple(bias.shape)} for "
-                          f"{weight.shape[0]} output channels")
-    if not isinstance(padding, int) or padding < 0:
-        raise FastDMError(f"winograd_conv2d: padding must be an integer >= 0, got {padding!r}")
-    if min(x.shape[2:]) + 2 * padding < 3:
-        raise FastDMError(f"winograd_conv2d: a {x.shape[2]}x{x.shape[3]} input with padding "
-                          f"{padding} is smaller than the 3x3 kernel")
-
-
 def winograd_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None,
                     padding: int = 1) -> torch.Tensor:
     """F.conv2d(x, weight, bias, padding=padding) for 3x3 filters, stride 1, by Winograd
     F(4x4, 3x3). Forward only: inputs must not need gradients. The result is [N, K, Ho, Wo]
     in channels_last memory."""
-    _check(x, weight, bias, padding)
+    check_conv3x3(x, weight, bias, padding, "winograd_conv2d")
     if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad or
                                     (bias is not None and bias.requires_grad)):
         raise FastDMError("winograd_conv2d is forward-only (the real branch, under inference "
@@ -172,7 +148,7 @@ def winograd_conv2d_grad(x: torch.Tensor, weight: torch.Tensor, bias: Optional[t
                          padding: int = 1) -> torch.Tensor:
     """winograd_conv2d with gradients: the input's by Winograd too (padding at most 2), the
     weight's and bias's by PyTorch's convolution backward."""
-    _check(x, weight, bias, padding)
+    check_conv3x3(x, weight, bias, padding, "winograd_conv2d")
     if padding > 2:
         raise FastDMError(f"winograd_conv2d_grad: padding {padding} > 2 (the input gradient's "
                           f"padding, 2 - padding, would be negative)")
