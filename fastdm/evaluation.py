@@ -139,9 +139,12 @@ def test_conv(mode: str, model: str, data: Dataset, device) -> str:
 
 def train_forward(net: torch.nn.Module, image_size, conv: str, precision: str = "fp32"):
     """The training step's forward: with the native kernels (conv 'winograd') in fp32, the
-    3x3 layers by Winograd with gradients; else the module."""
-    layers = winograd_layers(net, image_size) if conv == "winograd" and precision == "fp32" else ()
-    return native_forward(net, layers) if layers else net
+    3x3 layers by Winograd with gradients and a 1-channel first block natively; else the
+    module."""
+    native = conv == "winograd" and precision == "fp32"
+    layers = winograd_layers(net, image_size) if native else ()
+    single = single_channel_layers(net) if native else ()
+    return native_forward(net, layers, single) if layers or single else net
 
 
 @torch.no_grad()

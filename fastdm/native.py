@@ -47,6 +47,7 @@ class _Ops:
         self.input_transform = ns.winograd_input_transform
         self.output_transform = ns.winograd_output_transform
         self.conv1ch_norm_relu_pool = ns.conv1ch_norm_relu_pool
+        self.conv1ch_norm_relu_pool_backward = ns.conv1ch_norm_relu_pool_backward
         self.isa = ns.isa
         self.build_info = lambda: json.loads(ns.build_info())
 

@@ -90,18 +90,27 @@ def hash32(*words: Word, device=None) -> torch.Tensor:
 
 def uniform(*words: Word, device=None, dtype=torch.float32) -> torch.Tensor:
     """U[0, 1) with 24 random bits (exact in float32), one value per broadcast element."""
-    h = hash32(*words, device=device)
-    return (h >> 8).to(dtype) * (1.0 / (1 << 24))
+    return hash_to_uniform(hash32(*words, device=device), dtype)
 
 
 def randint(low: int, high: int, *words: Word, device=None) -> torch.Tensor:
     """Integers in [low, high) (int64). Bias is below 2**-32 * (high - low)."""
+    return hash_to_int(hash32(*words, device=device), low, high)
+
+
+def hash_to_uniform(h: torch.Tensor, dtype=torch.float32) -> torch.Tensor:
+    """uniform()'s value from hash32 values: callers that need many draws hash them in one
+    broadcast call, then convert each."""
+    return (h >> 8).to(dtype) * (1.0 / (1 << 24))
+
+
+def hash_to_int(h: torch.Tensor, low: int, high: int) -> torch.Tensor:
+    """randint()'s value from hash32 values."""
     n = high - low
     if n <= 0:
         raise ValueError(f"empty range [{low}, {high})")
     if n >= 1 << 31:
         raise ValueError("range too large for the 32-bit generator")
-    h = hash32(*words, device=device)
     return ((h * n) >> 32) + low
 
 

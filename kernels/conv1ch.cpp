@@ -1,6 +1,7 @@
-// The first block of a ConvNet on single-channel images, forward only: 3x3 convolution (stride 1,
-// zero padding) -> GroupNorm(C, C) -> ReLU -> 2x2 average pool, in one pass per (image, channel)
-// plane with the plane in L1. The modules write the convolution's full-size output (128 x 32 x 32
+// The first block of a ConvNet on single-channel images: 3x3 convolution (stride 1, zero
+// padding) -> GroupNorm(C, C) -> ReLU -> 2x2 average pool, in one pass per (image, channel)
+// plane with the plane in L1; and its backward to the block's parameters (not to the images:
+// the first layer of a training step on data). The modules write the convolution's full-size output (128 x 32 x 32
 // floats per MNIST image) and read it back three times; this block writes only the pooled
 // quarter (benchmarks/RESULTS.md, issue 23: 7x faster than the modules for 500 images). The
 // convolution runs along image rows, 8 outputs per vector, from a padded copy of the image.
@@ -91,6 +92,55 @@ inline double lane_sum(const float* v, int64_t n, float centre, bool squares) {
   return total;
 }
 
+// sum_i a[i] b[i] in 16 float lanes, the lanes added in double.
+inline double lane_dot(const float* a, const float* b, int64_t n) {
+  float lanes[16] = {0.f};
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16)
+    for (int l = 0; l < 16; ++l) lanes[l] += a[i + l] * b[i + l];
+  double total = 0.0;
+  for (; i < n; ++i) total += static_cast<double>(a[i]) * b[i];
+  for (int l = 0; l < 16; ++l) total += lanes[l];
+  return total;
+}
+
+// sw[3 dy + dx] += sum_{y, x} gy[y, x] xp[y + dy, x + dx]: the nine taps' sums in one pass
+// over the plane, eight outputs a step, each tap in its own float lanes (then double).
+inline void weight_taps(const float* gy, const float* xp, const Shape& s, double* sw) {
+  float acc[9][8] = {{0.f}};
+  double tail[9] = {0.0};
+  for (int64_t y = 0; y < s.Ho; ++y) {
+    const float* g = gy + y * s.Wo;
+    const float* r0 = xp + y * s.Wp;
+    const float* r1 = r0 + s.Wp;
+    const float* r2 = r1 + s.Wp;
+    int64_t x = 0;
+    for (; x + 8 <= s.Wo; x += 8) {
+      for (int l = 0; l < 8; ++l) {
+        const float v = g[x + l];
+        acc[0][l] += v * r0[x + l];
+        acc[1][l] += v * r0[x + l + 1];
+        acc[2][l] += v * r0[x + l + 2];
+        acc[3][l] += v * r1[x + l];
+        acc[4][l] += v * r1[x + l + 1];
+        acc[5][l] += v * r1[x + l + 2];
+        acc[6][l] += v * r2[x + l];
+        acc[7][l] += v * r2[x + l + 1];
+        acc[8][l] += v * r2[x + l + 2];
+      }
+    }
+    for (; x < s.Wo; ++x) {
+      const double v = g[x];
+      for (int t = 0; t < 9; ++t) tail[t] += v * (t < 3 ? r0 : t < 6 ? r1 : r2)[x + t % 3];
+    }
+  }
+  for (int t = 0; t < 9; ++t) {
+    double total = tail[t];
+    for (int l = 0; l < 8; ++l) total += acc[t][l];
+    sw[t] += total;
+  }
+}
+
 }  // namespace
 
 // out = avg_pool2d(relu(group_norm(conv2d(x, weight, bias, pad), K groups, gamma, beta, eps)), 2)
@@ -138,6 +188,103 @@ void conv1ch_norm_relu_pool(const at::Tensor& x, const at::Tensor& weight,
           for (int64_t j = 0; j < Wq; ++j) o[(i * Wq + j) * step] = 0.25f * (row[2 * j] + row[2 * j + 1]);
         }
       }
+    }
+  });
+}
+
+// The gradients of conv1ch_norm_relu_pool (NCHW out) for the weight, bias, gamma and beta,
+// given gout = d loss / d out [N, K, Ho/2, Wo/2]; they are written (not added) to gw [K, 1, 3, 3],
+// gb [K] (if defined), ggamma [K], gbeta [K]. Each (image, channel) plane recomputes its
+// convolution and statistics (9 multiply-adds a pixel: cheaper than keeping the full-size
+// activations the modules' backward reads), then runs the pool, ReLU, instance-norm and
+// convolution backward in L1. Parallel over channels, so each thread owns its channels' sums.
+void conv1ch_norm_relu_pool_backward(const at::Tensor& x, const at::Tensor& weight,
+                                     const std::optional<at::Tensor>& bias,
+                                     const at::Tensor& gamma, const at::Tensor& beta, double eps,
+                                     int64_t pad, const at::Tensor& gout, const at::Tensor& gw,
+                                     const std::optional<at::Tensor>& gb, const at::Tensor& ggamma,
+                                     const at::Tensor& gbeta) {
+  const Shape s = shape_of(x, weight, pad);
+  check_f32(gamma, "gamma", 1);
+  check_f32(beta, "beta", 1);
+  TORCH_CHECK(gamma.size(0) == s.K && beta.size(0) == s.K, "gamma and beta need K entries");
+  const int64_t Hq = s.Ho / 2, Wq = s.Wo / 2;
+  TORCH_CHECK(Hq >= 1 && Wq >= 1, "the convolution's output is smaller than the 2x2 pool");
+  check_f32(gout, "gout", 4);
+  TORCH_CHECK(gout.size(0) == s.N && gout.size(1) == s.K && gout.size(2) == Hq && gout.size(3) == Wq,
+              "gout has the wrong shape");
+  check_f32(gw, "gw", 4);
+  TORCH_CHECK(gw.numel() == 9 * s.K, "gw has the wrong size");
+  const float* bp = optional_ptr(bias, s.K, "bias");
+  float* gbp = nullptr;
+  if (gb.has_value() && gb->defined()) {
+    check_f32(*gb, "gb", 1);
+    TORCH_CHECK(gb->size(0) == s.K, "gb has the wrong size");
+    gbp = gb->data_ptr<float>();
+  }
+  check_f32(ggamma, "ggamma", 1);
+  check_f32(gbeta, "gbeta", 1);
+  TORCH_CHECK(ggamma.size(0) == s.K && gbeta.size(0) == s.K, "ggamma and gbeta need K entries");
+  const float* xd = x.data_ptr<float>();
+  const float* wd = weight.data_ptr<float>();
+  const float* gm = gamma.data_ptr<float>();
+  const float* god = gout.data_ptr<float>();
+  float* gwd = gw.data_ptr<float>();
+  float* ggd = ggamma.data_ptr<float>();
+  float* gbd = gbeta.data_ptr<float>();
+  const int64_t HW = s.Ho * s.Wo, P = s.Hp * s.Wp;
+  // every image padded once, shared by the channels' threads
+  std::vector<float> padded(s.N * P);
+  at::parallel_for(0, s.N, 1, [&](int64_t n0, int64_t n1) {
+    for (int64_t n = n0; n < n1; ++n) pad_image(xd + n * s.H * s.W, s, padded.data() + n * P);
+  });
+  at::parallel_for(0, s.K, 1, [&](int64_t k0, int64_t k1) {
+    std::vector<float> z(HW), g(HW), gy(HW);
+    for (int64_t k = k0; k < k1; ++k) {
+      double sw[9] = {0.0}, sb = 0.0, sgamma = 0.0, sbeta = 0.0;
+      const float gk = gm[k];
+      for (int64_t n = 0; n < s.N; ++n) {
+        const float* xp = padded.data() + n * P;
+        conv_plane(xp, wd + 9 * k, bp ? bp[k] : 0.f, s, z.data());
+        const double mean = lane_sum(z.data(), HW, 0.f, false) / HW;
+        const double sq = lane_sum(z.data(), HW, static_cast<float>(mean), true);
+        const double inv = 1.0 / std::sqrt(sq / HW + eps);
+        const float fm = static_cast<float>(mean), fi = static_cast<float>(inv);
+        const float shift = beta.data_ptr<float>()[k];
+#pragma GCC ivdep
+        for (int64_t i = 0; i < HW; ++i) z[i] = (z[i] - fm) * fi;  // the normalised plane
+        // pool and ReLU backward: a quarter of the pooled gradient where the ReLU passed;
+        // rows and columns the floor pool dropped get none
+        const float* go = god + (n * s.K + k) * Hq * Wq;
+        std::fill(g.begin(), g.end(), 0.f);
+        for (int64_t i = 0; i < 2 * Hq; ++i) {
+          const float* grow = go + (i / 2) * Wq;
+          const float* zr = z.data() + i * s.Wo;
+          float* gr = g.data() + i * s.Wo;
+          for (int64_t j = 0; j < Wq; ++j) {
+            const float v = 0.25f * grow[j];
+            gr[2 * j] = gk * zr[2 * j] + shift > 0.f ? v : 0.f;
+            gr[2 * j + 1] = gk * zr[2 * j + 1] + shift > 0.f ? v : 0.f;
+          }
+        }
+        // instance-norm backward: d/dgamma = sum g z, d/dbeta = sum g, and for the input
+        // gy = inv * (gamma g - mean(gamma g) - z mean(gamma g z))
+        const double s1 = lane_sum(g.data(), HW, 0.f, false);
+        const double s2 = lane_dot(g.data(), z.data(), HW);
+        sbeta += s1;
+        sgamma += s2;
+        const float c1 = static_cast<float>(gk * s1 / HW), c2 = static_cast<float>(gk * s2 / HW);
+        const float gki = gk * fi;
+#pragma GCC ivdep
+        for (int64_t i = 0; i < HW; ++i) gy[i] = gki * g[i] - fi * (c1 + z[i] * c2);
+        // convolution backward to the weight and bias: tap (dy, dx) meets xp[y + dy, x + dx]
+        sb += lane_sum(gy.data(), HW, 0.f, false);
+        weight_taps(gy.data(), xp, s, sw);
+      }
+      for (int t = 0; t < 9; ++t) gwd[9 * k + t] = static_cast<float>(sw[t]);
+      if (gbp) gbp[k] = static_cast<float>(sb);
+      ggd[k] = static_cast<float>(sgamma);
+      gbd[k] = static_cast<float>(sbeta);
     }
   });
 }

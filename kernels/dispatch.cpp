@@ -28,6 +28,11 @@ namespace fastdm {
                               const std::optional<at::Tensor>& bias, const at::Tensor& gamma,  \
                               const at::Tensor& beta, double eps, const at::Tensor& out,       \
                               int64_t pad, bool nhwc);                                         \
+  void conv1ch_norm_relu_pool_backward(                                                        \
+      const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,    \
+      const at::Tensor& gamma, const at::Tensor& beta, double eps, int64_t pad,                \
+      const at::Tensor& gout, const at::Tensor& gw, const std::optional<at::Tensor>& gb,       \
+      const at::Tensor& ggamma, const at::Tensor& gbeta);                                      \
   }
 FASTDM_DECLARE(generic)
 #ifdef FASTDM_HAVE_AVX2
@@ -134,6 +139,16 @@ void conv1ch_norm_relu_pool(const at::Tensor& x, const at::Tensor& weight,
   FASTDM_DISPATCH(conv1ch_norm_relu_pool, x, weight, bias, gamma, beta, eps, out, pad, nhwc)
 }
 
+void conv1ch_norm_relu_pool_backward(const at::Tensor& x, const at::Tensor& weight,
+                                     const std::optional<at::Tensor>& bias,
+                                     const at::Tensor& gamma, const at::Tensor& beta, double eps,
+                                     int64_t pad, const at::Tensor& gout, const at::Tensor& gw,
+                                     const std::optional<at::Tensor>& gb, const at::Tensor& ggamma,
+                                     const at::Tensor& gbeta) {
+  FASTDM_DISPATCH(conv1ch_norm_relu_pool_backward, x, weight, bias, gamma, beta, eps, pad, gout, gw,
+                  gb, ggamma, gbeta)
+}
+
 std::string isa_name() {
   switch (chosen()) {
     case Isa::avx512: return "avx512";
@@ -154,6 +169,8 @@ TORCH_LIBRARY(fastdm_native, m) {
         &fastdm::output_transform);
   m.def("conv1ch_norm_relu_pool(Tensor x, Tensor weight, Tensor? bias, Tensor gamma, Tensor beta, float eps, Tensor(a!) out, int pad, bool nhwc) -> ()",
         &fastdm::conv1ch_norm_relu_pool);
+  m.def("conv1ch_norm_relu_pool_backward(Tensor x, Tensor weight, Tensor? bias, Tensor gamma, Tensor beta, float eps, int pad, Tensor gout, Tensor(a!) gw, Tensor(b!)? gb, Tensor(c!) ggamma, Tensor(d!) gbeta) -> ()",
+        &fastdm::conv1ch_norm_relu_pool_backward);
   m.def("isa() -> str", &fastdm::isa_name);
   m.def("build_info() -> str", &fastdm::build_info);
 }

@@ -263,7 +263,11 @@ x1 = torch.randn(3, 1, 11, 9, generator=g)
 w1, b1 = torch.randn(20, 1, 3, 3, generator=g), torch.randn(20, generator=g)
 blk = torch.empty(3, 6, 5, 20)
 ops.conv1ch_norm_relu_pool(x1, w1, b1, torch.rand(20, generator=g), torch.randn(20, generator=g), 1e-5, blk, 2, True)
-torch.save({"isa": ops.isa(), "v": v, "out": out, "blk": blk}, sys.argv[1])
+gout = torch.randn(3, 20, 6, 5, generator=g)
+grads = [torch.empty(20, 1, 3, 3)] + [torch.empty(20) for _ in range(3)]
+ops.conv1ch_norm_relu_pool_backward(x1, w1, b1, torch.rand(20, generator=g) + 0.5,
+                                    torch.randn(20, generator=g), 1e-5, 2, gout, *grads)
+torch.save({"isa": ops.isa(), "v": v, "out": out, "blk": blk, "blk_grads": grads}, sys.argv[1])
 """
 
 
@@ -292,6 +296,8 @@ def test_the_cpu_picks_its_build_and_every_build_computes_the_same(tmp_path):
     assert p.returncode == 0 and generic["isa"] == "generic", p.stderr[-2000:]
     for key in ("v", "out", "blk"):  # FMA contraction may round differently: float32 rounding apart
         torch.testing.assert_close(generic[key], auto[key], rtol=1e-5, atol=1e-4)
+    for a, b in zip(generic["blk_grads"], auto["blk_grads"]):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
     if " avx512f" not in flags:
         p, _ = _isa_run(tmp_path, "avx512")
         assert p.returncode != 0 and "lacks those instructions" in p.stderr

@@ -22,12 +22,16 @@ def _draws(ops, p: DSAParams, hw, words, keys: torch.Tensor, op_keys: torch.Tens
     dev = keys.device
     sh, sw = crop_shift(h, w, p)
     ch, cw = cutout_size(h, w, p)
+    # every slot's hash in one broadcast call ([slots, rows]): the same values as one
+    # rng.uniform/randint call per slot, for a fraction of the small-tensor operations
+    slots = torch.arange(_B, _ROT + 1, dtype=torch.int64, device=dev)[:, None]
+    drawn = rng.hash32(*words, keys[None, :], slots, device=dev)
 
-    def u(slot, k=keys):
-        return rng.uniform(*words, k, slot, device=dev)
+    def u(slot):
+        return rng.hash_to_uniform(drawn[slot - _B])
 
     def ri(lo, hi, slot):
-        return rng.randint(lo, hi, *words, keys, slot, device=dev)
+        return rng.hash_to_int(drawn[slot - _B], lo, hi)
 
     n_ops = max(1, len(ops))
     return build_table(

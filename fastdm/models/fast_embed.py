@@ -61,22 +61,23 @@ def tapped_embed(net: nn.Module, layers: tuple[int, ...] = (), taps: tuple[int, 
     (inside the embedder, so that a compiled one fuses it with the layer that makes the output,
     and the output itself need not be kept).
 
-    ``grad=False`` (forward only): a 1-channel convolution at ``single`` followed by instance
-    norm, ReLU and 2x2 average pooling (untapped) runs as one native block, and with Winograd
-    layers the embedder runs in NHWC throughout: the other convolutions (an RGB first layer)
-    measured 1.6x faster on channels_last input than on NCHW, and the Winograd op reads and
-    writes NHWC. ``grad=True``: gradients flow (to the input and the weights); ``single`` is
-    not used (oneDNN's convolution and its backward measured faster than direct ones), and each
-    Winograd layer's output goes back to NCHW for the modules after it (PyTorch's GroupNorm and
-    its backward are slow on channels_last; under torch.compile the copy fuses into them)."""
+    A 1-channel convolution at ``single`` followed by instance norm, ReLU and 2x2 average
+    pooling (untapped) runs as one native block, with ``grad=True`` only where the input needs
+    no gradient (evaluation's training step; the block's backward reaches its parameters, not
+    the images). ``grad=False`` (forward only): with Winograd layers the embedder runs in NHWC
+    throughout: the other convolutions (an RGB first layer) measured 1.6x faster on
+    channels_last input than on NCHW, and the Winograd op reads and writes NHWC.
+    ``grad=True``: gradients flow (to the input and the weights), and each Winograd layer's
+    output goes back to NCHW for the modules after it (PyTorch's GroupNorm and its backward are
+    slow on channels_last; under torch.compile the copy fuses into them)."""
     chosen, ones, keep = frozenset(layers), frozenset(single), frozenset(taps)
     mods = list(net.features)
-    # instance norm, ReLU, 2x2 average pool in a row (untapped): one block on NHWC (below), or
-    # with the single-channel convolution before it, one native block
-    fusable = frozenset(i for i in range(len(mods) - 2) if not grad and _norm_relu_pool(mods[i:i + 3])
+    # instance norm, ReLU, 2x2 average pool in a row (untapped): one block on NHWC (below,
+    # forward only), or with the single-channel convolution before it, one native block
+    fusable = frozenset(i for i in range(len(mods) - 2) if _norm_relu_pool(mods[i:i + 3])
                         and not keep & {i, i + 1})
-    fused = frozenset(i for i in ones if i + 1 in fusable and i not in keep)  # (empty with grad)
-    blocks = frozenset(i for i in fusable if chosen and i - 1 not in fused)  # (empty with grad)
+    fused = frozenset(i for i in ones if i + 1 in fusable and i not in keep)
+    blocks = frozenset(i for i in fusable if not grad and chosen and i - 1 not in fused)
 
     def embed(x):
         # with gradients, small batches keep the modules (see GRAD_MIN_BATCH)
@@ -87,10 +88,11 @@ def tapped_embed(net: nn.Module, layers: tuple[int, ...] = (), taps: tuple[int, 
         for i, m in enumerate(mods):
             if skip:  # inside a block: its output stands for the module's (a tapped pool)
                 skip -= 1
-            elif i in fused:
+            elif i in fused and not (grad and x.requires_grad):  # no gradient to the images
                 norm = mods[i + 1]
                 x, skip = conv1ch.conv1ch_norm_relu_pool(x, m.weight, m.bias, norm.weight, norm.bias,
-                                                         norm.eps, m.padding[0], bool(chosen)), 3
+                                                         norm.eps, m.padding[0],
+                                                         bool(chosen) and not grad), 3
             elif i in blocks:
                 x, skip = instance_norm_relu_pool_nhwc(x, m.weight, m.bias, m.eps), 2
             elif i in wino and grad:
@@ -104,10 +106,10 @@ def tapped_embed(net: nn.Module, layers: tuple[int, ...] = (), taps: tuple[int, 
     return embed
 
 
-def native_forward(net: nn.Module, layers: tuple[int, ...]):
-    """``net(x)`` of a ConvNet with its convolutions at ``layers`` by Winograd, with gradients
-    (evaluation's training step)."""
-    embed = tapped_embed(net, layers, grad=True)
+def native_forward(net: nn.Module, layers: tuple[int, ...], single: tuple[int, ...] = ()):
+    """``net(x)`` of a ConvNet with its convolutions at ``layers`` by Winograd and its 1-channel
+    first block at ``single`` natively, with gradients (evaluation's training step)."""
+    embed = tapped_embed(net, layers, single=single, grad=True)
     return lambda x: net.classifier(embed(x))
 
 

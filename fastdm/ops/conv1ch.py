@@ -1,12 +1,16 @@
-"""The first block of a ConvNet on single-channel images (MNIST's), forward only, by a native
-CPU kernel (kernels/conv1ch.cpp): 3x3 convolution -> GroupNorm(C, C) -> ReLU -> 2x2 average pool
-in one pass per (image, channel) plane.
+"""The first block of a ConvNet on single-channel images (MNIST's) by native CPU kernels
+(kernels/conv1ch.cpp): 3x3 convolution -> GroupNorm(C, C) -> ReLU -> 2x2 average pool in one pass
+per (image, channel) plane, and its backward to the block's parameters (not to the images).
 
 Why: the modules write the convolution's full-size output (128 x 32 x 32 floats per MNIST image,
 335 MB for a 640-image real batch) and read it back for the norm, the ReLU and the pool; the
 block keeps each plane in L1 and writes the pooled quarter: 40 ms against 288 ms for 500 images
-on the 2-core CPU (benchmarks/RESULTS.md, issue 23). Used where no gradient is needed: the real
-branch of condensation and the test pass of evaluation.
+on the 2-core CPU (benchmarks/RESULTS.md, issue 23). The backward recomputes each plane instead
+of keeping the full-size activations, and replaces five passes of the modules' backward (pool,
+ReLU, GroupNorm, convolution, and the zero fill) over that full-size gradient. Used by the real
+branch of condensation and evaluation's test pass (forward only) and by evaluation's training
+step (the images need no gradient there); the synthetic branch, whose images need one, keeps
+the modules.
 
 - ``conv1ch_norm_relu_pool``: the functional entry point (checks its inputs);
 - ``reference_conv1ch_norm_relu_pool``: the same block in plain torch, for the tests;
@@ -57,11 +61,48 @@ def _(x, weight, bias, gamma, beta, eps, pad, nhwc):
     return out.permute(0, 3, 1, 2) if nhwc else out
 
 
+@torch.library.custom_op("fastdm::conv1ch_norm_relu_pool_grads", mutates_args=())
+def _block_grads(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
+                 gamma: torch.Tensor, beta: torch.Tensor, eps: float, pad: int,
+                 gout: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """d loss / d (weight, bias, gamma, beta) from d loss / d out (bias' even without a bias)."""
+    gw, gb = torch.empty_like(weight), weight.new_empty(weight.shape[0])
+    ggamma, gbeta = torch.empty_like(gamma), torch.empty_like(beta)
+    native.load("conv1ch").conv1ch_norm_relu_pool_backward(
+        x.contiguous(), weight.contiguous(), None if bias is None else bias.contiguous(),
+        gamma.contiguous(), beta.contiguous(), eps, pad, gout.contiguous(), gw, gb, ggamma, gbeta)
+    return gw, gb, ggamma, gbeta
+
+
+@_block_grads.register_fake
+def _(x, weight, bias, gamma, beta, eps, pad, gout):
+    return (torch.empty_like(weight), weight.new_empty(weight.shape[0]), torch.empty_like(gamma),
+            torch.empty_like(beta))
+
+
+def _setup_context(ctx, inputs, output):
+    x, weight, bias, gamma, beta, eps, pad, _ = inputs
+    ctx.save_for_backward(x, weight, bias, gamma, beta)
+    ctx.meta = (eps, pad)
+
+
+def _backward(ctx, gout):
+    if ctx.needs_input_grad[0]:  # the entry point refuses this; a direct op call must too
+        raise FastDMError("conv1ch_norm_relu_pool has no gradient for its input x")
+    x, weight, bias, gamma, beta = ctx.saved_tensors
+    gw, gb, ggamma, gbeta = _block_grads(x, weight, bias, gamma, beta, *ctx.meta, gout)
+    return None, gw, gb if bias is not None else None, ggamma, gbeta, None, None, None
+
+
+_block.register_autograd(_backward, setup_context=_setup_context)
+
+
 def conv1ch_norm_relu_pool(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
                            gamma: torch.Tensor, beta: torch.Tensor, eps: float = 1e-5,
                            padding: int = 1, channels_last: bool = False) -> torch.Tensor:
     """avg_pool2d(relu(group_norm(conv2d(x, weight, bias, padding), K groups, gamma, beta, eps)), 2)
-    for a single-channel x, forward only; ``channels_last``: the result's memory is NHWC."""
+    for a single-channel x, with gradients for weight, bias, gamma and beta (not for x);
+    ``channels_last``: the result's memory is NHWC."""
     check_conv3x3(x, weight, bias, padding, "conv1ch_norm_relu_pool", channels=1)
     k = weight.shape[0]
     if tuple(gamma.shape) != (k,) or tuple(beta.shape) != (k,):
@@ -69,10 +110,9 @@ def conv1ch_norm_relu_pool(x: torch.Tensor, weight: torch.Tensor, bias: Optional
                           f"{tuple(gamma.shape)} and {tuple(beta.shape)}")
     if min(_out_hw(x, padding)) < 2:
         raise FastDMError("conv1ch_norm_relu_pool: the convolution's output is smaller than the 2x2 pool")
-    if torch.is_grad_enabled() and any(t is not None and t.requires_grad
-                                       for t in (x, weight, bias, gamma, beta)):
-        raise FastDMError("conv1ch_norm_relu_pool is forward-only; use the modules where "
-                          "gradients are needed")
+    if torch.is_grad_enabled() and x.requires_grad:
+        raise FastDMError("conv1ch_norm_relu_pool has no gradient for its input x; use the "
+                          "modules where the images need one")
     return _block(x, weight, bias, gamma.float(), beta.float(), float(eps), padding, channels_last)
 
 
