@@ -165,7 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
                          "GPUs with native bf16, fp32 elsewhere; testing is always fp32")
     sp.add_argument("--conv", choices=["auto", "winograd", "direct"],
                     help="the training step's and test pass's convolutions: auto (default) = "
-                         "the native CPU kernels (Winograd, a fused 1-channel first block) for "
+                         "the native CPU kernels (Winograd, a fused first block for 1-4 channel images) for "
                          "ConvNets on the CPU, direct elsewhere")
 
     p = sub.add_parser("prepare", help="decode an image folder once into a uint8 store for "

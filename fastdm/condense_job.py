@@ -144,7 +144,7 @@ def _condense(config: CondenseConfig, out, resume: bool, overwrite: bool, progre
              cfg.dataset, data.num_classes, cfg.ipc, cfg.model, " (compiled)" if plan.compiled else "",
              # precision shown only when it is not the reference's fp32
              "" if plan.precision == "fp32" else f" in {plan.precision}",
-             " with native CPU convolutions" if plan.winograd_layers or plan.single_layers else "",
+             " with native CPU convolutions" if plan.winograd_layers or plan.first_block_layers else "",
              plan.objective, plan.device, state.iteration, cfg.iterations, plan.class_chunk,
              out if files else "none (in memory)")
     if dist is not None:

@@ -78,12 +78,12 @@ class DMEngine:
         # the intermediate outputs the objective matches besides the embedding (if any)
         taps, tap = self.objective.taps(self.net), self.objective.tap
         # the synthetic branch: Winograd with gradients; the real branch (forward only) may also
-        # take the single-channel block
-        wino, single = plan.winograd_layers, plan.single_layers
+        # take the first-block kernel
+        wino, first = plan.winograd_layers, plan.first_block_layers
         self.embed = compiled(tapped_embed(self.net, wino, taps, tap, grad=True)
                               if taps or wino else self.net.embed)
-        self.real_embed = compiled(tapped_embed(self.net, plan.winograd_layers, taps, tap, single)) \
-            if wino or single else self.embed
+        self.real_embed = compiled(tapped_embed(self.net, wino, taps, tap, first)) \
+            if wino or first else self.embed
         self.optimizer = ImageOptimizer(cfg, data.mean, data.std, self.device)
         self.plateau = Plateau(self.optimizer, cfg.lr_plateau) if cfg.lr_plateau else None
         self._partitions: dict[int, Partition] = {}

@@ -30,7 +30,7 @@ from .data import Dataset
 from .errors import FastDMError
 from .models import build_model, check_model_name, create_model
 from .models.compiled import SharedCompiled, resolve_compile
-from .models.fast_embed import native_forward, single_channel_layers, winograd_embed, winograd_layers
+from .models.fast_embed import native_forward, first_block_layers, winograd_embed, winograd_layers
 from .precision import PRECISIONS, autocast, resolve_precision, warn_if_slow
 from .protocols import get_protocol, passes
 from .train_batched import can_batch, train_models_batched
@@ -64,8 +64,8 @@ class EvalConfig:
     # that compute it natively, fp32 (the reference's) elsewhere; testing always runs in fp32
     precision: str = "auto"
     # the native CPU convolutions (fastdm.evaluation.test_conv): auto = on the CPU for ConvNets,
-    # as condensation's: the 3x3 layers by Winograd (training step and test pass), a 1-channel
-    # first block by the single-channel kernel (test pass); direct elsewhere
+    # as condensation's: the 3x3 layers by Winograd (training step and test pass), a first
+    # block of 1-4 input channels by its native kernel (both); direct elsewhere
     conv: str = "auto"
     # the protocol's recipe (fastdm.protocols.Protocol's fields)
     protocol: str = "dm"
@@ -127,24 +127,24 @@ class EvalConfig:
 
 def test_conv(mode: str, model: str, data: Dataset, device) -> str:
     """Evaluation's convolutions: 'winograd' (the native CPU kernels, as condensation's: the
-    training step's and the test pass's Winograd layers, the test pass's 1-channel first block)
+    training step's and the test pass's Winograd layers and first block)
     or 'direct', by fastdm.backend.conv_for's rule."""
     from .backend import conv_for
     with torch.device("meta"):
         net = create_model(model, data.channels, data.num_classes, data.image_size)
-    layers = winograd_layers(net, data.image_size) + single_channel_layers(net)
+    layers = winograd_layers(net, data.image_size) + first_block_layers(net)
     return conv_for(mode, torch.device(device), "fp32",
                     None if layers else f"{model} has no layers for the native kernels")
 
 
 def train_forward(net: torch.nn.Module, image_size, conv: str, precision: str = "fp32"):
     """The training step's forward: with the native kernels (conv 'winograd') in fp32, the
-    3x3 layers by Winograd with gradients and a 1-channel first block natively; else the
+    3x3 layers by Winograd with gradients and the first block natively; else the
     module."""
     native = conv == "winograd" and precision == "fp32"
     layers = winograd_layers(net, image_size) if native else ()
-    single = single_channel_layers(net) if native else ()
-    return native_forward(net, layers, single) if layers or single else net
+    first = first_block_layers(net) if native else ()
+    return native_forward(net, layers, first) if layers or first else net
 
 
 @torch.no_grad()
@@ -153,7 +153,7 @@ def accuracy(net: torch.nn.Module, data: Dataset, device, batch: int = 1024,
     net.eval()
     correct = 0
     test = data.test
-    embed = winograd_embed(net, winograd_layers(net, data.image_size), single_channel_layers(net)) \
+    embed = winograd_embed(net, winograd_layers(net, data.image_size), first_block_layers(net)) \
         if conv == "winograd" else None
 
     def forward(x):  # the test pass is inference only: it may take the forward-only kernels

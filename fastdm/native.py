@@ -46,8 +46,8 @@ class _Ops:
         ns = torch.ops.fastdm_native
         self.input_transform = ns.winograd_input_transform
         self.output_transform = ns.winograd_output_transform
-        self.conv1ch_norm_relu_pool = ns.conv1ch_norm_relu_pool
-        self.conv1ch_norm_relu_pool_backward = ns.conv1ch_norm_relu_pool_backward
+        self.first_block = ns.first_block
+        self.first_block_backward = ns.first_block_backward
         self.isa = ns.isa
         self.build_info = lambda: json.loads(ns.build_info())
 

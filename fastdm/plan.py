@@ -19,7 +19,7 @@ Choice rules (measurements in benchmarks/RESULTS.md):
   MNIST ipc-50 iteration).
 * precision: bf16 on CUDA GPUs that compute it natively, fp32 elsewhere (fastdm.precision).
 * conv: the native kernels for ConvNets on the CPU in fp32 (fastdm.backend.conv_for): Winograd
-  3x3 layers in both branches, the fused 1-channel first block in the real branch.
+  3x3 layers in both branches, the fused first block (1 to 4 input channels) in the real branch.
 * tier: by the set's size against the memory budgets (fastdm.data.stream.choose_tier).
 """
 from __future__ import annotations
@@ -40,7 +40,7 @@ from .errors import FastDMError
 from .footprint import count_flops
 from .models import create_model, uses_batchnorm
 from .models.compiled import resolve_compile
-from .models.fast_embed import single_channel_layers, winograd_layers
+from .models.fast_embed import first_block_layers, winograd_layers
 from .precision import resolve_precision, warn_if_slow
 
 log = logging.getLogger("fastdm")
@@ -68,7 +68,7 @@ class RunPlan:
     compiled: bool
     conv: str                      # 'winograd' | 'direct' (the real branch's 3x3 convolutions)
     winograd_layers: tuple         # indices in the embedder's features that take Winograd
-    single_layers: tuple           # ... that take the native single-channel kernel (conv winograd)
+    first_block_layers: tuple      # ... that take the native first-block kernel (conv winograd)
     host_memory: str               # 'kept' (freed host memory reused: fastdm.host_memory) or 'system: why'
     real_tier: str
     real_bytes: int                # the uint8 training rows this process holds
@@ -91,7 +91,7 @@ class RunPlan:
         d["config"] = self.config.to_dict()
         d["image_size"], d["classes"] = list(self.image_size), list(self.classes)
         d["winograd_layers"], d["notes"] = list(self.winograd_layers), list(self.notes)
-        d["single_layers"] = list(self.single_layers)
+        d["first_block_layers"] = list(self.first_block_layers)
         d["chunks"] = len(self.chunks)
         return d
 
@@ -111,7 +111,7 @@ def make_plan(config: CondenseConfig, data, device: str | torch.device | None = 
     compiled = resolve_compile(cfg.compile, dev, data.image_size)
     with torch.device("meta"):
         net = create_model(cfg.model, data.channels, data.num_classes, data.image_size)
-    layers, single = winograd_layers(net, data.image_size), single_channel_layers(net)
+    layers, single = winograd_layers(net, data.image_size), first_block_layers(net)
     conv = conv_for(cfg.conv, dev, precision, None if layers or single else
                     f"{cfg.model} has no layers for the native kernels", build=not dry_run)
     notes = []
@@ -144,7 +144,7 @@ def make_plan(config: CondenseConfig, data, device: str | torch.device | None = 
         device=str(dev), device_name=device_name(dev), threads=torch.get_num_threads(),
         backends=backends, precision=precision, compiled=compiled, conv=conv,
         winograd_layers=layers if conv == "winograd" else (),
-        single_layers=single if conv == "winograd" else (), real_tier=tier,
+        first_block_layers=single if conv == "winograd" else (), real_tier=tier,
         host_memory=host_memory.planned(dev),
         real_bytes=real_bytes, class_chunk=chunk, batchnorm=batchnorm, objective=objective.name,
         # forward of every real and synthetic image, plus the synthetic input-gradient backward

@@ -236,7 +236,7 @@ CONDENSE = (
             "autocast with fp32 sums; auto: bf16 on CUDA GPUs with native bf16, else fp32",
             "speed", kind="speed", choices=PRECISIONS),
     Setting("conv", str, "auto", "the embedder's convolutions: winograd (native CPU kernels: "
-            "Winograd 3x3 layers, a fused 1-channel first block) or direct; auto: winograd for "
+            "Winograd 3x3 layers, a fused first block for 1-4 channel images) or direct; auto: winograd for "
             "ConvNets on the CPU in fp32", "speed",
             kind="speed", choices=CONV_MODES),
     Setting("real_tier", str, "auto", "where the real uint8 images live: gpu, pinned (CUDA), "

@@ -24,11 +24,11 @@ namespace fastdm {
                        int64_t pad_left, int64_t th, int64_t tw);                              \
   void output_transform(const at::Tensor& Mm, const std::optional<at::Tensor>& bias,           \
                         const at::Tensor& out, int64_t th, int64_t tw);                        \
-  void conv1ch_norm_relu_pool(const at::Tensor& x, const at::Tensor& weight,                   \
+  void first_block(const at::Tensor& x, const at::Tensor& weight,                   \
                               const std::optional<at::Tensor>& bias, const at::Tensor& gamma,  \
                               const at::Tensor& beta, double eps, const at::Tensor& out,       \
                               int64_t pad, bool nhwc);                                         \
-  void conv1ch_norm_relu_pool_backward(                                                        \
+  void first_block_backward(                                                        \
       const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,    \
       const at::Tensor& gamma, const at::Tensor& beta, double eps, int64_t pad,                \
       const at::Tensor& gout, const at::Tensor& gw, const std::optional<at::Tensor>& gb,       \
@@ -132,20 +132,20 @@ void output_transform(const at::Tensor& Mm, const std::optional<at::Tensor>& bia
   FASTDM_DISPATCH(output_transform, Mm, bias, out, th, tw)
 }
 
-void conv1ch_norm_relu_pool(const at::Tensor& x, const at::Tensor& weight,
+void first_block(const at::Tensor& x, const at::Tensor& weight,
                             const std::optional<at::Tensor>& bias, const at::Tensor& gamma,
                             const at::Tensor& beta, double eps, const at::Tensor& out, int64_t pad,
                             bool nhwc) {
-  FASTDM_DISPATCH(conv1ch_norm_relu_pool, x, weight, bias, gamma, beta, eps, out, pad, nhwc)
+  FASTDM_DISPATCH(first_block, x, weight, bias, gamma, beta, eps, out, pad, nhwc)
 }
 
-void conv1ch_norm_relu_pool_backward(const at::Tensor& x, const at::Tensor& weight,
+void first_block_backward(const at::Tensor& x, const at::Tensor& weight,
                                      const std::optional<at::Tensor>& bias,
                                      const at::Tensor& gamma, const at::Tensor& beta, double eps,
                                      int64_t pad, const at::Tensor& gout, const at::Tensor& gw,
                                      const std::optional<at::Tensor>& gb, const at::Tensor& ggamma,
                                      const at::Tensor& gbeta) {
-  FASTDM_DISPATCH(conv1ch_norm_relu_pool_backward, x, weight, bias, gamma, beta, eps, pad, gout, gw,
+  FASTDM_DISPATCH(first_block_backward, x, weight, bias, gamma, beta, eps, pad, gout, gw,
                   gb, ggamma, gbeta)
 }
 
@@ -167,10 +167,10 @@ TORCH_LIBRARY(fastdm_native, m) {
         &fastdm::input_transform);
   m.def("winograd_output_transform(Tensor m, Tensor? bias, Tensor(a!) out, int th, int tw) -> ()",
         &fastdm::output_transform);
-  m.def("conv1ch_norm_relu_pool(Tensor x, Tensor weight, Tensor? bias, Tensor gamma, Tensor beta, float eps, Tensor(a!) out, int pad, bool nhwc) -> ()",
-        &fastdm::conv1ch_norm_relu_pool);
-  m.def("conv1ch_norm_relu_pool_backward(Tensor x, Tensor weight, Tensor? bias, Tensor gamma, Tensor beta, float eps, int pad, Tensor gout, Tensor(a!) gw, Tensor(b!)? gb, Tensor(c!) ggamma, Tensor(d!) gbeta) -> ()",
-        &fastdm::conv1ch_norm_relu_pool_backward);
+  m.def("first_block(Tensor x, Tensor weight, Tensor? bias, Tensor gamma, Tensor beta, float eps, Tensor(a!) out, int pad, bool nhwc) -> ()",
+        &fastdm::first_block);
+  m.def("first_block_backward(Tensor x, Tensor weight, Tensor? bias, Tensor gamma, Tensor beta, float eps, int pad, Tensor gout, Tensor(a!) gw, Tensor(b!)? gb, Tensor(c!) ggamma, Tensor(d!) gbeta) -> ()",
+        &fastdm::first_block_backward);
   m.def("isa() -> str", &fastdm::isa_name);
   m.def("build_info() -> str", &fastdm::build_info);
 }

@@ -262,10 +262,10 @@ ops.output_transform(m, torch.randn(67, generator=g), out, 2, 3)
 x1 = torch.randn(3, 1, 11, 9, generator=g)
 w1, b1 = torch.randn(20, 1, 3, 3, generator=g), torch.randn(20, generator=g)
 blk = torch.empty(3, 6, 5, 20)
-ops.conv1ch_norm_relu_pool(x1, w1, b1, torch.rand(20, generator=g), torch.randn(20, generator=g), 1e-5, blk, 2, True)
+ops.first_block(x1, w1, b1, torch.rand(20, generator=g), torch.randn(20, generator=g), 1e-5, blk, 2, True)
 gout = torch.randn(3, 20, 6, 5, generator=g)
 grads = [torch.empty(20, 1, 3, 3)] + [torch.empty(20) for _ in range(3)]
-ops.conv1ch_norm_relu_pool_backward(x1, w1, b1, torch.rand(20, generator=g) + 0.5,
+ops.first_block_backward(x1, w1, b1, torch.rand(20, generator=g) + 0.5,
                                     torch.randn(20, generator=g), 1e-5, 2, gout, *grads)
 torch.save({"isa": ops.isa(), "v": v, "out": out, "blk": blk, "blk_grads": grads}, sys.argv[1])
 """

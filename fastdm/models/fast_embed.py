@@ -1,6 +1,6 @@
 """A ConvNet's embedder with its 3x3 convolutions by the native CPU kernels: Winograd for the
-wide layers (fastdm.ops.winograd) and, forward only, a 1-channel first layer fused with its
-norm, ReLU and pool (fastdm.ops.conv1ch).
+wide layers (fastdm.ops.winograd) and a first layer of few input channels fused with its norm,
+ReLU and pool (fastdm.ops.first_block).
 
 Only ConvNets (``embed`` = features(x).flatten(1) over one Sequential) take this path; the
 weights are read from the same modules as ``net.embed``, so weights drawn in place each
@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..ops import conv1ch
+from ..ops import first_block
 from ..ops.winograd import eligible, winograd_conv2d, winograd_conv2d_grad
 from .convnet import ConvNet
 from .layers import conv_out
@@ -22,12 +22,12 @@ def _plain_convnet(net: nn.Module) -> bool:
     return isinstance(net, ConvNet) and type(net).embed is ConvNet.embed
 
 
-def single_channel_layers(net: nn.Module) -> tuple[int, ...]:
-    """Indices in ``net.features`` of the 1-channel 3x3 convolutions the single-channel block
+def first_block_layers(net: nn.Module) -> tuple[int, ...]:
+    """Indices in ``net.features`` of the few-channel 3x3 convolutions the first-block kernel
     may compute, with the norm, ReLU and pool after them (empty for models other than ConvNets)."""
     if not _plain_convnet(net):
         return ()
-    return tuple(i for i, m in enumerate(net.features) if conv1ch.eligible(m))
+    return tuple(i for i, m in enumerate(net.features) if first_block.eligible(m))
 
 
 def winograd_layers(net: nn.Module, image_size) -> tuple[int, ...]:
@@ -54,14 +54,14 @@ GRAD_MIN_BATCH = 32
 
 
 def tapped_embed(net: nn.Module, layers: tuple[int, ...] = (), taps: tuple[int, ...] = (),
-                 tap=None, single: tuple[int, ...] = (), grad: bool = False):
+                 tap=None, first: tuple[int, ...] = (), grad: bool = False):
     """``net.embed`` (a ConvNet's: features(x).flatten(1)) with the convolutions at ``layers``
     computed by Winograd and the outputs of the modules at ``taps`` returned after the
     embedding: (embedding, *tapped) when there are taps, each passed through ``tap`` if given
     (inside the embedder, so that a compiled one fuses it with the layer that makes the output,
     and the output itself need not be kept).
 
-    A 1-channel convolution at ``single`` followed by instance norm, ReLU and 2x2 average
+    A convolution of few input channels at ``first`` followed by instance norm, ReLU and 2x2 average
     pooling (untapped) runs as one native block, with ``grad=True`` only where the input needs
     no gradient (evaluation's training step; the block's backward reaches its parameters, not
     the images). ``grad=False`` (forward only): with Winograd layers the embedder runs in NHWC
@@ -70,10 +70,10 @@ def tapped_embed(net: nn.Module, layers: tuple[int, ...] = (), taps: tuple[int, 
     ``grad=True``: gradients flow (to the input and the weights), and each Winograd layer's
     output goes back to NCHW for the modules after it (PyTorch's GroupNorm and its backward are
     slow on channels_last; under torch.compile the copy fuses into them)."""
-    chosen, ones, keep = frozenset(layers), frozenset(single), frozenset(taps)
+    chosen, ones, keep = frozenset(layers), frozenset(first), frozenset(taps)
     mods = list(net.features)
     # instance norm, ReLU, 2x2 average pool in a row (untapped): one block on NHWC (below,
-    # forward only), or with the single-channel convolution before it, one native block
+    # forward only), or with a first-block convolution before it, one native block
     fusable = frozenset(i for i in range(len(mods) - 2) if _norm_relu_pool(mods[i:i + 3])
                         and not keep & {i, i + 1})
     fused = frozenset(i for i in ones if i + 1 in fusable and i not in keep)
@@ -90,7 +90,7 @@ def tapped_embed(net: nn.Module, layers: tuple[int, ...] = (), taps: tuple[int, 
                 skip -= 1
             elif i in fused and not (grad and x.requires_grad):  # no gradient to the images
                 norm = mods[i + 1]
-                x, skip = conv1ch.conv1ch_norm_relu_pool(x, m.weight, m.bias, norm.weight, norm.bias,
+                x, skip = first_block.first_block(x, m.weight, m.bias, norm.weight, norm.bias,
                                                          norm.eps, m.padding[0],
                                                          bool(chosen) and not grad), 3
             elif i in blocks:
@@ -106,10 +106,10 @@ def tapped_embed(net: nn.Module, layers: tuple[int, ...] = (), taps: tuple[int, 
     return embed
 
 
-def native_forward(net: nn.Module, layers: tuple[int, ...], single: tuple[int, ...] = ()):
-    """``net(x)`` of a ConvNet with its convolutions at ``layers`` by Winograd and its 1-channel
-    first block at ``single`` natively, with gradients (evaluation's training step)."""
-    embed = tapped_embed(net, layers, single=single, grad=True)
+def native_forward(net: nn.Module, layers: tuple[int, ...], first: tuple[int, ...] = ()):
+    """``net(x)`` of a ConvNet with its convolutions at ``layers`` by Winograd and its first
+    block at ``first`` natively, with gradients (evaluation's training step)."""
+    embed = tapped_embed(net, layers, first=first, grad=True)
     return lambda x: net.classifier(embed(x))
 
 
@@ -138,7 +138,7 @@ def instance_norm_relu_pool_nhwc(x: torch.Tensor, weight: torch.Tensor, bias: to
     return F.avg_pool2d(centred.view(n, h, w, c).permute(0, 3, 1, 2), 2)
 
 
-def winograd_embed(net: nn.Module, layers: tuple[int, ...], single: tuple[int, ...] = ()):
+def winograd_embed(net: nn.Module, layers: tuple[int, ...], first: tuple[int, ...] = ()):
     """``net.embed`` with the convolutions at ``layers`` computed by Winograd and those at
-    ``single`` by the single-channel block where it applies (forward only)."""
-    return tapped_embed(net, layers, single=single)
+    ``first`` by the first-block kernel where it applies (forward only)."""
+    return tapped_embed(net, layers, first=first)

@@ -1,19 +1,21 @@
-"""The first block of a ConvNet on single-channel images (MNIST's) by native CPU kernels
-(kernels/conv1ch.cpp): 3x3 convolution -> GroupNorm(C, C) -> ReLU -> 2x2 average pool in one pass
-per (image, channel) plane, and its backward to the block's parameters (not to the images).
+"""The first block of a ConvNet on images of few channels (1 to 4: MNIST's gray, CIFAR's RGB) by
+native CPU kernels (kernels/first_block.cpp): 3x3 convolution -> GroupNorm(K, K) -> ReLU -> 2x2
+average pool in one pass per (image, output channel) plane, and its backward to the block's
+parameters (not to the images).
 
-Why: the modules write the convolution's full-size output (128 x 32 x 32 floats per MNIST image,
-335 MB for a 640-image real batch) and read it back for the norm, the ReLU and the pool; the
-block keeps each plane in L1 and writes the pooled quarter: 40 ms against 288 ms for 500 images
-on the 2-core CPU (benchmarks/RESULTS.md, issue 23). The backward recomputes each plane instead
-of keeping the full-size activations, and replaces five passes of the modules' backward (pool,
+Why: the modules write the convolution's full-size output (128 x 32 x 32 floats per image, 335 MB
+for a 640-image real batch) and read it back for the norm, the ReLU and the pool; the block keeps
+each plane in L1 and writes the pooled quarter: 40 ms against 288 ms for 500 MNIST images on the
+2-core CPU (benchmarks/RESULTS.md, issue 23). The backward recomputes each plane instead of
+keeping the full-size activations, and replaces five passes of the modules' backward (pool,
 ReLU, GroupNorm, convolution, and the zero fill) over that full-size gradient. Used by the real
 branch of condensation and evaluation's test pass (forward only) and by evaluation's training
 step (the images need no gradient there); the synthetic branch, whose images need one, keeps
-the modules.
+the modules. With more input channels a per-plane direct convolution would lose to oneDNN's and
+Winograd's, so wider first layers keep them (``MAX_CHANNELS``).
 
-- ``conv1ch_norm_relu_pool``: the functional entry point (checks its inputs);
-- ``reference_conv1ch_norm_relu_pool``: the same block in plain torch, for the tests;
+- ``first_block``: the functional entry point (checks its inputs);
+- ``reference_first_block``: the same block in plain torch, for the tests;
 - ``eligible``: whether an nn.Conv2d is such a first convolution.
 """
 from typing import Optional
@@ -27,9 +29,13 @@ from ..errors import FastDMError
 from .common import check_conv3x3
 
 
+MAX_CHANNELS = 4  # the kernels' limit (their weight-gradient sums are sized for it)
+
+
 def eligible(conv: nn.Module) -> bool:
-    """An nn.Conv2d these kernels compute as it does: 1 input channel, 3x3, stride 1, zero padding."""
-    return (isinstance(conv, nn.Conv2d) and conv.in_channels == 1 and conv.groups == 1
+    """An nn.Conv2d these kernels compute as it does: 1 to MAX_CHANNELS input channels, 3x3,
+    stride 1, zero padding."""
+    return (isinstance(conv, nn.Conv2d) and 1 <= conv.in_channels <= MAX_CHANNELS and conv.groups == 1
             and tuple(conv.kernel_size) == (3, 3) and tuple(conv.stride) == (1, 1)
             and tuple(conv.dilation) == (1, 1) and conv.padding_mode == "zeros"
             and isinstance(conv.padding, tuple) and conv.padding[0] == conv.padding[1])
@@ -39,11 +45,11 @@ def _out_hw(x: torch.Tensor, pad: int) -> tuple[int, int]:
     return x.shape[2] + 2 * pad - 2, x.shape[3] + 2 * pad - 2
 
 
-@torch.library.custom_op("fastdm::conv1ch_norm_relu_pool", mutates_args=())
+@torch.library.custom_op("fastdm::first_block", mutates_args=())
 def _block(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], gamma: torch.Tensor,
            beta: torch.Tensor, eps: float, pad: int, nhwc: bool) -> torch.Tensor:
     out = _block_out(x, weight, pad, nhwc)
-    native.load("conv1ch").conv1ch_norm_relu_pool(
+    native.load("first_block").first_block(
         x.contiguous(), weight.contiguous(), None if bias is None else bias.contiguous(),
         gamma.contiguous(), beta.contiguous(), eps, out, pad, nhwc)
     return out.permute(0, 3, 1, 2) if nhwc else out
@@ -61,14 +67,14 @@ def _(x, weight, bias, gamma, beta, eps, pad, nhwc):
     return out.permute(0, 3, 1, 2) if nhwc else out
 
 
-@torch.library.custom_op("fastdm::conv1ch_norm_relu_pool_grads", mutates_args=())
+@torch.library.custom_op("fastdm::first_block_grads", mutates_args=())
 def _block_grads(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
                  gamma: torch.Tensor, beta: torch.Tensor, eps: float, pad: int,
                  gout: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """d loss / d (weight, bias, gamma, beta) from d loss / d out (bias' even without a bias)."""
     gw, gb = torch.empty_like(weight), weight.new_empty(weight.shape[0])
     ggamma, gbeta = torch.empty_like(gamma), torch.empty_like(beta)
-    native.load("conv1ch").conv1ch_norm_relu_pool_backward(
+    native.load("first_block").first_block_backward(
         x.contiguous(), weight.contiguous(), None if bias is None else bias.contiguous(),
         gamma.contiguous(), beta.contiguous(), eps, pad, gout.contiguous(), gw, gb, ggamma, gbeta)
     return gw, gb, ggamma, gbeta
@@ -88,7 +94,7 @@ def _setup_context(ctx, inputs, output):
 
 def _backward(ctx, gout):
     if ctx.needs_input_grad[0]:  # the entry point refuses this; a direct op call must too
-        raise FastDMError("conv1ch_norm_relu_pool has no gradient for its input x")
+        raise FastDMError("first_block has no gradient for its input x")
     x, weight, bias, gamma, beta = ctx.saved_tensors
     gw, gb, ggamma, gbeta = _block_grads(x, weight, bias, gamma, beta, *ctx.meta, gout)
     return None, gw, gb if bias is not None else None, ggamma, gbeta, None, None, None
@@ -97,26 +103,28 @@ def _backward(ctx, gout):
 _block.register_autograd(_backward, setup_context=_setup_context)
 
 
-def conv1ch_norm_relu_pool(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
-                           gamma: torch.Tensor, beta: torch.Tensor, eps: float = 1e-5,
-                           padding: int = 1, channels_last: bool = False) -> torch.Tensor:
+def first_block(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
+                gamma: torch.Tensor, beta: torch.Tensor, eps: float = 1e-5, padding: int = 1,
+                channels_last: bool = False) -> torch.Tensor:
     """avg_pool2d(relu(group_norm(conv2d(x, weight, bias, padding), K groups, gamma, beta, eps)), 2)
-    for a single-channel x, with gradients for weight, bias, gamma and beta (not for x);
-    ``channels_last``: the result's memory is NHWC."""
-    check_conv3x3(x, weight, bias, padding, "conv1ch_norm_relu_pool", channels=1)
+    for an x of 1 to MAX_CHANNELS channels, with gradients for weight, bias, gamma and beta (not
+    for x); ``channels_last``: the result's memory is NHWC."""
+    check_conv3x3(x, weight, bias, padding, "first_block")
+    if x.shape[1] > MAX_CHANNELS:
+        raise FastDMError(f"first_block takes 1 to {MAX_CHANNELS} input channels, got {x.shape[1]}")
     k = weight.shape[0]
     if tuple(gamma.shape) != (k,) or tuple(beta.shape) != (k,):
-        raise FastDMError(f"conv1ch_norm_relu_pool: gamma and beta need {k} entries, got "
+        raise FastDMError(f"first_block: gamma and beta need {k} entries, got "
                           f"{tuple(gamma.shape)} and {tuple(beta.shape)}")
     if min(_out_hw(x, padding)) < 2:
-        raise FastDMError("conv1ch_norm_relu_pool: the convolution's output is smaller than the 2x2 pool")
+        raise FastDMError("first_block: the convolution's output is smaller than the 2x2 pool")
     if torch.is_grad_enabled() and x.requires_grad:
-        raise FastDMError("conv1ch_norm_relu_pool has no gradient for its input x; use the "
+        raise FastDMError("first_block has no gradient for its input x; use the "
                           "modules where the images need one")
     return _block(x, weight, bias, gamma.float(), beta.float(), float(eps), padding, channels_last)
 
 
-def reference_conv1ch_norm_relu_pool(x, weight, bias, gamma, beta, eps=1e-5, padding=1):
+def reference_first_block(x, weight, bias, gamma, beta, eps=1e-5, padding=1):
     """The same block in plain torch (the kernels' reference)."""
     y = F.conv2d(x, weight, bias, padding=padding)
     y = F.group_norm(y, weight.shape[0], gamma, beta, eps)

@@ -1,9 +1,11 @@
-// The first block of a ConvNet on single-channel images: 3x3 convolution (stride 1, zero
-// padding) -> GroupNorm(C, C) -> ReLU -> 2x2 average pool, in one pass per (image, channel)
-// plane with the plane in L1; and its backward to the block's parameters (not to the images:
-// the first layer of a training step on data). The modules write the convolution's full-size output (128 x 32 x 32
-// floats per MNIST image) and read it back three times; this block writes only the pooled
-// quarter (benchmarks/RESULTS.md, issue 23: 7x faster than the modules for 500 images). The
+// The first block of a ConvNet on images of few channels (1 to 4: MNIST's gray, CIFAR's RGB):
+// 3x3 convolution (stride 1, zero padding) -> GroupNorm(K, K) -> ReLU -> 2x2 average pool, in one
+// pass per (image, output channel) plane with the plane in L1; and its backward to the block's
+// parameters (not to the images: the first layer of a training step on data). The modules write
+// the convolution's full-size output (128 x 32 x 32 floats per image) and read it back three
+// times, and their backward makes five passes over its full-size gradient; this block writes
+// only the pooled quarter, and its backward recomputes each plane (9 multiply-adds a pixel and
+// input channel) instead of reading stored activations (benchmarks/RESULTS.md, issue 23). The
 // convolution runs along image rows, 8 outputs per vector, from a padded copy of the image.
 //
 // Compiled once per instruction set, as winograd.cpp (CMakeLists.txt, kernels/dispatch.cpp).
@@ -22,16 +24,17 @@ namespace FASTDM_ISA {
 namespace {
 
 struct Shape {
-  int64_t N, H, W, K, pad, Hp, Wp, Ho, Wo;
+  int64_t N, C, H, W, K, pad, Hp, Wp, Ho, Wo;
 };
 
 Shape shape_of(const at::Tensor& x, const at::Tensor& w, int64_t pad) {
   check_f32(x, "x", 4);
   check_f32(w, "weight", 4);
-  TORCH_CHECK(x.size(1) == 1, "x must have one channel");
-  TORCH_CHECK(w.size(1) == 1 && w.size(2) == 3 && w.size(3) == 3, "weight must be [K, 1, 3, 3]");
+  TORCH_CHECK(x.size(1) >= 1 && x.size(1) <= 4, "x must have 1 to 4 channels");
+  TORCH_CHECK(w.size(1) == x.size(1) && w.size(2) == 3 && w.size(3) == 3,
+              "weight must be [K, C, 3, 3] for x [N, C, H, W]");
   TORCH_CHECK(pad >= 0, "padding must be >= 0");
-  Shape s{x.size(0), x.size(2), x.size(3), w.size(0), pad, 0, 0, 0, 0};
+  Shape s{x.size(0), x.size(1), x.size(2), x.size(3), w.size(0), pad, 0, 0, 0, 0};
   s.Hp = s.H + 2 * pad, s.Wp = s.W + 2 * pad;
   s.Ho = s.Hp - 2, s.Wo = s.Wp - 2;
   TORCH_CHECK(s.Ho >= 1 && s.Wo >= 1, "the padded image is smaller than the 3x3 kernel");
@@ -47,15 +50,19 @@ const float* optional_ptr(const std::optional<at::Tensor>& t, int64_t size, cons
 
 
 
-// The image n zero-padded into buf [Hp, Wp].
+// The image n ([C, H, W]) zero-padded into buf [C, Hp, Wp].
 inline void pad_image(const float* x, const Shape& s, float* buf) {
-  std::fill(buf, buf + s.Hp * s.Wp, 0.f);
-  for (int64_t i = 0; i < s.H; ++i)
-    std::memcpy(buf + (i + s.pad) * s.Wp + s.pad, x + i * s.W, sizeof(float) * s.W);
+  std::fill(buf, buf + s.C * s.Hp * s.Wp, 0.f);
+  for (int64_t c = 0; c < s.C; ++c)
+    for (int64_t i = 0; i < s.H; ++i)
+      std::memcpy(buf + (c * s.Hp + i + s.pad) * s.Wp + s.pad, x + (c * s.H + i) * s.W,
+                  sizeof(float) * s.W);
 }
 
-// One output plane: o[y, x] = b + sum_{dy, dx} w[dy, dx] xp[y + dy, x + dx].
-inline void conv_plane(const float* xp, const float* w, float b, const Shape& s, float* o) {
+// One input channel's share of an output plane: o[y, x] (= b if first, else +=)
+// sum_{dy, dx} w[dy, dx] xp[y + dy, x + dx].
+inline void conv_channel(const float* xp, const float* w, float b, bool first, const Shape& s,
+                         float* o) {
   const float w0 = w[0], w1 = w[1], w2 = w[2], w3 = w[3], w4 = w[4], w5 = w[5], w6 = w[6],
               w7 = w[7], w8 = w[8];
   const int64_t Wo = s.Wo, Wp = s.Wp;
@@ -64,12 +71,24 @@ inline void conv_plane(const float* xp, const float* w, float b, const Shape& s,
     const float* r1 = r0 + Wp;
     const float* r2 = r1 + Wp;
     float* row = o + y * Wo;
+    if (first) {
 #pragma GCC ivdep
-    for (int64_t x = 0; x < Wo; ++x) {
-      row[x] = b + w0 * r0[x] + w1 * r0[x + 1] + w2 * r0[x + 2] + w3 * r1[x] + w4 * r1[x + 1] +
-               w5 * r1[x + 2] + w6 * r2[x] + w7 * r2[x + 1] + w8 * r2[x + 2];
+      for (int64_t x = 0; x < Wo; ++x)
+        row[x] = b + w0 * r0[x] + w1 * r0[x + 1] + w2 * r0[x + 2] + w3 * r1[x] + w4 * r1[x + 1] +
+                 w5 * r1[x + 2] + w6 * r2[x] + w7 * r2[x + 1] + w8 * r2[x + 2];
+    } else {
+#pragma GCC ivdep
+      for (int64_t x = 0; x < Wo; ++x)
+        row[x] += w0 * r0[x] + w1 * r0[x + 1] + w2 * r0[x + 2] + w3 * r1[x] + w4 * r1[x + 1] +
+                  w5 * r1[x + 2] + w6 * r2[x] + w7 * r2[x + 1] + w8 * r2[x + 2];
     }
   }
+}
+
+// One output plane of output channel k: the bias plus every input channel's share.
+inline void conv_plane(const float* xp, const float* wk, float b, const Shape& s, float* o) {
+  for (int64_t c = 0; c < s.C; ++c)
+    conv_channel(xp + c * s.Hp * s.Wp, wk + 9 * c, b, c == 0, s, o);
 }
 
 // sum_i (v[i] - c)^2 if c is given as centre (squares), else sum_i v[i]: in 16 float lanes
@@ -146,7 +165,7 @@ inline void weight_taps(const float* gy, const float* xp, const Shape& s, double
 // out = avg_pool2d(relu(group_norm(conv2d(x, weight, bias, pad), K groups, gamma, beta, eps)), 2)
 // as [N, Ho/2, Wo/2, K] (nhwc) or [N, K, Ho/2, Wo/2]. Statistics in double, in two passes
 // (mean, then the centred sum of squares), as GroupNorm's own.
-void conv1ch_norm_relu_pool(const at::Tensor& x, const at::Tensor& weight,
+void first_block(const at::Tensor& x, const at::Tensor& weight,
                             const std::optional<at::Tensor>& bias, const at::Tensor& gamma,
                             const at::Tensor& beta, double eps, const at::Tensor& out, int64_t pad,
                             bool nhwc) {
@@ -167,11 +186,11 @@ void conv1ch_norm_relu_pool(const at::Tensor& x, const at::Tensor& weight,
   float* od = out.data_ptr<float>();
   const int64_t HW = s.Ho * s.Wo;
   at::parallel_for(0, s.N, 1, [&](int64_t n0, int64_t n1) {
-    std::vector<float> xp(s.Hp * s.Wp), plane(HW), row(s.Wo);
+    std::vector<float> xp(s.C * s.Hp * s.Wp), plane(HW), row(s.Wo);
     for (int64_t n = n0; n < n1; ++n) {
-      pad_image(xd + n * s.H * s.W, s, xp.data());
+      pad_image(xd + n * s.C * s.H * s.W, s, xp.data());
       for (int64_t k = 0; k < s.K; ++k) {
-        conv_plane(xp.data(), wd + 9 * k, bp ? bp[k] : 0.f, s, plane.data());
+        conv_plane(xp.data(), wd + 9 * s.C * k, bp ? bp[k] : 0.f, s, plane.data());
         const double mean = lane_sum(plane.data(), HW, 0.f, false) / HW;
         const double sq = lane_sum(plane.data(), HW, static_cast<float>(mean), true);
         const double inv = 1.0 / std::sqrt(sq / HW + eps);
@@ -192,13 +211,13 @@ void conv1ch_norm_relu_pool(const at::Tensor& x, const at::Tensor& weight,
   });
 }
 
-// The gradients of conv1ch_norm_relu_pool (NCHW out) for the weight, bias, gamma and beta,
+// The gradients of first_block (NCHW out) for the weight, bias, gamma and beta,
 // given gout = d loss / d out [N, K, Ho/2, Wo/2]; they are written (not added) to gw [K, 1, 3, 3],
 // gb [K] (if defined), ggamma [K], gbeta [K]. Each (image, channel) plane recomputes its
 // convolution and statistics (9 multiply-adds a pixel: cheaper than keeping the full-size
 // activations the modules' backward reads), then runs the pool, ReLU, instance-norm and
 // convolution backward in L1. Parallel over channels, so each thread owns its channels' sums.
-void conv1ch_norm_relu_pool_backward(const at::Tensor& x, const at::Tensor& weight,
+void first_block_backward(const at::Tensor& x, const at::Tensor& weight,
                                      const std::optional<at::Tensor>& bias,
                                      const at::Tensor& gamma, const at::Tensor& beta, double eps,
                                      int64_t pad, const at::Tensor& gout, const at::Tensor& gw,
@@ -214,7 +233,7 @@ void conv1ch_norm_relu_pool_backward(const at::Tensor& x, const at::Tensor& weig
   TORCH_CHECK(gout.size(0) == s.N && gout.size(1) == s.K && gout.size(2) == Hq && gout.size(3) == Wq,
               "gout has the wrong shape");
   check_f32(gw, "gw", 4);
-  TORCH_CHECK(gw.numel() == 9 * s.K, "gw has the wrong size");
+  TORCH_CHECK(gw.numel() == 9 * s.C * s.K, "gw has the wrong size");
   const float* bp = optional_ptr(bias, s.K, "bias");
   float* gbp = nullptr;
   if (gb.has_value() && gb->defined()) {
@@ -232,20 +251,20 @@ void conv1ch_norm_relu_pool_backward(const at::Tensor& x, const at::Tensor& weig
   float* gwd = gw.data_ptr<float>();
   float* ggd = ggamma.data_ptr<float>();
   float* gbd = gbeta.data_ptr<float>();
-  const int64_t HW = s.Ho * s.Wo, P = s.Hp * s.Wp;
+  const int64_t HW = s.Ho * s.Wo, P = s.C * s.Hp * s.Wp;
   // every image padded once, shared by the channels' threads
   std::vector<float> padded(s.N * P);
   at::parallel_for(0, s.N, 1, [&](int64_t n0, int64_t n1) {
-    for (int64_t n = n0; n < n1; ++n) pad_image(xd + n * s.H * s.W, s, padded.data() + n * P);
+    for (int64_t n = n0; n < n1; ++n) pad_image(xd + n * s.C * s.H * s.W, s, padded.data() + n * P);
   });
   at::parallel_for(0, s.K, 1, [&](int64_t k0, int64_t k1) {
     std::vector<float> z(HW), g(HW), gy(HW);
     for (int64_t k = k0; k < k1; ++k) {
-      double sw[9] = {0.0}, sb = 0.0, sgamma = 0.0, sbeta = 0.0;
+      double sw[36] = {0.0}, sb = 0.0, sgamma = 0.0, sbeta = 0.0;  // 9 taps x at most 4 channels
       const float gk = gm[k];
       for (int64_t n = 0; n < s.N; ++n) {
         const float* xp = padded.data() + n * P;
-        conv_plane(xp, wd + 9 * k, bp ? bp[k] : 0.f, s, z.data());
+        conv_plane(xp, wd + 9 * s.C * k, bp ? bp[k] : 0.f, s, z.data());
         const double mean = lane_sum(z.data(), HW, 0.f, false) / HW;
         const double sq = lane_sum(z.data(), HW, static_cast<float>(mean), true);
         const double inv = 1.0 / std::sqrt(sq / HW + eps);
@@ -279,9 +298,9 @@ void conv1ch_norm_relu_pool_backward(const at::Tensor& x, const at::Tensor& weig
         for (int64_t i = 0; i < HW; ++i) gy[i] = gki * g[i] - fi * (c1 + z[i] * c2);
         // convolution backward to the weight and bias: tap (dy, dx) meets xp[y + dy, x + dx]
         sb += lane_sum(gy.data(), HW, 0.f, false);
-        weight_taps(gy.data(), xp, s, sw);
+        for (int64_t c = 0; c < s.C; ++c) weight_taps(gy.data(), xp + c * s.Hp * s.Wp, s, sw + 9 * c);
       }
-      for (int t = 0; t < 9; ++t) gwd[9 * k + t] = static_cast<float>(sw[t]);
+      for (int64_t t = 0; t < 9 * s.C; ++t) gwd[9 * s.C * k + t] = static_cast<float>(sw[t]);
       if (gbp) gbp[k] = static_cast<float>(sb);
       ggd[k] = static_cast<float>(sgamma);
       gbd[k] = static_cast<float>(sbeta);
