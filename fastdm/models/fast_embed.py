@@ -82,7 +82,7 @@ def tapped_embed(net: nn.Module, layers: tuple[int, ...] = (), taps: tuple[int, 
     def embed(x):
         # with gradients, small batches keep the modules (see GRAD_MIN_BATCH)
         wino = chosen if not grad or x.shape[0] >= GRAD_MIN_BATCH else frozenset()
-        if chosen and not grad:
+        if chosen and not grad and 0 not in fused:  # (a fused first block reads NCHW, writes NHWC)
             x = x.contiguous(memory_format=torch.channels_last)
         tapped, skip = [], 0
         for i, m in enumerate(mods):
