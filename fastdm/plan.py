@@ -10,8 +10,9 @@ engine builds what the plan says and decides nothing; metrics.json records the p
 Choice rules (measurements in benchmarks/RESULTS.md):
 * chunk: one class with --step class (each class's update precedes the next class's loss);
   else a budget of images x pixels per pass (CHUNK_BUDGET); on the CPU small chunks measured
-  faster (cifar10 ipc 10: one class per chunk 1.5x faster than five), on CUDA large ones fill
-  the GPU. BatchNorm models take all classes in one pass (their statistics mix classes).
+  faster (cifar10 ipc 10: one class per chunk 1.5x faster than five; rechecked with freed
+  memory reused: 1.2x, and auto within 3.5 % of the fastest chunk at four paper settings,
+  RESULTS.md "Issue 23, third session"), on CUDA large ones fill the GPU. BatchNorm models take all classes in one pass (their statistics mix classes).
 * compile: on CUDA, and on the CPU from 28 px (fastdm.models.compiled.wants_compile; MNIST's
   28 px measured 1.2-1.5x faster compiled, benchmarks/RESULTS.md "Issue 23"); evaluation's
   training step also needs enough images trained to repay the compile.
