@@ -55,6 +55,11 @@ def apply(device) -> str:
     return keep_freed_memory() if plan == "kept" else plan
 
 
+def _libc_function(name: str):
+    """glibc's ``name``; OSError or AttributeError where there is none."""
+    return getattr(ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6"), name)
+
+
 def keep_freed_memory() -> str:
     """Turn glibc's mmap for large blocks off (once per process); returns 'kept' or
     'system: why'."""
@@ -64,8 +69,7 @@ def keep_freed_memory() -> str:
         why = _why_not()
         if why is None:
             try:
-                libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-                mallopt = libc.mallopt
+                mallopt = _libc_function("mallopt")
             except (OSError, AttributeError):
                 why = "no glibc mallopt"
             else:
@@ -81,8 +85,7 @@ def release_freed() -> bool:
     """Hand the heap's free pages back to the system now (glibc ``malloc_trim(0)``), e.g. before
     measuring a resident set; False where there is no glibc."""
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        trim = libc.malloc_trim
+        trim = _libc_function("malloc_trim")
     except (OSError, AttributeError):
         return False
     trim(0)

@@ -41,6 +41,17 @@ Shape shape_of(const at::Tensor& x, const at::Tensor& w, int64_t pad) {
   return s;
 }
 
+// shape_of, and the norm's parameters and the pool checked as both kernels need them.
+Shape block_shape(const at::Tensor& x, const at::Tensor& w, int64_t pad, const at::Tensor& gamma,
+                  const at::Tensor& beta) {
+  const Shape s = shape_of(x, w, pad);
+  check_f32(gamma, "gamma", 1);
+  check_f32(beta, "beta", 1);
+  TORCH_CHECK(gamma.size(0) == s.K && beta.size(0) == s.K, "gamma and beta need K entries");
+  TORCH_CHECK(s.Ho >= 2 && s.Wo >= 2, "the convolution's output is smaller than the 2x2 pool");
+  return s;
+}
+
 const float* optional_ptr(const std::optional<at::Tensor>& t, int64_t size, const char* name) {
   if (!t.has_value() || !t->defined()) return nullptr;
   check_f32(*t, name, 1);
@@ -59,36 +70,33 @@ inline void pad_image(const float* x, const Shape& s, float* buf) {
                   sizeof(float) * s.W);
 }
 
-// One input channel's share of an output plane: o[y, x] (= b if first, else +=)
-// sum_{dy, dx} w[dy, dx] xp[y + dy, x + dx].
-inline void conv_channel(const float* xp, const float* w, float b, bool first, const Shape& s,
-                         float* o) {
+// One input channel's share of an output plane: o[y, x] (= if first, else +=)
+// sum_{dy, dx} w[dy, dx] xp[y + dy, x + dx], then + b if last. The bias comes after the taps,
+// as oneDNN adds it: added first, a large bias rounds every tap's sum at its own magnitude.
+inline void conv_channel(const float* xp, const float* w, float b, bool first, bool last,
+                         const Shape& s, float* o) {
   const float w0 = w[0], w1 = w[1], w2 = w[2], w3 = w[3], w4 = w[4], w5 = w[5], w6 = w[6],
               w7 = w[7], w8 = w[8];
+  const float keep = first ? 0.f : 1.f, add = last ? b : 0.f;
   const int64_t Wo = s.Wo, Wp = s.Wp;
   for (int64_t y = 0; y < s.Ho; ++y) {
     const float* r0 = xp + y * Wp;
     const float* r1 = r0 + Wp;
     const float* r2 = r1 + Wp;
     float* row = o + y * Wo;
-    if (first) {
+    if (first) std::fill(row, row + Wo, 0.f);  // (0 * garbage could be NaN)
 #pragma GCC ivdep
-      for (int64_t x = 0; x < Wo; ++x)
-        row[x] = b + w0 * r0[x] + w1 * r0[x + 1] + w2 * r0[x + 2] + w3 * r1[x] + w4 * r1[x + 1] +
-                 w5 * r1[x + 2] + w6 * r2[x] + w7 * r2[x + 1] + w8 * r2[x + 2];
-    } else {
-#pragma GCC ivdep
-      for (int64_t x = 0; x < Wo; ++x)
-        row[x] += w0 * r0[x] + w1 * r0[x + 1] + w2 * r0[x + 2] + w3 * r1[x] + w4 * r1[x + 1] +
-                  w5 * r1[x + 2] + w6 * r2[x] + w7 * r2[x + 1] + w8 * r2[x + 2];
-    }
+    for (int64_t x = 0; x < Wo; ++x)
+      row[x] = (keep * row[x] + (w0 * r0[x] + w1 * r0[x + 1] + w2 * r0[x + 2] + w3 * r1[x] +
+                                 w4 * r1[x + 1] + w5 * r1[x + 2] + w6 * r2[x] + w7 * r2[x + 1] +
+                                 w8 * r2[x + 2])) + add;
   }
 }
 
-// One output plane of output channel k: the bias plus every input channel's share.
+// One output plane of output channel k: every input channel's share, then the bias.
 inline void conv_plane(const float* xp, const float* wk, float b, const Shape& s, float* o) {
   for (int64_t c = 0; c < s.C; ++c)
-    conv_channel(xp + c * s.Hp * s.Wp, wk + 9 * c, b, c == 0, s, o);
+    conv_channel(xp + c * s.Hp * s.Wp, wk + 9 * c, b, c == 0, c == s.C - 1, s, o);
 }
 
 // sum_i (v[i] - c)^2 if c is given as centre (squares), else sum_i v[i]: in 16 float lanes
@@ -169,13 +177,9 @@ void first_block(const at::Tensor& x, const at::Tensor& weight,
                             const std::optional<at::Tensor>& bias, const at::Tensor& gamma,
                             const at::Tensor& beta, double eps, const at::Tensor& out, int64_t pad,
                             bool nhwc) {
-  const Shape s = shape_of(x, weight, pad);
-  check_f32(gamma, "gamma", 1);
-  check_f32(beta, "beta", 1);
-  TORCH_CHECK(gamma.size(0) == s.K && beta.size(0) == s.K, "gamma and beta need K entries");
+  const Shape s = block_shape(x, weight, pad, gamma, beta);
   check_f32(out, "out", 4);
   const int64_t Hq = s.Ho / 2, Wq = s.Wo / 2;
-  TORCH_CHECK(Hq >= 1 && Wq >= 1, "the convolution's output is smaller than the 2x2 pool");
   TORCH_CHECK(out.size(0) == s.N && out.size(nhwc ? 3 : 1) == s.K &&
               out.size(nhwc ? 1 : 2) == Hq && out.size(nhwc ? 2 : 3) == Wq, "out has the wrong shape");
   const float* bp = optional_ptr(bias, s.K, "bias");
@@ -223,12 +227,8 @@ void first_block_backward(const at::Tensor& x, const at::Tensor& weight,
                                      int64_t pad, const at::Tensor& gout, const at::Tensor& gw,
                                      const std::optional<at::Tensor>& gb, const at::Tensor& ggamma,
                                      const at::Tensor& gbeta) {
-  const Shape s = shape_of(x, weight, pad);
-  check_f32(gamma, "gamma", 1);
-  check_f32(beta, "beta", 1);
-  TORCH_CHECK(gamma.size(0) == s.K && beta.size(0) == s.K, "gamma and beta need K entries");
+  const Shape s = block_shape(x, weight, pad, gamma, beta);
   const int64_t Hq = s.Ho / 2, Wq = s.Wo / 2;
-  TORCH_CHECK(Hq >= 1 && Wq >= 1, "the convolution's output is smaller than the 2x2 pool");
   check_f32(gout, "gout", 4);
   TORCH_CHECK(gout.size(0) == s.N && gout.size(1) == s.K && gout.size(2) == Hq && gout.size(3) == Wq,
               "gout has the wrong shape");
@@ -247,6 +247,7 @@ void first_block_backward(const at::Tensor& x, const at::Tensor& weight,
   const float* xd = x.data_ptr<float>();
   const float* wd = weight.data_ptr<float>();
   const float* gm = gamma.data_ptr<float>();
+  const float* bt = beta.data_ptr<float>();
   const float* god = gout.data_ptr<float>();
   float* gwd = gw.data_ptr<float>();
   float* ggd = ggamma.data_ptr<float>();
@@ -269,7 +270,7 @@ void first_block_backward(const at::Tensor& x, const at::Tensor& weight,
         const double sq = lane_sum(z.data(), HW, static_cast<float>(mean), true);
         const double inv = 1.0 / std::sqrt(sq / HW + eps);
         const float fm = static_cast<float>(mean), fi = static_cast<float>(inv);
-        const float shift = beta.data_ptr<float>()[k];
+        const float shift = bt[k];
 #pragma GCC ivdep
         for (int64_t i = 0; i < HW; ++i) z[i] = (z[i] - fm) * fi;  // the normalised plane
         // pool and ReLU backward: a quarter of the pooled gradient where the ReLU passed;
