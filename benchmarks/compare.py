@@ -33,8 +33,8 @@ from fastdm.errors import FastDMError
 from fastdm.host_memory import release_freed
 from fastdm.io import atomic_json_dump
 
-from .measure import (CudaMemory, conv_precision, host_available, measured_peaks, peak_rss_bytes,
-                      reset_peak_rss, rss_bytes, run_facts)
+from .measure import (ROOT, CudaMemory, conv_precision, host_available, measured_peaks,
+                      peak_rss_bytes, reset_peak_rss, rss_bytes, run_facts)
 from .reference_loop import fastdm_impl, upstream_impl
 from .settings import (SETTINGS, Setting, baseline_fits, baseline_side, fastdm_side,
                        parse_settings, uint8_bytes)
@@ -106,10 +106,9 @@ class ChildSide(Side):
                "--sides", name, "--iters", str(args.iters), "--warmup", str(args.warmup),
                "--no-memory", "--peak-tflops", str(args.peak_used), "--baseline-process", "shared",
                *_side_options(args)]
-        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
         with tempfile.TemporaryDirectory() as tmp:
             out = os.path.join(tmp, "child.json")
-            done = subprocess.run(cmd + ["--json", out], cwd=root, capture_output=True, text=True)
+            done = subprocess.run(cmd + ["--json", out], cwd=ROOT, capture_output=True, text=True)
             if done.returncode != 0 or not os.path.exists(out):
                 why = (done.stderr.strip().splitlines() or [f"exit status {done.returncode}"])[-1]
                 raise FastDMError(f"the {name} side's own process failed on {setting}: {why}")
@@ -143,9 +142,8 @@ def probe_cpu_memory(name: str, side: str, args) -> dict:
     holds pages the other side freed, so it cannot be split between the sides."""
     cmd = [sys.executable, "-m", "benchmarks.compare", "--settings", name, "--device", "cpu",
            "--probe-memory", side, *_side_options(args)]
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     try:
-        done = subprocess.run(cmd, cwd=root, capture_output=True, text=True, timeout=args.probe_timeout)
+        done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=args.probe_timeout)
     except subprocess.TimeoutExpired:
         return {"peak_mem_mb": None, "mem_kind": f"probe timed out after {args.probe_timeout} s"}
     if done.returncode != 0:  # keep the timings; say why memory is missing

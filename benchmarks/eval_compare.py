@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import subprocess
 import sys
@@ -37,7 +36,7 @@ from fastdm.devices import resolve_device
 from fastdm.errors import FastDMError
 from fastdm.evaluation import EvalConfig, evaluate_images
 
-from .measure import run_facts, save_json
+from .measure import ROOT, run_facts, save_json
 
 STRATEGY = "color_crop_cutout_flip_scale_rotate"
 
@@ -101,6 +100,15 @@ def fastdm_side(data, images, labels, epochs: int, device):
     return run
 
 
+def _timed(run):
+    """run, as a function returning the seconds it took."""
+    def timed() -> float:
+        t0 = time.perf_counter()
+        run()
+        return time.perf_counter() - t0
+    return timed
+
+
 def _child(args) -> None:
     """(Child process) time one side once on one setting; print its seconds as JSON."""
     s = SETTINGS[args.settings]
@@ -113,9 +121,7 @@ def _child(args) -> None:
         run = reference_side(s, data, images, labels, args.epochs, device, args.reference_repo)
     else:
         run = fastdm_side(data, images, labels, args.epochs, device)
-    t0 = time.perf_counter()
-    run()
-    print(json.dumps({"seconds": time.perf_counter() - t0}))
+    print(json.dumps({"seconds": _timed(run)()}))
 
 
 def _in_child(side: str, name: str, args) -> float:
@@ -124,8 +130,7 @@ def _in_child(side: str, name: str, args) -> float:
            "--reference-malloc", args.reference_malloc]
     if args.reference_repo:
         cmd += ["--reference-repo", args.reference_repo]
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    done = subprocess.run(cmd, capture_output=True, text=True, cwd=root)
+    done = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
     if done.returncode != 0:
         tail = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["no output"]
         raise SystemExit(f"eval_compare: the {side} side failed on {name}: {tail[0]}")
@@ -162,11 +167,12 @@ def main(argv=None) -> dict:
     for name in names:
         s = SETTINGS[name]
         data, images, labels = _data(s)
+        # each side: a function returning the seconds of one timed run
         if args.in_process:
             try:
-                sides = {"reference": reference_side(s, data, images, labels, args.epochs, device,
-                                                     args.reference_repo),
-                         "fastdm": fastdm_side(data, images, labels, args.epochs, device)}
+                sides = {"reference": _timed(reference_side(s, data, images, labels, args.epochs,
+                                                            device, args.reference_repo)),
+                         "fastdm": _timed(fastdm_side(data, images, labels, args.epochs, device))}
             except FastDMError as e:
                 raise SystemExit(f"eval_compare: {e}")
         else:
@@ -175,12 +181,7 @@ def main(argv=None) -> dict:
         order = list(sides)
         for r in range(args.repeats):
             for k in (order if r % 2 == 0 else order[::-1]):
-                if args.in_process:
-                    t0 = time.perf_counter()
-                    sides[k]()
-                    times[k].append(time.perf_counter() - t0)
-                else:
-                    times[k].append(sides[k]())
+                times[k].append(sides[k]())
         med = {k: statistics.median(v) for k, v in times.items()}
         row = {"seconds": med, "runs": times, "speedup": med["reference"] / med["fastdm"]}
         report["settings"][name] = row

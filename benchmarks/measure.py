@@ -13,6 +13,9 @@ import torch
 
 from fastdm.devices import synchronize
 
+# the repository root: where the scripts' child processes run (python -m benchmarks.X)
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
 
 def rss_bytes() -> int:
     """The process's current resident set size."""
