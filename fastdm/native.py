@@ -48,6 +48,7 @@ class _Ops:
         self.output_transform = ns.winograd_output_transform
         self.first_block = ns.first_block
         self.first_block_backward = ns.first_block_backward
+        self.norm_relu_pool_nhwc = ns.norm_relu_pool_nhwc
         self.isa = ns.isa
         self.build_info = lambda: json.loads(ns.build_info())
 

@@ -33,6 +33,8 @@ namespace fastdm {
       const at::Tensor& gamma, const at::Tensor& beta, double eps, int64_t pad,                \
       const at::Tensor& gout, const at::Tensor& gw, const std::optional<at::Tensor>& gb,       \
       const at::Tensor& ggamma, const at::Tensor& gbeta);                                      \
+  void norm_relu_pool_nhwc(const at::Tensor& x, const at::Tensor& gamma,                       \
+                           const at::Tensor& beta, double eps, const at::Tensor& out);         \
   }
 FASTDM_DECLARE(generic)
 #ifdef FASTDM_HAVE_AVX2
@@ -149,6 +151,11 @@ void first_block_backward(const at::Tensor& x, const at::Tensor& weight,
                   gb, ggamma, gbeta)
 }
 
+void norm_relu_pool_nhwc(const at::Tensor& x, const at::Tensor& gamma, const at::Tensor& beta,
+                         double eps, const at::Tensor& out) {
+  FASTDM_DISPATCH(norm_relu_pool_nhwc, x, gamma, beta, eps, out)
+}
+
 std::string isa_name() {
   switch (chosen()) {
     case Isa::avx512: return "avx512";
@@ -171,6 +178,8 @@ TORCH_LIBRARY(fastdm_native, m) {
         &fastdm::first_block);
   m.def("first_block_backward(Tensor x, Tensor weight, Tensor? bias, Tensor gamma, Tensor beta, float eps, int pad, Tensor gout, Tensor(a!) gw, Tensor(b!)? gb, Tensor(c!) ggamma, Tensor(d!) gbeta) -> ()",
         &fastdm::first_block_backward);
+  m.def("norm_relu_pool_nhwc(Tensor x, Tensor gamma, Tensor beta, float eps, Tensor(a!) out) -> ()",
+        &fastdm::norm_relu_pool_nhwc);
   m.def("isa() -> str", &fastdm::isa_name);
   m.def("build_info() -> str", &fastdm::build_info);
 }

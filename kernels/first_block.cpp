@@ -1,12 +1,15 @@
 // The first block of a ConvNet on images of few channels (1 to 4: MNIST's gray, CIFAR's RGB):
-// 3x3 convolution (stride 1, zero padding) -> GroupNorm(K, K) -> ReLU -> 2x2 average pool, in one
-// pass per (image, output channel) plane with the plane in L1; and its backward to the block's
-// parameters (not to the images: the first layer of a training step on data). The modules write
-// the convolution's full-size output (128 x 32 x 32 floats per image) and read it back three
-// times, and their backward makes five passes over its full-size gradient; this block writes
-// only the pooled quarter, and its backward recomputes each plane (9 multiply-adds a pixel and
-// input channel) instead of reading stored activations (benchmarks/RESULTS.md, issue 23). The
-// convolution runs along image rows, 8 outputs per vector, from a padded copy of the image.
+// 3x3 convolution (stride 1, zero padding) -> GroupNorm(K, K) -> ReLU -> 2x2 average pool, per
+// image for 32 output channels at a time with their full-size output in L2; and its backward
+// to the block's parameters (not to the images: the first layer of a training step on data),
+// per (image, output channel) plane in L1. The modules write the convolution's full-size output
+// (128 x 32 x 32 floats per image) and read it back three times, and their backward makes five
+// passes over its full-size gradient; this block writes only the pooled quarter, and its
+// backward recomputes each plane (9 multiply-adds a pixel and input channel) instead of reading
+// stored activations (benchmarks/RESULTS.md, issue 23). The forward's convolution is vectorised
+// along the output channels (a pixel's 32 sums in four vector registers, two pixels a step;
+// faster than along image rows, and already channel-minor for NHWC); the backward's runs along
+// image rows, 8 outputs per vector.
 //
 // Compiled once per instruction set, as winograd.cpp (CMakeLists.txt, kernels/dispatch.cpp).
 #include <ATen/ATen.h>
@@ -175,11 +178,119 @@ inline void weight_taps(const float* gy, const float* xp, const Shape& s, double
   }
 }
 
+// Output channels per pass of the forward: 4 AVX2 (2 AVX-512) vectors of accumulators for each
+// of two pixels; the group's full-size output ([Ho * Wo, G] floats, 128 KB at 32 x 32) stays in L2.
+constexpr int64_t G = 32;
+
+// Eight floats in one vector register (GCC's vector extension: AVX's ymm in the avx2 and
+// avx512 builds, two SSE registers in the generic one).
+typedef float f8 __attribute__((vector_size(32)));
+constexpr int64_t V = G / 8;
+
+inline f8 load8(const float* p) {
+  f8 v;
+  std::memcpy(&v, p, sizeof(v));
+  return v;
+}
+
+inline void store8(float* p, f8 v) { std::memcpy(p, &v, sizeof(v)); }
+
+// The convolution of output channels [k0, k0 + G) at every output pixel, pixel-major:
+// buf[p * G + kk] = sum_{c, dy, dx} wg[(9 c + 3 dy + dx) * G + kk] xp[c, y + dy, x + dx], then
+// + bias (after the taps, as oneDNN). Two pixels a step: eight independent accumulators.
+inline void conv_group(const float* xp, const float* wg, const float* bg, const Shape& s,
+                       float* buf) {
+  const int64_t plane = s.Hp * s.Wp, Wp = s.Wp;
+  f8 bias[V];
+  for (int64_t v = 0; v < V; ++v) bias[v] = load8(bg + 8 * v);
+  for (int64_t y = 0; y < s.Ho; ++y) {
+    int64_t x = 0;
+    for (; x + 2 <= s.Wo; x += 2) {
+      f8 a0[V] = {}, a1[V] = {};
+      for (int64_t c = 0; c < s.C; ++c) {
+        const float* r = xp + c * plane + y * Wp + x;
+        const float* w = wg + 9 * c * G;
+        for (int64_t dy = 0; dy < 3; ++dy)
+          for (int64_t dx = 0; dx < 3; ++dx, w += G) {
+            const float v0 = r[dy * Wp + dx], v1 = r[dy * Wp + dx + 1];
+            for (int64_t v = 0; v < V; ++v) {
+              const f8 wv = load8(w + 8 * v);
+              a0[v] += v0 * wv;
+              a1[v] += v1 * wv;
+            }
+          }
+      }
+      float* o = buf + (y * s.Wo + x) * G;
+      for (int64_t v = 0; v < V; ++v) {
+        store8(o + 8 * v, a0[v] + bias[v]);
+        store8(o + G + 8 * v, a1[v] + bias[v]);
+      }
+    }
+    for (; x < s.Wo; ++x) {
+      f8 a0[V] = {};
+      for (int64_t c = 0; c < s.C; ++c) {
+        const float* r = xp + c * plane + y * Wp + x;
+        const float* w = wg + 9 * c * G;
+        for (int64_t dy = 0; dy < 3; ++dy)
+          for (int64_t dx = 0; dx < 3; ++dx, w += G) {
+            const float v0 = r[dy * Wp + dx];
+            for (int64_t v = 0; v < V; ++v) a0[v] += v0 * load8(w + 8 * v);
+          }
+      }
+      float* o = buf + (y * s.Wo + x) * G;
+      for (int64_t v = 0; v < V; ++v) store8(o + 8 * v, a0[v] + bias[v]);
+    }
+  }
+}
+
+// Per channel of the group: sum over the pixels of buf[p * G + kk] - centre[kk] (squared if
+// squares), a row at a time in float, the rows added in double.
+inline void group_sums(const float* buf, int64_t rows, int64_t cols, const float* centre,
+                       bool squares, double* total) {
+  for (int64_t kk = 0; kk < G; ++kk) total[kk] = 0.0;
+  f8 m[V];
+  for (int64_t v = 0; v < V; ++v) m[v] = load8(centre + 8 * v);
+  for (int64_t y = 0; y < rows; ++y) {
+    f8 r[V] = {};
+    const float* b = buf + y * cols * G;
+    if (squares) {
+      for (int64_t x = 0; x < cols; ++x)
+        for (int64_t v = 0; v < V; ++v) {
+          const f8 d = load8(b + x * G + 8 * v) - m[v];
+          r[v] += d * d;
+        }
+    } else {
+      for (int64_t x = 0; x < cols; ++x)
+        for (int64_t v = 0; v < V; ++v) r[v] += load8(b + x * G + 8 * v);
+    }
+    for (int64_t v = 0; v < V; ++v)
+      for (int l = 0; l < 8; ++l) total[8 * v + l] += r[v][l];
+  }
+}
+
+// The pooled G channels of output pixel (i, j): the 2x2 window's mean of
+// relu(buf * scale + shift).
+inline void pool_group(const float* buf, int64_t Wo, int64_t i, int64_t j, const f8* scale,
+                       const f8* shift, float* dst) {
+  const float* a = buf + ((2 * i) * Wo + 2 * j) * G;
+  const float* c = a + Wo * G;
+  const f8 zero = {};
+  for (int64_t v = 0; v < V; ++v) {
+    auto act = [&](const float* p) {
+      const f8 z = load8(p + 8 * v) * scale[v] + shift[v];
+      return z > zero ? z : zero;
+    };
+    store8(dst + 8 * v, 0.25f * ((act(a) + act(a + G)) + (act(c) + act(c + G))));
+  }
+}
+
 }  // namespace
 
 // out = avg_pool2d(relu(group_norm(conv2d(x, weight, bias, pad), K groups, gamma, beta, eps)), 2)
-// as [N, Ho/2, Wo/2, K] (nhwc) or [N, K, Ho/2, Wo/2]. Statistics in double, in two passes
-// (mean, then the centred sum of squares), as GroupNorm's own.
+// as [N, Ho/2, Wo/2, K] (nhwc) or [N, K, Ho/2, Wo/2]. Per image, G output channels at a time:
+// their convolution at every pixel (vectorised along the channels), their statistics (two
+// passes: mean, then the centred sum of squares, as GroupNorm's own), then normalise, ReLU and
+// pool into the output.
 void first_block(const at::Tensor& x, const at::Tensor& weight,
                             const std::optional<at::Tensor>& bias, const at::Tensor& gamma,
                             const at::Tensor& beta, double eps, const at::Tensor& out, int64_t pad,
@@ -195,28 +306,54 @@ void first_block(const at::Tensor& x, const at::Tensor& weight,
   const float* gm = gamma.data_ptr<float>();
   const float* bt = beta.data_ptr<float>();
   float* od = out.data_ptr<float>();
-  const int64_t HW = s.Ho * s.Wo;
+  const int64_t HW = s.Ho * s.Wo, groups = (s.K + G - 1) / G, taps = 9 * s.C;
+  // the weights, biases and norm parameters per group, channel-minor and zero-padded to G
+  std::vector<float> wg(groups * taps * G, 0.f), bg(groups * G, 0.f), gg(groups * G, 0.f),
+      tg(groups * G, 0.f);
+  for (int64_t k = 0; k < s.K; ++k) {
+    const int64_t q = k / G, kk = k % G;
+    for (int64_t t = 0; t < taps; ++t) wg[(q * taps + t) * G + kk] = wd[k * taps + t];
+    bg[q * G + kk] = bp ? bp[k] : 0.f;
+    gg[q * G + kk] = gm[k];
+    tg[q * G + kk] = bt[k];
+  }
   at::parallel_for(0, s.N, 1, [&](int64_t n0, int64_t n1) {
-    std::vector<float> xp(s.C * s.Hp * s.Wp), plane(HW), row(s.Wo);
+    std::vector<float> xp(s.C * s.Hp * s.Wp), buf(HW * G), pooled(Hq * Wq * G);
+    double sum[G];
+    float mean[G] = {0.f}, scale[G], shift[G];
     for (int64_t n = n0; n < n1; ++n) {
       pad_image(xd + n * s.C * s.H * s.W, s, xp.data());
-      for (int64_t k = 0; k < s.K; ++k) {
-        conv_plane(xp.data(), wd + 9 * s.C * k, bp ? bp[k] : 0.f, s, plane.data());
-        const double mean = lane_sum(plane.data(), HW, 0.f, false) / HW;
-        const double sq = lane_sum(plane.data(), HW, static_cast<float>(mean), true);
-        const double inv = 1.0 / std::sqrt(sq / HW + eps);
-        const float scale = static_cast<float>(gm[k] * inv);
-        const float shift = static_cast<float>(bt[k] - mean * gm[k] * inv);
-        float* o = nhwc ? od + n * Hq * Wq * s.K + k : od + (n * s.K + k) * Hq * Wq;
-        const int64_t step = nhwc ? s.K : 1;
-        for (int64_t i = 0; i < Hq; ++i) {
-          const float* a = plane.data() + 2 * i * s.Wo;
-          const float* b = a + s.Wo;
-#pragma GCC ivdep
-          for (int64_t j = 0; j < 2 * Wq; ++j)
-            row[j] = std::max(a[j] * scale + shift, 0.f) + std::max(b[j] * scale + shift, 0.f);
-          for (int64_t j = 0; j < Wq; ++j) o[(i * Wq + j) * step] = 0.25f * (row[2 * j] + row[2 * j + 1]);
+      for (int64_t q = 0; q < groups; ++q) {
+        const int64_t k0 = q * G, g = std::min(G, s.K - k0);
+        conv_group(xp.data(), wg.data() + q * taps * G, bg.data() + q * G, s, buf.data());
+        group_sums(buf.data(), s.Ho, s.Wo, mean, false, sum);
+        for (int64_t kk = 0; kk < G; ++kk) mean[kk] = static_cast<float>(sum[kk] / HW);
+        group_sums(buf.data(), s.Ho, s.Wo, mean, true, sum);
+        for (int64_t kk = 0; kk < G; ++kk) {
+          const double inv = 1.0 / std::sqrt(sum[kk] / HW + eps);
+          const double gk = gg[q * G + kk];
+          scale[kk] = static_cast<float>(gk * inv);
+          shift[kk] = static_cast<float>(tg[q * G + kk] - static_cast<double>(mean[kk]) * gk * inv);
         }
+        f8 sc[V], sh[V];
+        for (int64_t v = 0; v < V; ++v) sc[v] = load8(scale + 8 * v), sh[v] = load8(shift + 8 * v);
+        // NHWC: straight into the output; NCHW: into pooled, then transposed out
+        for (int64_t i = 0; i < Hq; ++i) {
+          for (int64_t j = 0; j < Wq; ++j) {
+            if (nhwc && g == G) {
+              pool_group(buf.data(), s.Wo, i, j, sc, sh, od + ((n * Hq + i) * Wq + j) * s.K + k0);
+            } else {
+              float* p = pooled.data() + (i * Wq + j) * G;
+              pool_group(buf.data(), s.Wo, i, j, sc, sh, p);
+              if (nhwc) std::memcpy(od + ((n * Hq + i) * Wq + j) * s.K + k0, p, sizeof(float) * g);
+            }
+          }
+        }
+        if (!nhwc)
+          for (int64_t kk = 0; kk < g; ++kk) {
+            float* o = od + (n * s.K + k0 + kk) * Hq * Wq;
+            for (int64_t p = 0; p < Hq * Wq; ++p) o[p] = pooled[p * G + kk];
+          }
       }
     }
   });

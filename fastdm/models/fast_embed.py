@@ -1,6 +1,7 @@
 """A ConvNet's embedder with its 3x3 convolutions by the native CPU kernels: Winograd for the
-wide layers (fastdm.ops.winograd) and a first layer of few input channels fused with its norm,
-ReLU and pool (fastdm.ops.first_block).
+wide layers (fastdm.ops.winograd), a first layer of few input channels fused with its norm,
+ReLU and pool (fastdm.ops.first_block), and, forward only, the other norm-ReLU-pool blocks on
+NHWC (fastdm.ops.norm_pool).
 
 Only ConvNets (``embed`` = features(x).flatten(1) over one Sequential) take this path; the
 weights are read from the same modules as ``net.embed``, so weights drawn in place each
@@ -8,10 +9,10 @@ iteration reach both, and one compiled graph serves the run."""
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..ops import first_block
+from ..ops.norm_pool import instance_norm_relu_pool
 from ..ops.winograd import eligible, winograd_conv2d, winograd_conv2d_grad
 from .convnet import ConvNet
 from .layers import conv_out
@@ -72,8 +73,8 @@ def tapped_embed(net: nn.Module, layers: tuple[int, ...] = (), taps: tuple[int, 
     slow on channels_last; under torch.compile the copy fuses into them)."""
     chosen, ones, keep = frozenset(layers), frozenset(first), frozenset(taps)
     mods = list(net.features)
-    # instance norm, ReLU, 2x2 average pool in a row (untapped): one block on NHWC (below,
-    # forward only), or with a first-block convolution before it, one native block
+    # instance norm, ReLU, 2x2 average pool in a row (untapped): one native block on NHWC
+    # (forward only), or with a first-block convolution before it, the first block
     fusable = frozenset(i for i in range(len(mods) - 2) if _norm_relu_pool(mods[i:i + 3])
                         and not keep & {i, i + 1})
     fused = frozenset(i for i in ones if i + 1 in fusable and i not in keep)
@@ -94,7 +95,7 @@ def tapped_embed(net: nn.Module, layers: tuple[int, ...] = (), taps: tuple[int, 
                                                          norm.eps, m.padding[0],
                                                          bool(chosen) and not grad), 3
             elif i in blocks:
-                x, skip = instance_norm_relu_pool_nhwc(x, m.weight, m.bias, m.eps), 2
+                x, skip = instance_norm_relu_pool(x, m.weight, m.bias, m.eps), 2
             elif i in wino and grad:
                 x = winograd_conv2d_grad(x, m.weight, m.bias, m.padding[0]).contiguous()
             else:
@@ -118,24 +119,6 @@ def _norm_relu_pool(ms) -> bool:
     return (isinstance(norm, nn.GroupNorm) and norm.num_groups == norm.num_channels and norm.affine
             and type(act) is nn.ReLU and type(pool) is nn.AvgPool2d and pool.kernel_size in (2, (2, 2))
             and pool.stride in (2, (2, 2)) and pool.padding in (0, (0, 0)))
-
-
-def instance_norm_relu_pool_nhwc(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
-                                 eps: float) -> torch.Tensor:
-    """GroupNorm(C, C) (instance norm), ReLU and 2x2 average pooling of an NHWC tensor, forward
-    only. PyTorch's CPU GroupNorm on channels_last measured 4.6x slower than on NCHW (its
-    statistics reduce across the channel-minor layout); here they are sums along H x W of the
-    [N, HW, C] view, which vectorise over C, and the normalisation, affine and ReLU run in
-    place on one temporary."""
-    n, c, h, w = x.shape
-    v = x.permute(0, 2, 3, 1).reshape(n, h * w, c)  # a view of the NHWC storage
-    mean = v.sum(1, keepdim=True).div_(h * w)
-    centred = v - mean
-    # two passes (centred, then its norm) as GroupNorm's own: no E[x^2] - E[x]^2 cancellation
-    var = torch.linalg.vector_norm(centred, dim=1, keepdim=True).square_().div_(h * w)
-    scale = var.add_(eps).rsqrt_().mul_(weight)
-    centred.mul_(scale).add_(bias).relu_()
-    return F.avg_pool2d(centred.view(n, h, w, c).permute(0, 3, 1, 2), 2)
 
 
 def winograd_embed(net: nn.Module, layers: tuple[int, ...], first: tuple[int, ...] = ()):
