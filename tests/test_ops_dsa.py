@@ -96,7 +96,9 @@ def test_each_op_matches_the_torch_path(op, shape):
     check(x, random_table((op,), "S", groups, shape[2:], gen, wide=True), group, seed)
 
 
-@pytest.mark.parametrize("strategy", [FULL, "scale_rotate_crop", "crop_color", "flip_cutout_crop_rotate"])
+# the full strategy in the quick tier; the other combinations (2-5 s each in the interpreter) slow
+@pytest.mark.parametrize("strategy", [FULL] + [pytest.param(s, marks=pytest.mark.slow) for s in
+                                               ("scale_rotate_crop", "crop_color", "flip_cutout_crop_rotate")])
 @pytest.mark.parametrize("mode", ["S", "M"])
 # 32 x 32 in the slow tier: the quick tier has 32 x 32 in the per-op and DM-chunk tests
 @pytest.mark.parametrize("shape", [pytest.param((4, 3, 7, 9), id="7x9"),

@@ -47,6 +47,7 @@ def test_bf16_loss_and_gradient_match_fp32(data):
         assert not torch.equal(ga, gb)  # bf16 really ran
 
 
+@pytest.mark.slow  # 7 s; the quick tier runs bf16 end to end (test_cli_records_precision)
 def test_bf16_features_are_bf16_and_sums_fp32(data):
     e = engine_for(data, precision="bf16")
     x = torch.randn(5, 3, 32, 32)
