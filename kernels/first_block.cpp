@@ -243,17 +243,18 @@ inline void conv_group(const float* xp, const float* wg, const float* bg, const 
   }
 }
 
-// Per channel of the group: sum over the pixels of buf[p * G + kk] - centre[kk] (squared if
-// squares), a row at a time in float, the rows added in double.
+// Per channel of the group: sum over the pixels of buf[p * G + kk], or with a centre, of
+// (buf[p * G + kk] - centre[kk])^2; a row at a time in float, the rows added in double.
 inline void group_sums(const float* buf, int64_t rows, int64_t cols, const float* centre,
-                       bool squares, double* total) {
+                       double* total) {
   for (int64_t kk = 0; kk < G; ++kk) total[kk] = 0.0;
-  f8 m[V];
-  for (int64_t v = 0; v < V; ++v) m[v] = load8(centre + 8 * v);
+  f8 m[V] = {};
+  if (centre)
+    for (int64_t v = 0; v < V; ++v) m[v] = load8(centre + 8 * v);
   for (int64_t y = 0; y < rows; ++y) {
     f8 r[V] = {};
     const float* b = buf + y * cols * G;
-    if (squares) {
+    if (centre) {
       for (int64_t x = 0; x < cols; ++x)
         for (int64_t v = 0; v < V; ++v) {
           const f8 d = load8(b + x * G + 8 * v) - m[v];
@@ -307,33 +308,31 @@ void first_block(const at::Tensor& x, const at::Tensor& weight,
   const float* bt = beta.data_ptr<float>();
   float* od = out.data_ptr<float>();
   const int64_t HW = s.Ho * s.Wo, groups = (s.K + G - 1) / G, taps = 9 * s.C;
-  // the weights, biases and norm parameters per group, channel-minor and zero-padded to G
-  std::vector<float> wg(groups * taps * G, 0.f), bg(groups * G, 0.f), gg(groups * G, 0.f),
-      tg(groups * G, 0.f);
+  // the weights and biases per group, channel-minor and zero-padded to G
+  std::vector<float> wg(groups * taps * G, 0.f), bg(groups * G, 0.f);
   for (int64_t k = 0; k < s.K; ++k) {
     const int64_t q = k / G, kk = k % G;
     for (int64_t t = 0; t < taps; ++t) wg[(q * taps + t) * G + kk] = wd[k * taps + t];
     bg[q * G + kk] = bp ? bp[k] : 0.f;
-    gg[q * G + kk] = gm[k];
-    tg[q * G + kk] = bt[k];
   }
   at::parallel_for(0, s.N, 1, [&](int64_t n0, int64_t n1) {
     std::vector<float> xp(s.C * s.Hp * s.Wp), buf(HW * G), pooled(Hq * Wq * G);
     double sum[G];
-    float mean[G] = {0.f}, scale[G], shift[G];
+    // a short last group's padding lanes keep finite values and are never written out
+    float mean[G] = {0.f}, scale[G] = {0.f}, shift[G] = {0.f};
     for (int64_t n = n0; n < n1; ++n) {
       pad_image(xd + n * s.C * s.H * s.W, s, xp.data());
       for (int64_t q = 0; q < groups; ++q) {
         const int64_t k0 = q * G, g = std::min(G, s.K - k0);
         conv_group(xp.data(), wg.data() + q * taps * G, bg.data() + q * G, s, buf.data());
-        group_sums(buf.data(), s.Ho, s.Wo, mean, false, sum);
+        group_sums(buf.data(), s.Ho, s.Wo, nullptr, sum);
         for (int64_t kk = 0; kk < G; ++kk) mean[kk] = static_cast<float>(sum[kk] / HW);
-        group_sums(buf.data(), s.Ho, s.Wo, mean, true, sum);
-        for (int64_t kk = 0; kk < G; ++kk) {
+        group_sums(buf.data(), s.Ho, s.Wo, mean, sum);
+        for (int64_t kk = 0; kk < g; ++kk) {
           const double inv = 1.0 / std::sqrt(sum[kk] / HW + eps);
-          const double gk = gg[q * G + kk];
+          const double gk = gm[k0 + kk];
           scale[kk] = static_cast<float>(gk * inv);
-          shift[kk] = static_cast<float>(tg[q * G + kk] - static_cast<double>(mean[kk]) * gk * inv);
+          shift[kk] = static_cast<float>(bt[k0 + kk] - static_cast<double>(mean[kk]) * gk * inv);
         }
         f8 sc[V], sh[V];
         for (int64_t v = 0; v < V; ++v) sc[v] = load8(scale + 8 * v), sh[v] = load8(shift + 8 * v);

@@ -1,11 +1,11 @@
 """The first block of a ConvNet on images of few channels (1 to 4: MNIST's gray, CIFAR's RGB) by
 native CPU kernels (kernels/first_block.cpp): 3x3 convolution -> GroupNorm(K, K) -> ReLU -> 2x2
-average pool in one pass per (image, output channel) plane, and its backward to the block's
-parameters (not to the images).
+average pool, per image for 32 output channels at a time, and its backward to the block's
+parameters (not to the images), per (image, output channel) plane.
 
 Why: the modules write the convolution's full-size output (128 x 32 x 32 floats per image, 335 MB
 for a 640-image real batch) and read it back for the norm, the ReLU and the pool; the block keeps
-each plane in L1 and writes the pooled quarter: 40 ms against 288 ms for 500 MNIST images on the
+each group's output in cache and writes the pooled quarter: 40 ms against 288 ms for 500 MNIST images on the
 2-core CPU (benchmarks/RESULTS.md, issue 23). The backward recomputes each plane instead of
 keeping the full-size activations, and replaces five passes of the modules' backward (pool,
 ReLU, GroupNorm, convolution, and the zero fill) over that full-size gradient. Used by the real
