@@ -12,7 +12,8 @@ ncfm); bank-based presets read the bank BANKS/DATASET (fastdm pretrain).
 Every cell condenses with the method's preset (``--method``), except what the schedule fixes
 for all (iterations, real batch, factor), then evaluates with DM's protocol (the dataset's DSA
 strategy in mode S for every method, so that only the set differs). Cells are resumable: a
-cell whose result.json exists is read, not rerun. The markdown table goes to OUT/table.md.
+cell whose result.json exists is read, not rerun; an interrupted condensation resumes from its
+checkpoint, and a finished one whose evaluation was cut off is evaluated, not condensed again. The markdown table goes to OUT/table.md.
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ import os
 import sys
 import time
 
+from fastdm.checkpoint import has_checkpoint
 from fastdm.condense_job import condense_dataset
 from fastdm.config import CondenseConfig
 from fastdm.data import load_dataset
@@ -64,6 +66,19 @@ def method_settings(args, dataset: str, spec: str) -> dict:
     return settings
 
 
+def _finished_run(out: str, cfg: CondenseConfig) -> dict | None:
+    """The metrics of a condensation that finished in ``out`` with ``cfg``'s schedule, or None."""
+    path = os.path.join(out, "metrics.json")
+    if has_checkpoint(out) or not os.path.isfile(os.path.join(out, "synset.pt")) \
+            or not os.path.isfile(path):
+        return None
+    with open(path) as fh:
+        m = json.load(fh)
+    keys = ("dataset", "ipc", "factor", "iterations", "batch_real", "seed", "method")
+    same = all(m["config"].get(k) == getattr(cfg, k) for k in keys)
+    return m if same else None
+
+
 def cell(args, dataset, ipc, method, factor, strategy) -> dict:
     out = os.path.join(args.out, f"{dataset}_ipc{ipc}_{method}_f{factor}")
     path = os.path.join(out, "result.json")
@@ -74,13 +89,16 @@ def cell(args, dataset, ipc, method, factor, strategy) -> dict:
         dataset=dataset, data_root=args.data_root, download=True, ipc=ipc, factor=factor,
         iterations=args.iterations, batch_real=args.batch_real, seed=args.seed,
         device=args.device), **method_settings(args, dataset, method), **_overrides(args.set)})
-    t0 = time.perf_counter()
-    res = condense_dataset(cfg, out, overwrite=True, progress=False)
-    condense_s = time.perf_counter() - t0
+    m, condense_s = _finished_run(out, cfg), None
+    if m is None:  # a checkpoint resumes; a finished run whose evaluation was cut off is kept
+        resume = has_checkpoint(out)
+        t0 = time.perf_counter()
+        m = condense_dataset(cfg, out, resume=resume, overwrite=not resume,
+                             progress=False)["metrics"]
+        condense_s = time.perf_counter() - t0
     ev = evaluate_synset(os.path.join(out, "synset.pt"), models=args.models, epochs=args.epochs,
                          strategy=strategy, aug_mode="S", seed=args.seed, device=args.device,
                          progress=False, data_root=args.data_root, download=True)
-    m = res["metrics"]
     row = {"dataset": dataset, "ipc": ipc, "method": method, "factor": factor,
            "acc_mean": ev["acc_mean"], "acc_std": ev["acc_std"], "accs": ev["accs"],
            "per_iteration_s": m["timings"]["per_iteration_s"], "condense_s": condense_s,

@@ -31,6 +31,14 @@ def test_family_table_runs_cells_and_resumes(tmp_path, capsys):
     (tmp_path / "t" / "digits_ipc1_dm_f2" / "synset.pt").unlink()  # read back, not rerun
     assert family_table.main(args) == 0
     assert not (tmp_path / "t" / "digits_ipc1_dm_f2" / "synset.pt").exists()
+    # a finished condensation whose evaluation was cut off is evaluated, not condensed again
+    (tmp_path / "t" / "digits_ipc1_dm_f1" / "result.json").unlink()
+    synset = tmp_path / "t" / "digits_ipc1_dm_f1" / "synset.pt"
+    before = synset.stat().st_mtime_ns
+    assert family_table.main(args) == 0
+    assert synset.stat().st_mtime_ns == before
+    again = json.loads((tmp_path / "t" / "digits_ipc1_dm_f1" / "result.json").read_text())
+    assert again["condense_s"] is None and again["per_iteration_s"] > 0
 
 
 @pytest.mark.slow  # condenses and evaluates table cells (3 s each)
