@@ -82,7 +82,8 @@ class DMEngine:
         wino, first = plan.winograd_layers, plan.first_block_layers
         self.embed = compiled(tapped_embed(self.net, wino, taps, tap, grad=True)
                               if taps or wino else self.net.embed)
-        self.real_embed = compiled(tapped_embed(self.net, wino, taps, tap, first)) \
+        self.real_embed = compiled(tapped_embed(self.net, wino, taps, tap, first,
+                                                tap_sums=self.objective.tap_sums())) \
             if wino or first else self.embed
         self.optimizer = ImageOptimizer(cfg, data.mean, data.std, self.device)
         self.plateau = Plateau(self.optimizer, cfg.lr_plateau) if cfg.lr_plateau else None

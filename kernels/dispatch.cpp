@@ -27,14 +27,16 @@ namespace fastdm {
   void first_block(const at::Tensor& x, const at::Tensor& weight,                   \
                               const std::optional<at::Tensor>& bias, const at::Tensor& gamma,  \
                               const at::Tensor& beta, double eps, const at::Tensor& out,       \
-                              int64_t pad, bool nhwc);                                         \
+                              int64_t pad, bool nhwc, const std::optional<at::Tensor>& chansum, \
+                              double power);                                                   \
   void first_block_backward(                                                        \
       const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,    \
       const at::Tensor& gamma, const at::Tensor& beta, double eps, int64_t pad,                \
       const at::Tensor& gout, const at::Tensor& gw, const std::optional<at::Tensor>& gb,       \
       const at::Tensor& ggamma, const at::Tensor& gbeta);                                      \
   void norm_relu_pool_nhwc(const at::Tensor& x, const at::Tensor& gamma,                       \
-                           const at::Tensor& beta, double eps, const at::Tensor& out);         \
+                           const at::Tensor& beta, double eps, const at::Tensor& out,          \
+                           const std::optional<at::Tensor>& chansum, double power);            \
   }
 FASTDM_DECLARE(generic)
 #ifdef FASTDM_HAVE_AVX2
@@ -137,8 +139,8 @@ void output_transform(const at::Tensor& Mm, const std::optional<at::Tensor>& bia
 void first_block(const at::Tensor& x, const at::Tensor& weight,
                             const std::optional<at::Tensor>& bias, const at::Tensor& gamma,
                             const at::Tensor& beta, double eps, const at::Tensor& out, int64_t pad,
-                            bool nhwc) {
-  FASTDM_DISPATCH(first_block, x, weight, bias, gamma, beta, eps, out, pad, nhwc)
+                            bool nhwc, const std::optional<at::Tensor>& chansum, double power) {
+  FASTDM_DISPATCH(first_block, x, weight, bias, gamma, beta, eps, out, pad, nhwc, chansum, power)
 }
 
 void first_block_backward(const at::Tensor& x, const at::Tensor& weight,
@@ -152,8 +154,9 @@ void first_block_backward(const at::Tensor& x, const at::Tensor& weight,
 }
 
 void norm_relu_pool_nhwc(const at::Tensor& x, const at::Tensor& gamma, const at::Tensor& beta,
-                         double eps, const at::Tensor& out) {
-  FASTDM_DISPATCH(norm_relu_pool_nhwc, x, gamma, beta, eps, out)
+                         double eps, const at::Tensor& out, const std::optional<at::Tensor>& chansum,
+                         double power) {
+  FASTDM_DISPATCH(norm_relu_pool_nhwc, x, gamma, beta, eps, out, chansum, power)
 }
 
 std::string isa_name() {
@@ -174,11 +177,11 @@ TORCH_LIBRARY(fastdm_native, m) {
         &fastdm::input_transform);
   m.def("winograd_output_transform(Tensor m, Tensor? bias, Tensor(a!) out, int th, int tw) -> ()",
         &fastdm::output_transform);
-  m.def("first_block(Tensor x, Tensor weight, Tensor? bias, Tensor gamma, Tensor beta, float eps, Tensor(a!) out, int pad, bool nhwc) -> ()",
+  m.def("first_block(Tensor x, Tensor weight, Tensor? bias, Tensor gamma, Tensor beta, float eps, Tensor(a!) out, int pad, bool nhwc, Tensor(b!)? chansum, float power) -> ()",
         &fastdm::first_block);
   m.def("first_block_backward(Tensor x, Tensor weight, Tensor? bias, Tensor gamma, Tensor beta, float eps, int pad, Tensor gout, Tensor(a!) gw, Tensor(b!)? gb, Tensor(c!) ggamma, Tensor(d!) gbeta) -> ()",
         &fastdm::first_block_backward);
-  m.def("norm_relu_pool_nhwc(Tensor x, Tensor gamma, Tensor beta, float eps, Tensor(a!) out) -> ()",
+  m.def("norm_relu_pool_nhwc(Tensor x, Tensor gamma, Tensor beta, float eps, Tensor(a!) out, Tensor(b!)? chansum, float power) -> ()",
         &fastdm::norm_relu_pool_nhwc);
   m.def("isa() -> str", &fastdm::isa_name);
   m.def("build_info() -> str", &fastdm::build_info);

@@ -285,17 +285,43 @@ inline void pool_group(const float* buf, int64_t Wo, int64_t i, int64_t j, const
   }
 }
 
+// Adds to sums[p], at every pixel, the group's sum over its first g channels of
+// relu(buf * scale + shift)^power (the channel sums of DataDAM's attention map).
+inline void add_channel_sums(const float* buf, int64_t HW, int64_t g, const f8* scale,
+                             const f8* shift, bool linear, float power, float* sums) {
+  const f8 zero = {};
+  for (int64_t p = 0; p < HW; ++p) {
+    const float* b = buf + p * G;
+    if (linear) {  // the padding lanes of a short group are relu(0 * 0 + 0) = 0
+      f8 acc = {};
+      for (int64_t v = 0; v < V; ++v) {
+        const f8 z = load8(b + 8 * v) * scale[v] + shift[v];
+        acc += z > zero ? z : zero;
+      }
+      sums[p] += ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
+    } else {
+      float acc = 0.f;
+      for (int64_t kk = 0; kk < g; ++kk) {
+        const float z = b[kk] * scale[kk / 8][kk % 8] + shift[kk / 8][kk % 8];
+        acc += z > 0.f ? std::pow(z, power) : 0.f;
+      }
+      sums[p] += acc;
+    }
+  }
+}
+
 }  // namespace
 
 // out = avg_pool2d(relu(group_norm(conv2d(x, weight, bias, pad), K groups, gamma, beta, eps)), 2)
 // as [N, Ho/2, Wo/2, K] (nhwc) or [N, K, Ho/2, Wo/2]. Per image, G output channels at a time:
 // their convolution at every pixel (vectorised along the channels), their statistics (two
 // passes: mean, then the centred sum of squares, as GroupNorm's own), then normalise, ReLU and
-// pool into the output.
+// pool into the output. chansum (optional) [N, Ho, Wo]: sum over the K channels of
+// relu(y)^power at every pre-pool pixel (DataDAM's attention map, before its normalisation).
 void first_block(const at::Tensor& x, const at::Tensor& weight,
                             const std::optional<at::Tensor>& bias, const at::Tensor& gamma,
                             const at::Tensor& beta, double eps, const at::Tensor& out, int64_t pad,
-                            bool nhwc) {
+                            bool nhwc, const std::optional<at::Tensor>& chansum, double power) {
   const Shape s = block_shape(x, weight, pad, gamma, beta);
   check_f32(out, "out", 4);
   const int64_t Hq = s.Ho / 2, Wq = s.Wo / 2;
@@ -307,6 +333,7 @@ void first_block(const at::Tensor& x, const at::Tensor& weight,
   const float* gm = gamma.data_ptr<float>();
   const float* bt = beta.data_ptr<float>();
   float* od = out.data_ptr<float>();
+  float* sd = chansum_ptr(chansum, s.N, s.Ho, s.Wo, power);
   const int64_t HW = s.Ho * s.Wo, groups = (s.K + G - 1) / G, taps = 9 * s.C;
   // the weights and biases per group, channel-minor and zero-padded to G
   std::vector<float> wg(groups * taps * G, 0.f), bg(groups * G, 0.f);
@@ -318,10 +345,11 @@ void first_block(const at::Tensor& x, const at::Tensor& weight,
   at::parallel_for(0, s.N, 1, [&](int64_t n0, int64_t n1) {
     std::vector<float> xp(s.C * s.Hp * s.Wp), buf(HW * G), pooled(Hq * Wq * G);
     double sum[G];
-    // a short last group's padding lanes keep finite values and are never written out
+    // a short last group's padding lanes are zero (relu(0) adds nothing to the channel sums)
     float mean[G] = {0.f}, scale[G] = {0.f}, shift[G] = {0.f};
     for (int64_t n = n0; n < n1; ++n) {
       pad_image(xd + n * s.C * s.H * s.W, s, xp.data());
+      if (sd) std::fill(sd + n * HW, sd + (n + 1) * HW, 0.f);
       for (int64_t q = 0; q < groups; ++q) {
         const int64_t k0 = q * G, g = std::min(G, s.K - k0);
         conv_group(xp.data(), wg.data() + q * taps * G, bg.data() + q * G, s, buf.data());
@@ -334,8 +362,11 @@ void first_block(const at::Tensor& x, const at::Tensor& weight,
           scale[kk] = static_cast<float>(gk * inv);
           shift[kk] = static_cast<float>(bt[k0 + kk] - static_cast<double>(mean[kk]) * gk * inv);
         }
+        for (int64_t kk = g; kk < G; ++kk) scale[kk] = shift[kk] = 0.f;  // (the channel sums')
         f8 sc[V], sh[V];
         for (int64_t v = 0; v < V; ++v) sc[v] = load8(scale + 8 * v), sh[v] = load8(shift + 8 * v);
+        if (sd) add_channel_sums(buf.data(), HW, g, sc, sh, power == 1.0, static_cast<float>(power),
+                                 sd + n * HW);
         // NHWC: straight into the output; NCHW: into pooled, then transposed out
         for (int64_t i = 0; i < Hq; ++i) {
           for (int64_t j = 0; j < Wq; ++j) {

@@ -32,6 +32,19 @@ inline void check_f32(const at::Tensor& t, const char* name, int64_t dim) {
   TORCH_CHECK(t.dim() == dim, name, " must have ", dim, " dimensions");
 }
 
+// The optional per-pixel channel sums a block may write beside its output (DataDAM's attention
+// maps before their normalisation: sum over channels of relu(y)^power): float32 [N, H, W]
+// contiguous, or nullptr when not asked for.
+inline float* chansum_ptr(const std::optional<at::Tensor>& t, int64_t N, int64_t H, int64_t W,
+                          double power) {
+  if (!t.has_value() || !t->defined()) return nullptr;
+  check_f32(*t, "chansum", 3);
+  TORCH_CHECK(t->size(0) == N && t->size(1) == H && t->size(2) == W,
+              "chansum must be [N, H, W] of the block's pre-pool output");
+  TORCH_CHECK(power > 0, "the channel sums' power must be positive");
+  return t->data_ptr<float>();
+}
+
 }  // namespace
 }  // namespace FASTDM_ISA
 }  // namespace fastdm

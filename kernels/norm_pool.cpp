@@ -2,7 +2,9 @@
 // tensor, forward only: the ConvNet blocks after a Winograd convolution in the real branch and
 // the test pass. Per image, three passes over its [H*W, C] rows while they sit in L2 (the
 // channel sums, the centred squares, then normalise + ReLU + pool), each vectorised along C;
-// only the pooled quarter is written. The same steps in torch allocate and fill two full-size
+// only the pooled quarter is written. Optionally a fourth pass writes each pixel's sum over the
+// channels of relu(y)^power (DataDAM's attention map of the block, before its normalisation), so
+// that a tapped block stays one native call. The same steps in torch allocate and fill two full-size
 // temporaries per block (benchmarks/RESULTS.md, issue 23).
 //
 // Compiled once per instruction set, as the other kernels (CMakeLists.txt, kernels/dispatch.cpp).
@@ -22,8 +24,10 @@ namespace FASTDM_ISA {
 // scale = gamma / sqrt(var + eps), statistics per (n, c) over H x W (sums in double, the
 // variance from the centred values: GroupNorm's two passes). x [N, H, W, C] and out
 // [N, H/2, W/2, C] contiguous (floor pooling: an odd last row or column is dropped).
+// chansum (optional) [N, H, W]: sum over c of relu(y)^power at every pixel, the dropped ones too.
 void norm_relu_pool_nhwc(const at::Tensor& x, const at::Tensor& gamma, const at::Tensor& beta,
-                         double eps, const at::Tensor& out) {
+                         double eps, const at::Tensor& out, const std::optional<at::Tensor>& chansum,
+                         double power) {
   check_f32(x, "x", 4);
   check_f32(gamma, "gamma", 1);
   check_f32(beta, "beta", 1);
@@ -38,6 +42,9 @@ void norm_relu_pool_nhwc(const at::Tensor& x, const at::Tensor& gamma, const at:
   const float* gm = gamma.data_ptr<float>();
   const float* bt = beta.data_ptr<float>();
   float* od = out.data_ptr<float>();
+  float* sd = chansum_ptr(chansum, N, H, W, power);
+  const bool linear = power == 1.0;
+  const float pw = static_cast<float>(power);
   at::parallel_for(0, N, 1, [&](int64_t n0, int64_t n1) {
     std::vector<double> acc(C);
     std::vector<float> mean(C), scale(C);
@@ -75,6 +82,26 @@ void norm_relu_pool_nhwc(const at::Tensor& x, const at::Tensor& gamma, const at:
             o[c] = 0.25f * ((std::max((a[c] - m) * s + t, 0.f) + std::max((b[c] - m) * s + t, 0.f)) +
                             (std::max((d[c] - m) * s + t, 0.f) + std::max((e[c] - m) * s + t, 0.f)));
           }
+        }
+      }
+      if (sd) {
+        float* sn = sd + n * HW;
+        for (int64_t p = 0; p < HW; ++p) {
+          const float* v = xn + p * C;
+          // eight partial sums (vectorisable without reassociating one float sum)
+          float part[8] = {0.f};
+          int64_t c = 0;
+          if (linear) {
+            for (; c + 8 <= C; c += 8)
+#pragma GCC unroll 8
+              for (int l = 0; l < 8; ++l)
+                part[l] += std::max((v[c + l] - mean[c + l]) * scale[c + l] + bt[c + l], 0.f);
+          }
+          for (; c < C; ++c) {
+            const float r = std::max((v[c] - mean[c]) * scale[c] + bt[c], 0.f);
+            part[c & 7] += linear ? r : std::pow(r, pw);
+          }
+          sn[p] = ((part[0] + part[1]) + (part[2] + part[3])) + ((part[4] + part[5]) + (part[6] + part[7]));
         }
       }
     }

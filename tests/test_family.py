@@ -222,6 +222,37 @@ def test_datadam_loss_is_datadams(data):
     torch.testing.assert_close(grad.double(), g_want, rtol=1e-3, atol=1e-7)
 
 
+@pytest.mark.skipif(__import__("fastdm.native", fromlist=["x"]).unavailable() is not None,
+                    reason="native kernels unavailable")
+def test_datadam_real_branch_takes_its_maps_from_the_native_blocks(monkeypatch):
+    """With conv auto on the CPU, the real branch's first block and the norm-ReLU-pool block
+    after a Winograd layer write the tapped ReLUs' channel sums (the activations are never
+    formed), and the loss and gradient agree with the modules' (conv direct)."""
+    import fastdm.models.fast_embed as fe
+    from conftest import make_dataset
+    from fastdm.ops import first_block as C
+    monkeypatch.delenv("FASTDM_BACKEND", raising=False)
+    data = make_dataset(channels=1, size=(12, 12))
+    powers = []
+    real_first, real_block = C.first_block, fe.instance_norm_relu_pool
+    monkeypatch.setattr(C, "first_block", lambda *a, **k: powers.append(
+        ("first", k.get("channel_power"))) or real_first(*a, **k))
+    monkeypatch.setattr(fe, "instance_norm_relu_pool", lambda *a, **k: powers.append(
+        ("block", k.get("channel_power"))) or real_block(*a, **k))
+    kw = dict(objective="datadam", model="ConvNetW32", ipc=2, batch_real=7, class_chunk=3,
+              compile="off", device="cpu")
+    e, d = engine_for(data, **kw), engine_for(data, conv="direct", **kw)
+    assert e.plan.first_block_layers == (0,) and 4 in e.plan.winograd_layers
+    images = e.initial_state().images
+    got = e.loss_and_grad(images, 3)
+    # two chunks, each: the first block with relu 2's sums, the block at norm 5 with relu 6's,
+    # the block at norm 9 (untapped) without
+    assert powers == [("first", 1.0), ("block", 1.0), ("block", None)] * 2
+    want = d.loss_and_grad(images, 3)
+    torch.testing.assert_close(got[0], want[0], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(got[1], want[1], rtol=1e-3, atol=1e-6)
+
+
 def test_datadam_needs_feature_blocks(data):
     with pytest.raises(FastDMError, match="needs a model whose feature blocks"):
         engine_for(data, objective="datadam", model="MLP")

@@ -84,6 +84,31 @@ def test_block_matches_the_modules_in_float64(shape, channels_last):
     assert _rel(got, ref) < 2e-6
 
 
+@pytest.mark.parametrize("shape", [(3, 3, 40, 9, 11, 1), (2, 1, 128, 12, 12, 1), (1, 2, 32, 7, 6, 0)])
+@pytest.mark.parametrize("power", [1.0, 2.0])
+def test_block_channel_sums_match_the_modules_in_float64(shape, power):
+    """DataDAM's channel sums of relu(y)^p at every pre-pool pixel (an odd last row and column
+    too), with a short last group of channels (40 = 32 + 8)."""
+    n, c, k, h, w, pad = shape
+    x, wt, b = _case(n, c, k, h, w, seed=sum(shape) + 7)
+    g = torch.Generator().manual_seed(5)
+    gamma, beta = torch.rand(k, generator=g, dtype=torch.float64) + 0.5, torch.randn(k, generator=g, dtype=torch.float64)
+    ref, ref_sums = C.reference_first_block(x, wt, b, gamma, beta, 1e-5, pad, channel_power=power)
+    for channels_last in (False, True):
+        got, sums = C.first_block(*(t.float() for t in (x, wt, b, gamma, beta)), 1e-5, pad,
+                                  channels_last, channel_power=power)
+        assert _rel(got, ref) < 2e-6 and sums.shape == ref_sums.shape == (n, h + 2 * pad - 2, w + 2 * pad - 2)
+        assert _rel(sums, ref_sums) < 2e-6
+    with pytest.raises(FastDMError, match="channel_power must be positive"):
+        C.first_block(*(t.float() for t in (x, wt, b, gamma, beta)), 1e-5, pad, channel_power=0)
+    with pytest.raises(FastDMError, match="forward only"):
+        C.first_block(x.float(), wt.float().requires_grad_(), None, gamma.float(), beta.float(),
+                      1e-5, pad, channel_power=1.0)
+    torch.library.opcheck(C._block_sums, (x.float(), wt.float(), b.float(), gamma.float(),
+                                          beta.float(), 1e-5, pad, True, power),
+                          test_utils=("test_schema", "test_faketensor"))
+
+
 def test_block_with_a_constant_plane_and_large_offsets():
     # a zero weight gives constant planes (variance 0: eps alone); a large bias tests the
     # two-pass statistics (no E[x^2] - E[x]^2 cancellation)
@@ -245,7 +270,7 @@ def test_a_tapped_first_norm_keeps_the_modules(monkeypatch):
     net = build_model("ConvNet", 1, 10, (12, 12), 0, 1)
     calls = []
     real = C.first_block
-    monkeypatch.setattr(C, "first_block", lambda *a: calls.append(1) or real(*a))
+    monkeypatch.setattr(C, "first_block", lambda *a, **k: calls.append(1) or real(*a, **k))
     x = torch.randn(3, 1, 12, 12)
     with torch.no_grad():
         emb, norm = fe.tapped_embed(net, first=(0,), taps=(1,), tap=torch.clone)(x)  # ReLU is in place
@@ -271,7 +296,7 @@ def test_engine_takes_the_native_paths_in_both_branches_and_agrees_with_direct(m
     calls = {"block": 0, "grad": 0}
     real_block, real_grad = C.first_block, fast_embed.winograd_conv2d_grad
     monkeypatch.setattr(C, "first_block",
-                        lambda *a: calls.__setitem__("block", calls["block"] + 1) or real_block(*a))
+                        lambda *a, **k: calls.__setitem__("block", calls["block"] + 1) or real_block(*a, **k))
     monkeypatch.setattr(fast_embed, "winograd_conv2d_grad",
                         lambda *a: calls.__setitem__("grad", calls["grad"] + 1) or real_grad(*a))
     monkeypatch.setattr(fast_embed, "GRAD_MIN_BATCH", 1)  # the test's batches are small

@@ -36,6 +36,25 @@ def test_block_matches_the_modules_in_float64(shape, channels_last):
     torch.testing.assert_close(got.double(), want, atol=2e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("shape", [(3, 5, 7, 9), (2, 128, 14, 14), (1, 33, 5, 4), (4, 7, 3, 11)])
+@pytest.mark.parametrize("power", [1.0, 3.0])
+def test_channel_sums_match_the_modules_in_float64(shape, power):
+    """DataDAM's channel sums of relu(y)^p at every pre-pool pixel, odd last rows and columns
+    (which the pool drops) included."""
+    x, gamma, beta = _case(shape, sum(shape) + 3, offset=1.0)
+    want, want_sums = P.reference_instance_norm_relu_pool(x, gamma, beta, 1e-5, channel_power=power)
+    got, sums = P.instance_norm_relu_pool(x.float().contiguous(memory_format=torch.channels_last),
+                                          gamma.float(), beta.float(), 1e-5, channel_power=power)
+    torch.testing.assert_close(got.double(), want, atol=2e-5, rtol=1e-5)
+    assert sums.shape == (shape[0], shape[2], shape[3]) and sums.dtype == torch.float32
+    torch.testing.assert_close(sums.double(), want_sums, atol=1e-5, rtol=2e-6)
+    with pytest.raises(FastDMError, match="channel_power must be positive"):
+        P.instance_norm_relu_pool(x.float(), gamma.float(), beta.float(), channel_power=-1.0)
+    torch.library.opcheck(P._block_sums, (x.float().contiguous(memory_format=torch.channels_last),
+                                          gamma.float(), beta.float(), 1e-5, power),
+                          test_utils=("test_schema", "test_faketensor"))
+
+
 def test_constant_planes_and_eps():
     """A constant plane has zero variance: eps alone sets the scale, as GroupNorm's."""
     x = torch.full((2, 3, 4, 6), 5.0)
@@ -72,7 +91,8 @@ def test_the_test_pass_takes_the_block(monkeypatch):
     from fastdm.models import build_model
     net = build_model("ConvNet", 1, 10, (28, 28), 0, 1).eval()
     calls, real = [], fe.instance_norm_relu_pool
-    monkeypatch.setattr(fe, "instance_norm_relu_pool", lambda *a: calls.append(a[0].shape) or real(*a))
+    monkeypatch.setattr(fe, "instance_norm_relu_pool",
+                        lambda *a, **k: calls.append(a[0].shape) or real(*a, **k))
     x = torch.randn(5, 1, 28, 28)
     with torch.no_grad():
         embed = fe.winograd_embed(net, fe.winograd_layers(net, (28, 28)), fe.first_block_layers(net))

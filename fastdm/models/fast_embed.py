@@ -55,7 +55,7 @@ GRAD_MIN_BATCH = 32
 
 
 def tapped_embed(net: nn.Module, layers: tuple[int, ...] = (), taps: tuple[int, ...] = (),
-                 tap=None, first: tuple[int, ...] = (), grad: bool = False):
+                 tap=None, first: tuple[int, ...] = (), grad: bool = False, tap_sums=None):
     """``net.embed`` (a ConvNet's: features(x).flatten(1)) with the convolutions at ``layers``
     computed by Winograd and the outputs of the modules at ``taps`` returned after the
     embedding: (embedding, *tapped) when there are taps, each passed through ``tap`` if given
@@ -68,17 +68,27 @@ def tapped_embed(net: nn.Module, layers: tuple[int, ...] = (), taps: tuple[int, 
     the images). ``grad=False`` (forward only): with Winograd layers the embedder runs in NHWC
     throughout: the other convolutions (an RGB first layer) measured 1.6x faster on
     channels_last input than on NCHW, and the Winograd op reads and writes NHWC.
+    ``tap_sums`` (p, finish), forward only: ``tap(a)`` equals ``finish(sum over channels of
+    |a|^p)`` (DataDAM's attention maps), so a tapped ReLU inside a native block costs the block
+    only its channel sums: the block stays one native call and the activation is never formed.
     ``grad=True``: gradients flow (to the input and the weights), and each Winograd layer's
     output goes back to NCHW for the modules after it (PyTorch's GroupNorm and its backward are
     slow on channels_last; under torch.compile the copy fuses into them)."""
     chosen, ones, keep = frozenset(layers), frozenset(first), frozenset(taps)
     mods = list(net.features)
-    # instance norm, ReLU, 2x2 average pool in a row (untapped): one native block on NHWC
-    # (forward only), or with a first-block convolution before it, the first block
+    # instance norm, ReLU, 2x2 average pool in a row (untapped, or a tapped ReLU whose channel
+    # sums the block writes): one native block on NHWC (forward only), or with a first-block
+    # convolution before it, the first block
+    sums = tap_sums if not grad else None  # (the blocks' channel sums are forward only)
     fusable = frozenset(i for i in range(len(mods) - 2) if _norm_relu_pool(mods[i:i + 3])
-                        and not keep & {i, i + 1})
+                        and i not in keep and (i + 1 not in keep or sums is not None))
     fused = frozenset(i for i in ones if i + 1 in fusable and i not in keep)
     blocks = frozenset(i for i in fusable if not grad and chosen and i - 1 not in fused)
+    # tapped ReLUs that a native block hands over as channel sums
+    summed = frozenset({i + 2 for i in fused} | {i + 1 for i in blocks}) & keep
+
+    def power(relu):
+        return sums[0] if relu in summed else None
 
     def embed(x):
         # with gradients, small batches keep the modules (see GRAD_MIN_BATCH)
@@ -86,21 +96,30 @@ def tapped_embed(net: nn.Module, layers: tuple[int, ...] = (), taps: tuple[int, 
         if chosen and not grad and 0 not in fused:  # (a fused first block reads NCHW, writes NHWC)
             x = x.contiguous(memory_format=torch.channels_last)
         tapped, skip = [], 0
+
+        def take(out, relu):
+            if relu in summed:
+                out, s = out
+                tapped.append(sums[1](s))
+            return out
+
         for i, m in enumerate(mods):
             if skip:  # inside a block: its output stands for the module's (a tapped pool)
                 skip -= 1
             elif i in fused and not (grad and x.requires_grad):  # no gradient to the images
                 norm = mods[i + 1]
-                x, skip = first_block.first_block(x, m.weight, m.bias, norm.weight, norm.bias,
-                                                         norm.eps, m.padding[0],
-                                                         bool(chosen) and not grad), 3
+                x, skip = take(first_block.first_block(x, m.weight, m.bias, norm.weight, norm.bias,
+                                                       norm.eps, m.padding[0],
+                                                       bool(chosen) and not grad,
+                                                       channel_power=power(i + 2)), i + 2), 3
             elif i in blocks:
-                x, skip = instance_norm_relu_pool(x, m.weight, m.bias, m.eps), 2
+                x, skip = take(instance_norm_relu_pool(x, m.weight, m.bias, m.eps,
+                                                       channel_power=power(i + 1)), i + 1), 2
             elif i in wino and grad:
                 x = winograd_conv2d_grad(x, m.weight, m.bias, m.padding[0]).contiguous()
             else:
                 x = winograd_conv2d(x, m.weight, m.bias, m.padding[0]) if i in wino else m(x)
-            if i in keep:
+            if i in keep and i not in summed:
                 tapped.append(tap(x) if tap is not None else x)
         return (x.flatten(1), *tapped) if keep else x.flatten(1)
 

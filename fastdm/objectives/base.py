@@ -77,6 +77,12 @@ class Objective:
         compiled embedder fuses it with the layer that makes the output)."""
         return output
 
+    def tap_sums(self):
+        """None, or (p, finish) when ``tap(a)`` equals ``finish(sum over channels of |a|^p)`` for
+        the tapped activations: forward-only native blocks then write those channel sums instead
+        of handing over the activation (fastdm.models.fast_embed)."""
+        return None
+
     def reduce_real(self, features: torch.Tensor, counts: Counts) -> RealStats:
         """What the real side is reduced to for ``loss`` (a tuple of tensors)."""
         raise NotImplementedError

@@ -18,7 +18,7 @@ from __future__ import annotations
 from torch import nn
 
 from ..errors import FastDMError
-from ..ops.attention import attention_map
+from ..ops.attention import attention_map, normalize_map
 from ..ops.linear_mmd import linear_mmd
 from ..ops.segments import segment_sum
 from ..settings import Setting, positive
@@ -62,6 +62,11 @@ class AttentionMatching(Objective):
         """Each tapped activation becomes its attention maps inside the embedder."""
         return attention_map(a, self.config.attention_power, nonnegative=self.nonnegative,
                              backend=self.backends["attention"])
+
+    def tap_sums(self):
+        """The maps from channel sums: the real branch's native blocks write sum_c relu(y)^p
+        (ReLU taps only, where |a| = a)."""
+        return (self.config.attention_power, normalize_map) if self.nonnegative else None
 
     def reduce_real(self, features, counts):
         emb, *maps = features

@@ -16,9 +16,14 @@ import torch.nn.functional as F
 from ..errors import FastDMError
 from .common import FLOAT_DTYPES, choose_backend, on_device, register, tl, triton
 
-__all__ = ["attention_map", "torch_attention_map"]
+__all__ = ["attention_map", "normalize_map", "torch_attention_map"]
 
 EPS = 1e-12  # F.normalize's
+
+
+def normalize_map(sums: torch.Tensor) -> torch.Tensor:
+    """The map from its channel sums [N, H, W] (sum_c |a_c|^p): flattened, L2-normalised."""
+    return F.normalize(sums.flatten(1), p=2.0, dim=1, eps=EPS)
 
 
 def torch_attention_map(a: torch.Tensor, p: float = 1.0, nonnegative: bool = False) -> torch.Tensor:
@@ -30,7 +35,7 @@ def torch_attention_map(a: torch.Tensor, p: float = 1.0, nonnegative: bool = Fal
         m = (a if p == 1 else a ** p).sum(1)
     else:
         m = (a.abs() if p == 1 else a.abs() ** p).sum(1)
-    return F.normalize(m.flatten(1), p=2.0, dim=1, eps=EPS)
+    return normalize_map(m)
 
 
 if triton is not None:

@@ -14,6 +14,9 @@ step (the images need no gradient there); the synthetic branch, whose images nee
 the modules. With more input channels a per-plane direct convolution would lose to oneDNN's and
 Winograd's, so wider first layers keep them (``MAX_CHANNELS``).
 
+With ``channel_power=p`` (forward only) the block also returns, per pre-pool pixel, the sum over
+the output channels of relu(y)^p: DataDAM's attention map before its normalisation.
+
 - ``first_block``: the functional entry point (checks its inputs);
 - ``reference_first_block``: the same block in plain torch, for the tests;
 - ``eligible``: whether an nn.Conv2d is such a first convolution.
@@ -51,8 +54,29 @@ def _block(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], 
     out = _block_out(x, weight, pad, nhwc)
     native.load("first_block").first_block(
         x.contiguous(), weight.contiguous(), None if bias is None else bias.contiguous(),
-        gamma.contiguous(), beta.contiguous(), eps, out, pad, nhwc)
+        gamma.contiguous(), beta.contiguous(), eps, out, pad, nhwc, None, 1.0)
     return out.permute(0, 3, 1, 2) if nhwc else out
+
+
+@torch.library.custom_op("fastdm::first_block_sums", mutates_args=())
+def _block_sums(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
+                gamma: torch.Tensor, beta: torch.Tensor, eps: float, pad: int, nhwc: bool,
+                power: float) -> tuple[torch.Tensor, torch.Tensor]:
+    out, sums = _block_out(x, weight, pad, nhwc), _sums_out(x, pad)
+    native.load("first_block").first_block(
+        x.contiguous(), weight.contiguous(), None if bias is None else bias.contiguous(),
+        gamma.contiguous(), beta.contiguous(), eps, out, pad, nhwc, sums, power)
+    return (out.permute(0, 3, 1, 2) if nhwc else out), sums
+
+
+def _sums_out(x, pad):
+    return x.new_empty((x.shape[0], *_out_hw(x, pad)))
+
+
+@_block_sums.register_fake
+def _(x, weight, bias, gamma, beta, eps, pad, nhwc, power):
+    out = _block_out(x, weight, pad, nhwc)
+    return (out.permute(0, 3, 1, 2) if nhwc else out), _sums_out(x, pad)
 
 
 def _block_out(x, weight, pad, nhwc):
@@ -105,10 +129,11 @@ _block.register_autograd(_backward, setup_context=_setup_context)
 
 def first_block(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
                 gamma: torch.Tensor, beta: torch.Tensor, eps: float = 1e-5, padding: int = 1,
-                channels_last: bool = False) -> torch.Tensor:
+                channels_last: bool = False, channel_power: float | None = None):
     """avg_pool2d(relu(group_norm(conv2d(x, weight, bias, padding), K groups, gamma, beta, eps)), 2)
     for an x of 1 to MAX_CHANNELS channels, with gradients for weight, bias, gamma and beta (not
-    for x); ``channels_last``: the result's memory is NHWC."""
+    for x); ``channels_last``: the result's memory is NHWC. With ``channel_power`` p (forward
+    only): (that, the sums over the channels of relu(group_norm(conv2d(x)))^p [N, Ho, Wo])."""
     check_conv3x3(x, weight, bias, padding, "first_block")
     if x.shape[1] > MAX_CHANNELS:
         raise FastDMError(f"first_block takes 1 to {MAX_CHANNELS} input channels, got {x.shape[1]}")
@@ -121,11 +146,22 @@ def first_block(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tens
     if torch.is_grad_enabled() and x.requires_grad:
         raise FastDMError("first_block has no gradient for its input x; use the "
                           "modules where the images need one")
-    return _block(x, weight, bias, gamma.float(), beta.float(), float(eps), padding, channels_last)
+    if channel_power is None:
+        return _block(x, weight, bias, gamma.float(), beta.float(), float(eps), padding,
+                      channels_last)
+    if not channel_power > 0:
+        raise FastDMError(f"first_block: channel_power must be positive, got {channel_power}")
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad
+                                       for t in (weight, bias, gamma, beta)):
+        raise FastDMError("first_block with channel sums is forward only; use the modules where "
+                          "a gradient is needed")
+    return _block_sums(x, weight, bias, gamma.float(), beta.float(), float(eps), padding,
+                       channels_last, float(channel_power))
 
 
-def reference_first_block(x, weight, bias, gamma, beta, eps=1e-5, padding=1):
+def reference_first_block(x, weight, bias, gamma, beta, eps=1e-5, padding=1, channel_power=None):
     """The same block in plain torch (the kernels' reference)."""
     y = F.conv2d(x, weight, bias, padding=padding)
-    y = F.group_norm(y, weight.shape[0], gamma, beta, eps)
-    return F.avg_pool2d(F.relu(y), 2)
+    a = F.relu(F.group_norm(y, weight.shape[0], gamma, beta, eps))
+    out = F.avg_pool2d(a, 2)
+    return out if channel_power is None else (out, (a ** channel_power).sum(1))
