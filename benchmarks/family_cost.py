@@ -27,6 +27,8 @@ VARIANTS = {
     "dm": {},
     "datadam": {"objective": "datadam"},
     "ncfm": {"objective": "ncfm"},
+    "ncfm-full": {"objective": "ncfm", "frequency_draw": "full"},
+    "ncfm-span": {"objective": "ncfm", "frequency_draw": "span"},
     "ncfm-m1024": {"objective": "ncfm", "frequencies": 1024},
     "m3d": {"objective": "m3d"},
     "dm-factor2": {"factor": 2},

@@ -307,7 +307,7 @@ def test_ncfm_loss_is_ncfms_match_loss(data):
     """300 x CFLossFunc on F.normalize'd embeddings, the frequencies a function of (seed,
     iteration): the same within an iteration, new in the next."""
     e = engine_for(data, objective="ncfm", strategy="none", frequencies=64, batch_real=4,
-                   conv="direct")
+                   conv="direct", frequency_draw="full")
     state = e.initial_state()
     loss, grad = e.loss_and_grad(state.images, 2)
     t = e.objective.frequencies(e.net.feature_shape[0] * e.net.feature_shape[1] * e.net.feature_shape[2])
@@ -337,7 +337,7 @@ def test_family_iteration_on_triton_equals_torch(monkeypatch, data, method):
     kernels) equals the torch backend's."""
     from fastdm.ops import attention as att, characteristic as cf, dsa as dsa_op
     settings = {"datadam": dict(factor=2, model="ConvNetW32"),
-                "ncfm": dict(frequencies=32, embedders="random")}[method]
+                "ncfm": dict(frequencies=32, embedders="random", frequency_draw="full")}[method]
     calls = []
 
     def spy(module, name, partitioned=False):

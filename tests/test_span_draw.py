@@ -1,0 +1,153 @@
+"""NCFM's span draw (fastdm.objectives.span_draw): one realisation of the full draw t ~ N(0, I_D),
+exactly where it can be checked (no room outside the spans), and in distribution (the gradient's
+part outside them; the loss and the gradient's size against the full draw's)."""
+from types import SimpleNamespace
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from conftest import TEST_DEVICE
+from conftest import small_engine as engine_for
+from fastdm.errors import FastDMError
+from fastdm.objectives import span_draw as S
+from fastdm.objectives.base import Counts
+from fastdm.objectives.ncfm import CharacteristicFunction
+
+
+def _rows(n, d, g):
+    return F.normalize(torch.rand(n, d, generator=g) + 0.5, dim=1)
+
+
+def _basis(x, xs, p):
+    """The orthonormal bases [D, r] of the real span and of the residuals, as the draw sees them."""
+    x64, xs64 = x.double(), xs.detach().double()
+    qr = (p @ x64).T
+    r = xs64 - (xs64 @ qr) @ qr.T
+    return qr, (S.factor(r @ r.T, cholesky=False)[1] @ r).T
+
+
+@pytest.mark.parametrize("case", ["distinct", "dependent real rows", "a synthetic row is real"])
+def test_the_draw_is_one_full_draw_when_the_spans_fill_the_space(case):
+    """D = n + n_s: T = Z Q_r^T + Z_s Q_s^T is the whole draw; the phases of both sides and
+    the gradient T^T G must be its, to float32 rounding."""
+    g = torch.Generator().manual_seed(3)
+    n, ns, m = 5, 3, 40
+    d = n + ns
+    x, xs = _rows(n, d, g), _rows(ns, d, g)
+    if case == "dependent real rows":
+        x[4] = F.normalize(x[0] + x[1], dim=0)
+    if case == "a synthetic row is real":
+        xs[1] = x[2]
+    xs.requires_grad_(True)
+    z, zs, w = torch.randn(m, n, generator=g), torch.randn(m, ns, generator=g), torch.randn(d, ns, generator=g)
+    f, p, sums = S.real_class(x, z)
+    assert f.shape[1] == (4 if case == "dependent real rows" else 5)
+    ph = S.SynPhases.apply(xs, x, F.pad(p, (0, 0, 0, n - p.shape[0])), z, zs, w)
+    qr, qs = _basis(x, xs, p)
+    t = z[:, :qr.shape[1]].double() @ qr.T + zs[:, :qs.shape[1]].double() @ qs.T
+    real_ph = t @ x.double().T
+    torch.testing.assert_close(real_ph, z[:, :f.shape[1]].double() @ f.T, atol=2e-5, rtol=0)
+    torch.testing.assert_close(sums.double(), torch.stack([real_ph.cos().sum(1), real_ph.sin().sum(1)]),
+                               atol=5e-5, rtol=0)
+    torch.testing.assert_close(ph.double(), t @ xs.detach().double().T, atol=2e-5, rtol=0)
+    gph = torch.randn(m, ns, generator=g)
+    (grad,) = torch.autograd.grad(ph, xs, gph)
+    want = (t.T @ gph.double()).T
+    if case == "distinct":  # nothing outside the spans: the gradient is T^T G itself
+        torch.testing.assert_close(grad.double(), want, atol=1e-4, rtol=1e-5)
+    else:  # a dependent row leaves a direction outside: only the spans' part is determined
+        inside = torch.cat([qr, qs], 1)
+        torch.testing.assert_close(grad.double() @ inside, want @ inside, atol=1e-4, rtol=1e-5)
+
+
+@pytest.mark.slow  # 1000 draws (11 s); the quick tier checks the gradient's size end to end
+def test_the_gradient_outside_the_spans_has_the_full_draws_distribution():
+    """Given G, the full draw's gradient outside span(X, X_s) is normal with covariance
+    P_o (G^T G): zero mean inside the spans and that covariance outside, over 1000 draws."""
+    g = torch.Generator().manual_seed(5)
+    n, ns, d, m = 3, 2, 8, 30
+    x, xs = _rows(n, d, g), _rows(ns, d, g).requires_grad_(True)
+    z, zs = torch.randn(m, n, generator=g), torch.randn(m, ns, generator=g)
+    _, p, _ = S.real_class(x, z)
+    gph = torch.randn(m, ns, generator=g)
+    grads = []
+    for _ in range(1000):
+        ph = S.SynPhases.apply(xs, x, p, z, zs, torch.randn(d, ns, generator=g))
+        grads.append(torch.autograd.grad(ph, xs, gph)[0].double())
+    grads = torch.stack(grads)                       # [draws, n_s, D]
+    dev = grads - grads.mean(0)
+    a = torch.cat([x, xs.detach()]).double()
+    outside = torch.eye(d, dtype=torch.float64) - a.T @ torch.linalg.solve(a @ a.T, a)
+    assert float((dev @ a.T).abs().max()) < 1e-4     # the spans' part does not vary
+    cov = torch.einsum("bjd,bke->jkde", dev, dev) / len(grads)
+    want = (gph.double().T @ gph.double())[:, :, None, None] * outside
+    # a covariance over 1000 draws is off by ~5 % (Frobenius) by sampling alone; leaving out the
+    # residuals' projection or the outside term entirely is off by 30 % and 100 %
+    assert float((cov - want).norm() / want.norm()) < 0.12
+
+
+def _objective(draw, m=48, ipc=3):
+    cfg = SimpleNamespace(seed=7, frequencies=m, amplitude_weight=0.5, phase_weight=0.5,
+                          frequency_draw=draw, ipc=ipc, factor=1)
+    return CharacteristicFunction(cfg, {"characteristic": "torch"}, torch.device("cpu"))
+
+
+def test_loss_and_gradient_size_have_the_full_draws_distribution():
+    """The same features under both draws for 150 iterations each: the mean loss and the mean
+    squared gradient agree within their sampling error (the gradient's size is mostly its part
+    outside the spans, so this checks that part end to end)."""
+    g = torch.Generator().manual_seed(11)
+    d, counts_r, ns = 24, [6, 4], 3
+    x = torch.randn(sum(counts_r), d, generator=g) + 1.0
+    xs0 = torch.randn(2 * ns, d, generator=g) + 1.0
+    rc = Counts(torch.tensor(counts_r), torch.tensor(counts_r), 0)
+    sc = Counts(torch.tensor([ns, ns]), torch.tensor([ns, ns]), 0)
+    stats = {}
+    for draw in ("full", "span"):
+        obj, losses, sq = _objective(draw), [], []
+        for it in range(150):
+            obj.begin(it)
+            with torch.inference_mode():
+                kept = obj.reduce_real(x, rc)
+            kept = tuple(t.clone() for t in kept)
+            xs = xs0.clone().requires_grad_(True)
+            loss = obj.loss(kept, rc, xs, sc).sum()
+            (grad,) = torch.autograd.grad(loss, xs)
+            losses.append(float(loss))
+            sq.append(float(grad.square().sum()))
+        stats[draw] = torch.tensor(losses, dtype=torch.float64), torch.tensor(sq, dtype=torch.float64)
+    for i in (0, 1):
+        a, b = stats["full"][i], stats["span"][i]
+        se = float((a.var() / len(a) + b.var() / len(b)).sqrt())
+        assert abs(float(a.mean() - b.mean())) < 4 * se, (i, float(a.mean()), float(b.mean()), se)
+
+
+def test_draws_are_per_class_and_need_room():
+    """A class's draws depend on (seed, iteration, class) only: the same class in another chunk
+    position draws the same; the span needs n + n_s <= D."""
+    a = S.draws(1, 2, 3, 8, 4, 2, 6)
+    assert all(torch.equal(u, v) for u, v in zip(a, S.draws(1, 2, 3, 8, 4, 2, 6)))
+    assert not torch.equal(a[0], S.draws(1, 2, 4, 8, 4, 2, 6)[0])
+    assert not torch.equal(a[0], S.draws(1, 3, 3, 8, 4, 2, 6)[0])
+    obj = _objective("span", ipc=3)
+    obj.begin(0)
+    with pytest.raises(FastDMError, match=r"fit in the feature space \(6 \+ 3 > 8"):
+        obj.reduce_real(torch.randn(6, 8), Counts(torch.tensor([6]), torch.tensor([6]), 0))
+
+
+def test_span_is_the_cpu_default_and_chunking_does_not_change_it(three_classes):
+    e1 = engine_for(three_classes, objective="ncfm", frequencies=32, class_chunk=1)
+    if TEST_DEVICE.type == "cpu":
+        assert e1.cfg.frequency_draw == "span"
+    e1 = engine_for(three_classes, objective="ncfm", frequencies=32, class_chunk=1,
+                    frequency_draw="span")
+    e3 = engine_for(three_classes, objective="ncfm", frequencies=32, class_chunk=3,
+                    frequency_draw="span")
+    images = e1.initial_state().images
+    l1, g1 = e1.loss_and_grad(images, 2)
+    l3, g3 = e3.loss_and_grad(images, 2)
+    torch.testing.assert_close(l1, l3, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(g1, g3, rtol=1e-3, atol=1e-6)
+    with pytest.raises(FastDMError, match="frequency_draw must be one of full, span"):
+        engine_for(three_classes, objective="ncfm", frequency_draw="half")
