@@ -61,6 +61,17 @@ def test_the_draw_is_one_full_draw_when_the_spans_fill_the_space(case):
         torch.testing.assert_close(grad.double() @ inside, want @ inside, atol=1e-4, rtol=1e-5)
 
 
+def test_real_sums_of_a_cholesky_factor_by_halves():
+    """n >= 64 rows with a Cholesky factor: the phases by halves of F's rows sum as Z F^T's."""
+    g = torch.Generator().manual_seed(9)
+    x, z = _rows(70, 100, g), torch.randn(64, 70, generator=g)
+    f, p, sums = S.real_class(x, z)
+    assert bool((f.triu(1) == 0).all())  # the Cholesky path
+    ph = z.double() @ f.T
+    torch.testing.assert_close(sums.double(), torch.stack([ph.cos().sum(1), ph.sin().sum(1)]),
+                               atol=2e-4, rtol=0)
+
+
 @pytest.mark.slow  # 1000 draws (11 s); the quick tier checks the gradient's size end to end
 def test_the_gradient_outside_the_spans_has_the_full_draws_distribution():
     """Given G, the full draw's gradient outside span(X, X_s) is normal with covariance
@@ -89,7 +100,7 @@ def test_the_gradient_outside_the_spans_has_the_full_draws_distribution():
 
 def _objective(draw, m=48, ipc=3):
     cfg = SimpleNamespace(seed=7, frequencies=m, amplitude_weight=0.5, phase_weight=0.5,
-                          frequency_draw=draw, ipc=ipc, factor=1)
+                          frequency_draw=draw, ipc=ipc, factor=1, batch_real=6)
     return CharacteristicFunction(cfg, {"characteristic": "torch"}, torch.device("cpu"))
 
 
@@ -123,13 +134,15 @@ def test_loss_and_gradient_size_have_the_full_draws_distribution():
         assert abs(float(a.mean() - b.mean())) < 4 * se, (i, float(a.mean()), float(b.mean()), se)
 
 
-def test_draws_are_per_class_and_need_room():
-    """A class's draws depend on (seed, iteration, class) only: the same class in another chunk
-    position draws the same; the span needs n + n_s <= D."""
-    a = S.draws(1, 2, 3, 8, 4, 2, 6)
-    assert all(torch.equal(u, v) for u, v in zip(a, S.draws(1, 2, 3, 8, 4, 2, 6)))
-    assert not torch.equal(a[0], S.draws(1, 2, 4, 8, 4, 2, 6)[0])
-    assert not torch.equal(a[0], S.draws(1, 3, 3, 8, 4, 2, 6)[0])
+def test_draws_are_per_iteration_and_need_room():
+    """An iteration's draws depend on (seed, iteration) only (chunks and shards draw the same);
+    the span needs n + n_s <= D."""
+    a = S.draws(1, 2, 8, 4, 2, 6)
+    assert all(torch.equal(u, v) for u, v in zip(a, S.draws(1, 2, 8, 4, 2, 6)))
+    assert [tuple(t.shape) for t in a] == [(8, 4), (8, 2), (6, 2)]
+    assert not torch.equal(a[0], S.draws(1, 3, 8, 4, 2, 6)[0])
+    assert not torch.equal(a[0], S.draws(2, 2, 8, 4, 2, 6)[0])
+    assert not torch.equal(a[0][:4], a[0][4:])  # the two halves come from two generators
     obj = _objective("span", ipc=3)
     obj.begin(0)
     with pytest.raises(FastDMError, match=r"fit in the feature space \(6 \+ 3 > 8"):

@@ -15,10 +15,10 @@ way; the classes are independent terms).
 Fused op: ``fastdm.ops.characteristic`` (torch reference beside it). The real side is reduced to
 per-class sums of cos and sin right after the embedder.
 
-``--frequency-draw``: ``full`` draws t [M, D] as above; ``span`` draws, per class, only the
-frequencies' coordinates in the span of its features, and the gradient's component outside
-(``fastdm.objectives.span_draw``): the same joint distribution of loss and gradient at n/D of
-the arithmetic, per-class frequencies as NCFM's own loop draws them. Auto: span on the CPU
+``--frequency-draw``: ``full`` draws t [M, D] as above; ``span`` draws only the frequencies'
+coordinates in the span of each class's features, and the gradient's component outside
+(``fastdm.objectives.span_draw``): the same joint distribution of each class's loss and
+gradient at n/D of the arithmetic, shared by the classes of an iteration. Auto: span on the CPU
 (where the M x D x n products were 12 % of a DM iteration at CIFAR-10), full on CUDA (the fused
 kernel's products are cheap there).
 """
@@ -67,10 +67,10 @@ class CharacteristicFunction(Objective):
 
     def __init__(self, config, backends, device):
         super().__init__(config, backends, device)
-        self._t = None
+        self._t = self._draws = None
 
     def begin(self, iteration):
-        self.iteration, self._t = iteration, None
+        self.iteration, self._t, self._draws = iteration, None, None
 
     def frequencies(self, d: int) -> torch.Tensor:
         """This iteration's t [M, d] (float32): torch's CPU generator seeded from (seed,
@@ -101,36 +101,41 @@ class CharacteristicFunction(Objective):
                                    cfg.phase_weight, backend=self.backends["characteristic"])
 
     # -- the span draw (fastdm.objectives.span_draw) ---------------------------------------------
+    def _span_draws(self, d):
+        """This iteration's Z [M, batch_real], Z_s [M, n_s], W [D, n_s], shared by its classes."""
+        cfg = self.config
+        if self._draws is None or self._draws[0] != d:
+            with torch.inference_mode(False):
+                z, zs, w = (t.to(self.device) for t in span.draws(
+                    cfg.seed, self.iteration, cfg.frequencies, cfg.batch_real,
+                    cfg.ipc * cfg.factor ** 2, d))
+            self._draws = (d, z, zs, w)
+        return self._draws[1:]
+
     def _span_real(self, x, counts):
-        """(per-class sums of cos and sin [k, 2, M], the features, the maps P [k, n, n] of their
-        spans (span_draw.factor), and each class's draws: Z [k, M, n] zero-padded to the
-        largest n, Z_s [k, M, n_s], W [k, D, n_s])."""
+        """(per-class sums of cos and sin [k, 2, M], the features, and the maps P [k, n, n] of
+        their spans (span_draw.factor), zero-padded to the largest n)."""
         cfg, host = self.config, counts.host.tolist()
-        ns, n_max, m, d = cfg.ipc * cfg.factor ** 2, max(host, default=0), cfg.frequencies, x.shape[1]
-        k = len(host)
-        sums = x.new_empty((k, 2, m))
-        maps = torch.zeros((k, n_max, n_max), dtype=torch.float64, device=x.device)
-        with torch.inference_mode(False):  # drawn in the real branch, used by the synthetic
-            zs = x.new_zeros((k, m, n_max))
-            zsyn, ws = x.new_empty((k, m, ns)), x.new_empty((k, d, ns))
+        ns, n_max, d = cfg.ipc * cfg.factor ** 2, max(host, default=0), x.shape[1]
+        z = self._span_draws(d)[0]
+        sums = x.new_empty((len(host), 2, cfg.frequencies))
+        maps = torch.zeros((len(host), n_max, n_max), dtype=torch.float64, device=x.device)
         off = 0
         for j, n in enumerate(host):
             span.check_fits(n, ns, d)
-            z, zsyn[j], ws[j] = (t.to(x.device) for t in span.draws(
-                cfg.seed, self.iteration, counts.first + j, m, n, ns, d))
-            _, p, sums[j] = span.real_class(x[off:off + n], z)
+            _, p, sums[j] = span.real_class(x[off:off + n], z[:, :n])
             maps[j, :p.shape[0], :n] = p  # (rows past the rank r stay zero)
-            zs[j, :, :n] = z
             off += n
-        return sums, x, maps, zs, zsyn, ws
+        return sums, x, maps
 
     def _span_loss(self, real, real_counts, xs, syn_counts):
-        sums, x, maps, zs, zsyn, ws = real
+        sums, x, maps = real
         cfg = self.config
+        z, zsyn, w = self._span_draws(xs.shape[1])
         syn_sums, off_r, off_s = [], 0, 0
         for j, (n, ns) in enumerate(zip(real_counts.host.tolist(), syn_counts.host.tolist())):
             ph = span.SynPhases.apply(xs[off_s:off_s + ns], x[off_r:off_r + n], maps[j, :n, :n],
-                                      zs[j, :, :n], zsyn[j], ws[j])
+                                      z[:, :n], zsyn, w)
             syn_sums.append(torch.stack([torch.cos(ph).sum(1), torch.sin(ph).sum(1)]))
             off_r, off_s = off_r + n, off_s + ns
         return SCALE * distance_from_sums(sums, real_counts.device, torch.stack(syn_sums),
