@@ -439,9 +439,9 @@ def test_the_real_branch_takes_the_nhwc_block_where_it_applies(monkeypatch):
     x = torch.randn(4, 3, 16, 16)
     calls, real = [], fe.instance_norm_relu_pool
 
-    def spy(*a):
+    def spy(*a, **k):
         calls.append(1)
-        return real(*a)
+        return real(*a, **k)
     monkeypatch.setattr(fe, "instance_norm_relu_pool", spy)
     with torch.no_grad():
         torch.testing.assert_close(fe.tapped_embed(net, layers)(x), net.embed(x), atol=1e-4, rtol=1e-4)
