@@ -26,6 +26,7 @@ def _max_rel_diff(xs, ys):
                for n1, n2 in zip(xs, ys) for a, b in zip(n1.parameters(), n2.parameters()))
 
 
+@pytest.mark.slow  # compiles evaluation models (8 s)
 def test_models_share_one_graph_and_train_as_eager(data):
     x = data.normalize(data.train.images)
     cfg = EvalConfig(model="ConvNetW32", models=3, epochs=2, batch_train=6,

@@ -106,7 +106,8 @@ def test_init_tiles_hold_nearest_resized_real_images():
 
 # the interpreter runs the backward's nested gathers slowly (20 s and more): the affine cases
 # are slow-tier (the quick tier's engine iteration with factor 2 reaches them too)
-CASES = [("crop_cutout_flip", "M", 2, (6, 4), 2), ("color", "M", 2, (4, 6), 3),
+CASES = [("crop_cutout_flip", "M", 2, (6, 4), 2),
+         pytest.param("color", "M", 2, (4, 6), 3, marks=pytest.mark.slow),
          pytest.param("color_crop_rotate", "S", 2, (4, 4), 1, marks=pytest.mark.slow),
          pytest.param("scale_rotate", "M", 3, (6, 6), 2, marks=pytest.mark.slow)]
 

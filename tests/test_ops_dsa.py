@@ -184,7 +184,7 @@ def test_fp16_inputs():
                                rtol=2 ** -10, msg=f"seed {seed}")
 
 
-@pytest.mark.parametrize("mode", ["S", "M"])
+@pytest.mark.parametrize("mode", ["S", pytest.param("M", marks=pytest.mark.slow)])  # (time)
 def test_bf16_inputs_accumulate_in_fp32(mode):
     """bf16 in, bf16 out, fp32 inside: within 2 bf16 ulp (2^-7 relative) of the fp32 torch path
     on the same (bf16-representable) values."""
@@ -227,7 +227,7 @@ def test_uint8_with_fused_normalisation(layout, mode):
     assert torch.equal(same, want)
 
 
-@pytest.mark.parametrize("mode", ["S", "M"])
+@pytest.mark.parametrize("mode", ["S", pytest.param("M", marks=pytest.mark.slow)])  # (time)
 def test_backward_is_the_exact_transpose_of_the_forward(mode):
     """<A x, g> = <x, A^T g> for the kernels themselves (A x = f(x) - f(0): brightness adds a
     constant), summed in float64."""

@@ -84,6 +84,7 @@ def test_real_branch_runs_in_inference_mode(data, objective):
     assert all(not inf and grad for _, inf, grad in syn)
 
 
+@pytest.mark.slow  # a command-line run (6 s)
 def test_cli_records_precision(tmp_path, capsys):
     out = tmp_path / "run"
     assert main(["condense", "--dataset", "digits", "--iterations", "2", "--out", str(out),
@@ -126,6 +127,7 @@ def test_evaluation_trains_in_the_asked_precision(together, caplog):
         evaluate_images(x, y, d, cfg, "cpu", progress=False)
 
 
+@pytest.mark.slow  # two command-line runs (4 s)
 def test_a_resume_in_another_precision_is_said_and_recorded(tmp_path, caplog):
     from fastdm.condense_job import condense_dataset
     from fastdm.config import CondenseConfig

@@ -31,8 +31,6 @@ Gram matrices and factors are float64 (they are n x n); the M-row products are f
 """
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
-
 import torch
 from torch.linalg import solve_triangular
 
@@ -53,8 +51,8 @@ def factor(k: torch.Tensor, cholesky: bool = True) -> tuple[torch.Tensor, torch.
             return low, solve_triangular(low, eye, upper=False)
     lam, v = torch.linalg.eigh(k)
     keep = lam > RANK_TOL
-    v, root = v[:, keep], lam[keep].sqrt()
-    return v * root, (v / root).T
+    v, sd = v[:, keep], lam[keep].sqrt()
+    return v * sd, (v / sd).T
 
 
 def root(k: torch.Tensor) -> torch.Tensor:
@@ -63,27 +61,16 @@ def root(k: torch.Tensor) -> torch.Tensor:
     return v * lam.clamp(min=0).sqrt()
 
 
-_POOL = None  # two threads for the draws (torch's CPU generator runs on one core)
-
-
 def draws(seed: int, iteration: int, m: int, n: int, ns: int, d: int):
     """An iteration's standard normals, keyed on (seed, iteration) and shared by its classes (as
-    the full draw's t): Z [M, n] (its two halves of rows from two generators, drawn in
-    parallel), Z_s [M, n_s] and W [D, n_s]."""
-    global _POOL
-    if _POOL is None:
-        _POOL = ThreadPoolExecutor(2, thread_name_prefix="fastdm-draws")
+    the full draw's t): Z [M, n] (its two halves of rows from two generators), Z_s [M, n_s] and
+    W [D, n_s]."""
     seeds = rng.hash32(seed, rng.FREQ, iteration, torch.arange(4)).tolist()
-    with torch.inference_mode(False):  # ordinary tensors: the pool's threads fill them
-        z = torch.empty((m, n))
-        half = m // 2
-        targets = (z[:half], z[half:], torch.empty((m, ns)), torch.empty((d, ns)))
-
-    def draw(i):
-        gen = torch.Generator().manual_seed(int(seeds[i]))
-        return torch.randn(targets[i].shape, generator=gen, out=targets[i])
-    _, _, zs, w = _POOL.map(draw, range(4))
-    return z, zs, w
+    half = m // 2
+    shapes = ((half, n), (m - half, n), (m, ns), (d, ns))
+    z0, z1, zs, w = (torch.randn(shape, generator=torch.Generator().manual_seed(int(sd)))
+                     for shape, sd in zip(shapes, seeds))
+    return torch.cat([z0, z1]), zs, w
 
 
 def real_class(x: torch.Tensor, z: torch.Tensor):
