@@ -13,7 +13,8 @@ Every cell condenses with the method's preset (``--method``), except what the sc
 for all (iterations, real batch, factor), then evaluates with DM's protocol (the dataset's DSA
 strategy in mode S for every method, so that only the set differs). Cells are resumable: a
 cell whose result.json exists is read, not rerun; an interrupted condensation resumes from its
-checkpoint, and a finished one whose evaluation was cut off is evaluated, not condensed again. The markdown table goes to OUT/table.md.
+checkpoint, and a finished one whose evaluation was cut off is evaluated, not condensed again.
+The markdown table goes to OUT/table.md.
 """
 from __future__ import annotations
 

@@ -242,9 +242,9 @@ class DMEngine:
         k, dev = c1 - c0, self.device
         rows = table.rows(torch.arange(c0 - self.lo, c1 - self.lo, device=dev))
         real, n_real = self.stream.take((it, c0, c1))
-        real_counts = Counts(n_real, self.sampler.counts_host(c0, c1), c0)
+        real_counts = Counts(n_real, self.sampler.counts_host(c0, c1))
         per = self.ipc * self.cfg.factor ** 2  # synthetic images per class the embedder sees
-        syn_counts = Counts(torch.full((k,), per, device=dev), torch.full((k,), per), c0)
+        syn_counts = Counts(torch.full((k,), per, device=dev), torch.full((k,), per))
         g_real = torch.repeat_interleave(torch.arange(k, device=dev), n_real,
                                          output_size=int(real_counts.host.sum()))  # no sync
         g_syn = torch.arange(k, device=dev).repeat_interleave(per)

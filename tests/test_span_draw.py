@@ -113,8 +113,8 @@ def test_loss_and_gradient_size_have_the_full_draws_distribution(iterations):
     d, counts_r, ns = 24, [6, 4], 3
     x = torch.randn(sum(counts_r), d, generator=g) + 1.0
     xs0 = torch.randn(2 * ns, d, generator=g) + 1.0
-    rc = Counts(torch.tensor(counts_r), torch.tensor(counts_r), 0)
-    sc = Counts(torch.tensor([ns, ns]), torch.tensor([ns, ns]), 0)
+    rc = Counts(torch.tensor(counts_r), torch.tensor(counts_r))
+    sc = Counts(torch.tensor([ns, ns]), torch.tensor([ns, ns]))
     stats = {}
     for draw in ("full", "span"):
         obj, losses, sq = _objective(draw), [], []
@@ -147,7 +147,7 @@ def test_draws_are_per_iteration_and_need_room():
     obj = _objective("span", ipc=3)
     obj.begin(0)
     with pytest.raises(FastDMError, match=r"fit in the feature space \(6 \+ 3 > 8"):
-        obj.reduce_real(torch.randn(6, 8), Counts(torch.tensor([6]), torch.tensor([6]), 0))
+        obj.reduce_real(torch.randn(6, 8), Counts(torch.tensor([6]), torch.tensor([6])))
 
 
 def test_span_is_the_cpu_default_and_chunking_does_not_change_it(three_classes):

@@ -31,7 +31,6 @@ class Counts(NamedTuple):
     there without a device sync)."""
     device: torch.Tensor  # int64 [k]
     host: torch.Tensor    # int64 [k] on the CPU
-    first: int = 0        # the chunk's first class (global index: per-class draws key on it)
 
 
 RealStats = tuple  # what an objective keeps of a chunk's real features (tensors)

@@ -50,8 +50,8 @@ class CharacteristicFunction(Objective):
         Setting("phase_weight", float, None, "beta, the weight of the phase term", "method",
                 check=positive("--phase-weight"), auto="0.5", objective="ncfm"),
         Setting("frequency_draw", str, None, "full: t ~ N(0, I) shared by the classes; span: "
-                "drawn per class in its features' span (the same distribution, n/D of the "
-                "arithmetic)", "method", choices=("full", "span"),
+                "only t's coordinates in each class's feature span (the same distribution, n/D "
+                "of the arithmetic)", "method", choices=("full", "span"),
                 auto="span on the CPU, full on CUDA", objective="ncfm"),
     )
 
@@ -136,7 +136,7 @@ class CharacteristicFunction(Objective):
         for j, (n, ns) in enumerate(zip(real_counts.host.tolist(), syn_counts.host.tolist())):
             ph = span.SynPhases.apply(xs[off_s:off_s + ns], x[off_r:off_r + n], maps[j, :n, :n],
                                       z[:, :n], zsyn, w)
-            syn_sums.append(torch.stack([torch.cos(ph).sum(1), torch.sin(ph).sum(1)]))
+            syn_sums.append(span.phase_sums(ph))
             off_r, off_s = off_r + n, off_s + ns
         return SCALE * distance_from_sums(sums, real_counts.device, torch.stack(syn_sums),
                                           syn_counts.device, cfg.amplitude_weight,

@@ -73,6 +73,12 @@ def draws(seed: int, iteration: int, m: int, n: int, ns: int, d: int):
     return torch.cat([z0, z1]), zs, w
 
 
+def phase_sums(*parts: torch.Tensor) -> torch.Tensor:
+    """The sums over the rows' phases (the columns of each part [M, *]) of cos and sin: [2, M]."""
+    return torch.stack([sum(torch.cos(q).sum(1) for q in parts),
+                        sum(torch.sin(q).sum(1) for q in parts)])
+
+
 def real_class(x: torch.Tensor, z: torch.Tensor):
     """One class's real side: x [n, D] (float32, unit rows), z [M, n] -> (F [n, r], P [r, n]
     (float64), the sums of cos and sin of its phases Z[:, :r] F^T [2, M])."""
@@ -85,8 +91,7 @@ def real_class(x: torch.Tensor, z: torch.Tensor):
         parts = (z[:, :h] @ ff[:h, :h].T.contiguous(), z[:, :n] @ ff[h:].T.contiguous())
     else:
         parts = (z[:, :r] @ ff.T.contiguous(),)
-    return f, p, torch.stack([sum(torch.cos(q).sum(1) for q in parts),
-                              sum(torch.sin(q).sum(1) for q in parts)])
+    return f, p, phase_sums(*parts)
 
 
 class SynPhases(torch.autograd.Function):

@@ -51,18 +51,19 @@ def _out_hw(x: torch.Tensor, pad: int) -> tuple[int, int]:
 @torch.library.custom_op("fastdm::first_block", mutates_args=())
 def _block(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], gamma: torch.Tensor,
            beta: torch.Tensor, eps: float, pad: int, nhwc: bool) -> torch.Tensor:
-    out = _block_out(x, weight, pad, nhwc)
-    native.load("first_block").first_block(
-        x.contiguous(), weight.contiguous(), None if bias is None else bias.contiguous(),
-        gamma.contiguous(), beta.contiguous(), eps, out, pad, nhwc, None, 1.0)
-    return out.permute(0, 3, 1, 2) if nhwc else out
+    return _run(x, weight, bias, gamma, beta, eps, pad, nhwc, None, 1.0)[0]
 
 
 @torch.library.custom_op("fastdm::first_block_sums", mutates_args=())
 def _block_sums(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
                 gamma: torch.Tensor, beta: torch.Tensor, eps: float, pad: int, nhwc: bool,
                 power: float) -> tuple[torch.Tensor, torch.Tensor]:
-    out, sums = _block_out(x, weight, pad, nhwc), _sums_out(x, pad)
+    return _run(x, weight, bias, gamma, beta, eps, pad, nhwc, _sums_out(x, pad), power)
+
+
+def _run(x, weight, bias, gamma, beta, eps, pad, nhwc, sums, power):
+    """The kernel's output (NCHW-indexed) and ``sums`` (None: not asked for)."""
+    out = _block_out(x, weight, pad, nhwc)
     native.load("first_block").first_block(
         x.contiguous(), weight.contiguous(), None if bias is None else bias.contiguous(),
         gamma.contiguous(), beta.contiguous(), eps, out, pad, nhwc, sums, power)

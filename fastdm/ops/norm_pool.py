@@ -24,17 +24,18 @@ from ..errors import FastDMError
 
 @torch.library.custom_op("fastdm::instance_norm_relu_pool", mutates_args=())
 def _block(x: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor, eps: float) -> torch.Tensor:
-    out = _block_out(x)
-    native.load("norm_pool").norm_relu_pool_nhwc(
-        x.permute(0, 2, 3, 1).contiguous(), gamma.contiguous(), beta.contiguous(), eps, out,
-        None, 1.0)
-    return out.permute(0, 3, 1, 2)
+    return _run(x, gamma, beta, eps, None, 1.0)[0]
 
 
 @torch.library.custom_op("fastdm::instance_norm_relu_pool_sums", mutates_args=())
 def _block_sums(x: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor, eps: float,
                 power: float) -> tuple[torch.Tensor, torch.Tensor]:
-    out, sums = _block_out(x), _sums_out(x)
+    return _run(x, gamma, beta, eps, _sums_out(x), power)
+
+
+def _run(x, gamma, beta, eps, sums, power):
+    """The kernel's output (NCHW-indexed, channels_last memory) and ``sums`` (None: not asked)."""
+    out = _block_out(x)
     native.load("norm_pool").norm_relu_pool_nhwc(
         x.permute(0, 2, 3, 1).contiguous(), gamma.contiguous(), beta.contiguous(), eps, out,
         sums, power)
