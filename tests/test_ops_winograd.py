@@ -262,16 +262,19 @@ ops.output_transform(m, torch.randn(67, generator=g), out, 2, 3)
 x1 = torch.randn(3, 1, 11, 9, generator=g)
 w1, b1 = torch.randn(20, 1, 3, 3, generator=g), torch.randn(20, generator=g)
 blk = torch.empty(3, 6, 5, 20)
-ops.first_block(x1, w1, b1, torch.rand(20, generator=g), torch.randn(20, generator=g), 1e-5, blk, 2, True)
+blk_sums = torch.empty(3, 13, 11)
+ops.first_block(x1, w1, b1, torch.rand(20, generator=g), torch.randn(20, generator=g), 1e-5, blk, 2, True,
+                blk_sums, 2.0)
 gout = torch.randn(3, 20, 6, 5, generator=g)
 grads = [torch.empty(20, 1, 3, 3)] + [torch.empty(20) for _ in range(3)]
 ops.first_block_backward(x1, w1, b1, torch.rand(20, generator=g) + 0.5,
                                     torch.randn(20, generator=g), 1e-5, 2, gout, *grads)
 pooled = torch.empty(2, 3, 2, 19)
+pooled_sums = torch.empty(2, 7, 5)
 ops.norm_relu_pool_nhwc(torch.randn(2, 7, 5, 19, generator=g) * 3 + 40, torch.randn(19, generator=g),
-                        torch.randn(19, generator=g), 1e-5, pooled)
-torch.save({"isa": ops.isa(), "v": v, "out": out, "blk": blk, "blk_grads": grads, "pooled": pooled},
-           sys.argv[1])
+                        torch.randn(19, generator=g), 1e-5, pooled, pooled_sums, 3.0)
+torch.save({"isa": ops.isa(), "v": v, "out": out, "blk": blk, "blk_grads": grads, "pooled": pooled,
+            "blk_sums": blk_sums, "pooled_sums": pooled_sums}, sys.argv[1])
 """
 
 
@@ -298,7 +301,7 @@ def test_the_cpu_picks_its_build_and_every_build_computes_the_same(tmp_path):
     assert auto["isa"] == want
     p, generic = _isa_run(tmp_path, "generic")
     assert p.returncode == 0 and generic["isa"] == "generic", p.stderr[-2000:]
-    for key in ("v", "out", "blk", "pooled"):  # FMA contraction may round differently: float32 rounding apart
+    for key in ("v", "out", "blk", "pooled", "blk_sums", "pooled_sums"):  # FMA contraction may round differently: float32 rounding apart
         torch.testing.assert_close(generic[key], auto[key], rtol=1e-5, atol=1e-4)
     for a, b in zip(generic["blk_grads"], auto["blk_grads"]):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
