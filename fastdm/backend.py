@@ -102,3 +102,21 @@ def conv_for(mode: str, device, precision: str, model_why: str | None = None,
     (log.warning if expected else log.debug)(
         "real-branch convolutions: direct, not Winograd (%s)", why)
     return "direct"
+
+
+def native_for(op: str, device) -> str:
+    """'native' or 'torch' for a CPU kernel of fastdm's native library (kernels/) on ``device``:
+    native on the CPU unless FASTDM_BACKEND=torch; a CPU that cannot load the library logs why
+    (a warning) and takes the torch path."""
+    from . import native
+    from .errors import FastDMError
+    if requested() == "torch" or getattr(device, "type", str(device)) != "cpu":
+        return "torch"
+    try:
+        native.load(op)
+    except FastDMError as e:
+        if (op, str(e)) not in _warned:
+            _warned.add((op, str(e)))
+            log.warning("'%s' takes the torch path, not its native kernel: %s", op, e)
+        return "torch"
+    return "native"

@@ -49,6 +49,7 @@ class _Ops:
         self.first_block = ns.first_block
         self.first_block_backward = ns.first_block_backward
         self.norm_relu_pool_nhwc = ns.norm_relu_pool_nhwc
+        self.phase_sums = ns.phase_sums
         self.isa = ns.isa
         self.build_info = lambda: json.loads(ns.build_info())
 

@@ -37,6 +37,7 @@ namespace fastdm {
   void norm_relu_pool_nhwc(const at::Tensor& x, const at::Tensor& gamma,                       \
                            const at::Tensor& beta, double eps, const at::Tensor& out,          \
                            const std::optional<at::Tensor>& chansum, double power);            \
+  void phase_sums(const at::Tensor& q, const at::Tensor& out, bool accumulate);                \
   }
 FASTDM_DECLARE(generic)
 #ifdef FASTDM_HAVE_AVX2
@@ -159,6 +160,10 @@ void norm_relu_pool_nhwc(const at::Tensor& x, const at::Tensor& gamma, const at:
   FASTDM_DISPATCH(norm_relu_pool_nhwc, x, gamma, beta, eps, out, chansum, power)
 }
 
+void phase_sums(const at::Tensor& q, const at::Tensor& out, bool accumulate) {
+  FASTDM_DISPATCH(phase_sums, q, out, accumulate)
+}
+
 std::string isa_name() {
   switch (chosen()) {
     case Isa::avx512: return "avx512";
@@ -183,6 +188,7 @@ TORCH_LIBRARY(fastdm_native, m) {
         &fastdm::first_block_backward);
   m.def("norm_relu_pool_nhwc(Tensor x, Tensor gamma, Tensor beta, float eps, Tensor(a!) out, Tensor(b!)? chansum, float power) -> ()",
         &fastdm::norm_relu_pool_nhwc);
+  m.def("phase_sums(Tensor q, Tensor(a!) out, bool accumulate) -> ()", &fastdm::phase_sums);
   m.def("isa() -> str", &fastdm::isa_name);
   m.def("build_info() -> str", &fastdm::build_info);
 }

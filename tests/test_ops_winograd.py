@@ -273,8 +273,10 @@ pooled = torch.empty(2, 3, 2, 19)
 pooled_sums = torch.empty(2, 7, 5)
 ops.norm_relu_pool_nhwc(torch.randn(2, 7, 5, 19, generator=g) * 3 + 40, torch.randn(19, generator=g),
                         torch.randn(19, generator=g), 1e-5, pooled, pooled_sums, 3.0)
+sums = torch.empty(2, 33)
+ops.phase_sums(torch.randn(33, 70, generator=g) * 4, sums, False)
 torch.save({"isa": ops.isa(), "v": v, "out": out, "blk": blk, "blk_grads": grads, "pooled": pooled,
-            "blk_sums": blk_sums, "pooled_sums": pooled_sums}, sys.argv[1])
+            "blk_sums": blk_sums, "pooled_sums": pooled_sums, "phase_sums": sums}, sys.argv[1])
 """
 
 
@@ -301,7 +303,7 @@ def test_the_cpu_picks_its_build_and_every_build_computes_the_same(tmp_path):
     assert auto["isa"] == want
     p, generic = _isa_run(tmp_path, "generic")
     assert p.returncode == 0 and generic["isa"] == "generic", p.stderr[-2000:]
-    for key in ("v", "out", "blk", "pooled", "blk_sums", "pooled_sums"):  # FMA contraction may round differently: float32 rounding apart
+    for key in ("v", "out", "blk", "pooled", "blk_sums", "pooled_sums", "phase_sums"):  # FMA contraction may round differently: float32 rounding apart
         torch.testing.assert_close(generic[key], auto[key], rtol=1e-5, atol=1e-4)
     for a, b in zip(generic["blk_grads"], auto["blk_grads"]):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)

@@ -19,9 +19,10 @@ def _rows(n, d, g):
     return F.normalize(torch.rand(n, d, generator=g) + 0.5, dim=1)
 
 
-def _basis(x, xs, p):
+def _basis(x, xs, fac, tri):
     """The orthonormal bases [D, r] of the real span and of the residuals, as the draw sees them."""
     x64, xs64 = x.double(), xs.detach().double()
+    p = torch.linalg.inv(fac) if tri else fac
     qr = (p @ x64).T
     r = xs64 - (xs64 @ qr) @ qr.T
     return qr, (S.factor(r @ r.T, cholesky=False)[1] @ r).T
@@ -30,43 +31,67 @@ def _basis(x, xs, p):
 @pytest.mark.parametrize("case", ["distinct", "dependent real rows", "a synthetic row is real"])
 def test_the_draw_is_one_full_draw_when_the_spans_fill_the_space(case):
     """D = n + n_s: T = Z Q_r^T + Z_s Q_s^T is the whole draw; the phases of both sides and
-    the gradient T^T G must be its, to float32 rounding."""
+    the gradient T^T G must be its. In float64, so that the algebra is checked to 1e-9 (float32's
+    agreement with it is the next test)."""
     g = torch.Generator().manual_seed(3)
     n, ns, m = 5, 3, 40
     d = n + ns
-    x, xs = _rows(n, d, g), _rows(ns, d, g)
+    x, xs = _rows(n, d, g).double(), _rows(ns, d, g).double()
     if case == "dependent real rows":
         x[4] = F.normalize(x[0] + x[1], dim=0)
     if case == "a synthetic row is real":
         xs[1] = x[2]
     xs.requires_grad_(True)
-    z, zs, w = torch.randn(m, n, generator=g), torch.randn(m, ns, generator=g), torch.randn(d, ns, generator=g)
-    f, p, sums = S.real_class(x, z)
+    z, zs, wt = (torch.randn(shape, generator=g, dtype=torch.float64) for shape in ((m, n), (m, ns), (ns, d)))
+    (fac, tri), sums = S.real_class(x, z)
+    assert tri == (case != "dependent real rows")  # dependent rows take the eigenvector path
+    f = fac if tri else torch.linalg.pinv(fac)   # F = P^+
     assert f.shape[1] == (4 if case == "dependent real rows" else 5)
-    ph = S.SynPhases.apply(xs, x, F.pad(p, (0, 0, 0, n - p.shape[0])), z, zs, w)
-    qr, qs = _basis(x, xs, p)
-    t = z[:, :qr.shape[1]].double() @ qr.T + zs[:, :qs.shape[1]].double() @ qs.T
-    real_ph = t @ x.double().T
-    torch.testing.assert_close(real_ph, z[:, :f.shape[1]].double() @ f.T, atol=2e-5, rtol=0)
-    torch.testing.assert_close(sums.double(), torch.stack([real_ph.cos().sum(1), real_ph.sin().sum(1)]),
-                               atol=5e-5, rtol=0)
-    torch.testing.assert_close(ph.double(), t @ xs.detach().double().T, atol=2e-5, rtol=0)
-    gph = torch.randn(m, ns, generator=g)
+    ph = S.SynPhases.apply(xs, x, F.pad(fac, (0, 0, 0, n - fac.shape[0])), tri, z, zs, wt).T
+    qr, qs = _basis(x, xs, fac, tri)
+    t = z[:, :qr.shape[1]] @ qr.T + zs[:, :qs.shape[1]] @ qs.T
+    real_ph = t @ x.T
+    torch.testing.assert_close(real_ph, z[:, :f.shape[1]] @ f.T, atol=1e-9, rtol=0)
+    torch.testing.assert_close(sums, torch.stack([real_ph.cos().sum(1), real_ph.sin().sum(1)]),
+                               atol=1e-9, rtol=0)
+    torch.testing.assert_close(ph, t @ xs.detach().T, atol=1e-9, rtol=0)
+    gph = torch.randn(m, ns, generator=g, dtype=torch.float64)
     (grad,) = torch.autograd.grad(ph, xs, gph)
-    want = (t.T @ gph.double()).T
+    want = (t.T @ gph).T
     if case == "distinct":  # nothing outside the spans: the gradient is T^T G itself
-        torch.testing.assert_close(grad.double(), want, atol=1e-4, rtol=1e-5)
+        torch.testing.assert_close(grad, want, atol=1e-9, rtol=1e-9)
     else:  # a dependent row leaves a direction outside: only the spans' part is determined
         inside = torch.cat([qr, qs], 1)
-        torch.testing.assert_close(grad.double() @ inside, want @ inside, atol=1e-4, rtol=1e-5)
+        torch.testing.assert_close(grad @ inside, want @ inside, atol=1e-9, rtol=1e-9)
+
+
+@pytest.mark.parametrize("shape", [(40, 6, 200), (67, 10, 300)])
+def test_float32_agrees_with_float64(shape):
+    """The run's float32 (Gram matrices and products) against the same draw in float64, on
+    positive, correlated rows like a ConvNet's (a ConvNet's at CIFAR-10: 4600), with
+    synthetic rows that are also real rows (no residual) and ones that are not."""
+    n, ns, d = shape
+    g = torch.Generator().manual_seed(n)
+    x = F.normalize(torch.rand(n, d, generator=g) + 1, dim=1)  # condition numbers 3166 and 6025
+    xs = torch.cat([x[:ns // 2], F.normalize(torch.rand(ns - ns // 2, d, generator=g) + 1, dim=1)])
+    z, zs, wt = S.draws(0, 1, 256, n, ns, d)
+    gph = torch.randn(ns, 256, generator=g)
+    out = {}
+    for dt in (torch.float32, torch.float64):
+        (fac, tri), sums = S.real_class(x.to(dt), z.to(dt))
+        xx = xs.to(dt).requires_grad_(True)
+        ph = S.SynPhases.apply(xx, x.to(dt), fac, tri, z.to(dt), zs.to(dt), wt.to(dt))
+        out[dt] = (sums.double(), ph.detach().double(), torch.autograd.grad(ph, xx, gph.to(dt))[0].double())
+    for a, b in zip(out[torch.float32], out[torch.float64]):
+        assert float((a - b).norm() / b.norm()) < 1e-4
 
 
 def test_real_sums_of_a_cholesky_factor_by_halves():
     """n >= 64 rows with a Cholesky factor: the phases by halves of F's rows sum as Z F^T's."""
     g = torch.Generator().manual_seed(9)
     x, z = _rows(70, 100, g), torch.randn(64, 70, generator=g)
-    f, p, sums = S.real_class(x, z)
-    assert bool((f.triu(1) == 0).all())  # the Cholesky path
+    (f, tri), sums = S.real_class(x, z)
+    assert tri and bool((f.triu(1) == 0).all())  # the Cholesky path
     ph = z.double() @ f.T
     torch.testing.assert_close(sums.double(), torch.stack([ph.cos().sum(1), ph.sin().sum(1)]),
                                atol=2e-4, rtol=0)
@@ -80,11 +105,11 @@ def test_the_gradient_outside_the_spans_has_the_full_draws_distribution():
     n, ns, d, m = 3, 2, 8, 30
     x, xs = _rows(n, d, g), _rows(ns, d, g).requires_grad_(True)
     z, zs = torch.randn(m, n, generator=g), torch.randn(m, ns, generator=g)
-    _, p, _ = S.real_class(x, z)
+    (fac, tri), _ = S.real_class(x, z)
     gph = torch.randn(m, ns, generator=g)
     grads = []
     for _ in range(1000):
-        ph = S.SynPhases.apply(xs, x, p, z, zs, torch.randn(d, ns, generator=g))
+        ph = S.SynPhases.apply(xs, x, fac, tri, z, zs, torch.randn(ns, d, generator=g)).T
         grads.append(torch.autograd.grad(ph, xs, gph)[0].double())
     grads = torch.stack(grads)                       # [draws, n_s, D]
     dev = grads - grads.mean(0)
@@ -140,7 +165,7 @@ def test_draws_are_per_iteration_and_need_room():
     the span needs n + n_s <= D."""
     a = S.draws(1, 2, 8, 4, 2, 6)
     assert all(torch.equal(u, v) for u, v in zip(a, S.draws(1, 2, 8, 4, 2, 6)))
-    assert [tuple(t.shape) for t in a] == [(8, 4), (8, 2), (6, 2)]
+    assert [tuple(t.shape) for t in a] == [(8, 4), (8, 2), (2, 6)]
     assert not torch.equal(a[0], S.draws(1, 3, 8, 4, 2, 6)[0])
     assert not torch.equal(a[0], S.draws(2, 2, 8, 4, 2, 6)[0])
     assert not torch.equal(a[0][:4], a[0][4:])  # the two halves come from two generators

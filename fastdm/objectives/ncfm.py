@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import rng
+from ..backend import native_for
 from ..devices import resolve_device
 from ..ops.characteristic import cf_distance, cf_sums, distance_from_sums
 from ..settings import Setting, positive
@@ -68,6 +69,9 @@ class CharacteristicFunction(Objective):
     def __init__(self, config, backends, device):
         super().__init__(config, backends, device)
         self._t = self._draws = None
+        # the span draw's real side: cos and sin sums by the native kernel on the CPU
+        self.sums_backend = native_for("phase_sums", self.device) \
+            if config.frequency_draw == "span" else None
 
     def begin(self, iteration):
         self.iteration, self._t, self._draws = iteration, None, None
@@ -102,40 +106,44 @@ class CharacteristicFunction(Objective):
 
     # -- the span draw (fastdm.objectives.span_draw) ---------------------------------------------
     def _span_draws(self, d):
-        """This iteration's Z [M, batch_real], Z_s [M, n_s], W [D, n_s], shared by its classes."""
+        """This iteration's Z [M, batch_real], Z_s [M, n_s], W^T [n_s, D], shared by its classes."""
         cfg = self.config
         if self._draws is None or self._draws[0] != d:
             with torch.inference_mode(False):
-                z, zs, w = (t.to(self.device) for t in span.draws(
+                z, zs, wt = (t.to(self.device) for t in span.draws(
                     cfg.seed, self.iteration, cfg.frequencies, cfg.batch_real,
                     cfg.ipc * cfg.factor ** 2, d))
-            self._draws = (d, z, zs, w)
+            self._draws = (d, z, zs, wt)
         return self._draws[1:]
 
     def _span_real(self, x, counts):
-        """(per-class sums of cos and sin [k, 2, M], the features, and the maps P [k, n, n] of
-        their spans (span_draw.factor), zero-padded to the largest n)."""
+        """(per-class sums of cos and sin [k, 2, M], the features, the factors of their spans
+        [k, n, n] (span_draw.Span: L, or P zero-padded to the largest n) and which are L [k],
+        on the host)."""
         cfg, host = self.config, counts.host.tolist()
         ns, n_max, d = cfg.ipc * cfg.factor ** 2, max(host, default=0), x.shape[1]
         z = self._span_draws(d)[0]
         sums = x.new_empty((len(host), 2, cfg.frequencies))
-        maps = torch.zeros((len(host), n_max, n_max), dtype=torch.float64, device=x.device)
+        facs = torch.zeros((len(host), n_max, n_max), dtype=torch.float64, device=x.device)
+        tri = torch.zeros(len(host), dtype=torch.bool)
         off = 0
         for j, n in enumerate(host):
             span.check_fits(n, ns, d)
-            _, p, sums[j] = span.real_class(x[off:off + n], z[:, :n])
-            maps[j, :p.shape[0], :n] = p  # (rows past the rank r stay zero)
+            (fac, tri[j]), sums[j] = span.real_class(x[off:off + n], z[:, :n],
+                                                     self.sums_backend)
+            facs[j, :fac.shape[0], :fac.shape[1]] = fac  # (P's rows past its rank stay zero)
             off += n
-        return sums, x, maps
+        return sums, x, facs, tri
 
     def _span_loss(self, real, real_counts, xs, syn_counts):
-        sums, x, maps = real
+        sums, x, facs, tri = real
         cfg = self.config
-        z, zsyn, w = self._span_draws(xs.shape[1])
+        z, zsyn, wt = self._span_draws(xs.shape[1])
         syn_sums, off_r, off_s = [], 0, 0
-        for j, (n, ns) in enumerate(zip(real_counts.host.tolist(), syn_counts.host.tolist())):
-            ph = span.SynPhases.apply(xs[off_s:off_s + ns], x[off_r:off_r + n], maps[j, :n, :n],
-                                      z[:, :n], zsyn, w)
+        for j, (n, ns, lower) in enumerate(zip(real_counts.host.tolist(), syn_counts.host.tolist(),
+                                               tri.tolist())):
+            ph = span.SynPhases.apply(xs[off_s:off_s + ns], x[off_r:off_r + n], facs[j, :n, :n],
+                                      lower, z[:, :n], zsyn, wt)
             syn_sums.append(span.phase_sums(ph))
             off_r, off_s = off_r + n, off_s + ns
         return SCALE * distance_from_sums(sums, real_counts.device, torch.stack(syn_sums),
