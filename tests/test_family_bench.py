@@ -14,7 +14,8 @@ def test_family_cost_reports_each_variant_against_dm(tmp_path):
                                "--device", "cpu", "--json", str(out)])
     rows = report["variants"]
     assert set(rows) == {"dm", "datadam", "ncfm-factor2"} and rows["dm"]["vs_dm"] == 1.0
-    assert all(r["median_s"] > 0 for r in rows.values())
+    assert all(r["median_s"] > 0 and r["cpu_s"][0] > 0 for r in rows.values())
+    assert rows["dm"]["vs_dm_cpu_paired"] == 1.0
     assert json.loads(out.read_text())["setting"] == "toy-ipc2"
 
 
