@@ -31,6 +31,7 @@ from .. import rng
 from ..backend import native_for
 from ..devices import resolve_device
 from ..ops.characteristic import cf_distance, cf_sums, distance_from_sums
+from ..ops.phase_sums import cos_sin_sums
 from ..settings import Setting, positive
 from . import span_draw as span
 from .base import Objective, register
@@ -125,15 +126,14 @@ class CharacteristicFunction(Objective):
         z = self._span_draws(d)[0]
         sums = x.new_empty((len(host), 2, cfg.frequencies))
         facs = torch.zeros((len(host), n_max, n_max), dtype=torch.float64, device=x.device)
-        tri = torch.zeros(len(host), dtype=torch.bool)
-        off = 0
+        tri, off = [], 0
         for j, n in enumerate(host):
             span.check_fits(n, ns, d)
-            (fac, tri[j]), sums[j] = span.real_class(x[off:off + n], z[:, :n],
-                                                     self.sums_backend)
+            (fac, lower), sums[j] = span.real_class(x[off:off + n], z[:, :n], self.sums_backend)
             facs[j, :fac.shape[0], :fac.shape[1]] = fac  # (P's rows past its rank stay zero)
+            tri.append(lower)
             off += n
-        return sums, x, facs, tri
+        return sums, x, facs, torch.tensor(tri, dtype=torch.bool)
 
     def _span_loss(self, real, real_counts, xs, syn_counts):
         sums, x, facs, tri = real
@@ -144,7 +144,7 @@ class CharacteristicFunction(Objective):
                                                tri.tolist())):
             ph = span.SynPhases.apply(xs[off_s:off_s + ns], x[off_r:off_r + n], facs[j, :n, :n],
                                       lower, z[:, :n], zsyn, wt)
-            syn_sums.append(span.phase_sums(ph))
+            syn_sums.append(cos_sin_sums(ph.T))  # (torch's: the synthetic side has autograd)
             off_r, off_s = off_r + n, off_s + ns
         return SCALE * distance_from_sums(sums, real_counts.device, torch.stack(syn_sums),
                                           syn_counts.device, cfg.amplitude_weight,
