@@ -25,7 +25,7 @@ def _basis(x, xs, fac, tri):
     p = torch.linalg.inv(fac) if tri else fac
     qr = (p @ x64).T
     r = xs64 - (xs64 @ qr) @ qr.T
-    return qr, (S.factor(r @ r.T, cholesky=False)[1] @ r).T
+    return qr, (S.explicit_factor(r @ r.T)[1] @ r).T
 
 
 @pytest.mark.parametrize("case", ["distinct", "dependent real rows", "a synthetic row is real"])
@@ -95,6 +95,32 @@ def test_real_sums_of_a_cholesky_factor_by_halves():
     ph = z.double() @ f.T
     torch.testing.assert_close(sums.double(), torch.stack([ph.cos().sum(1), ph.sin().sum(1)]),
                                atol=2e-4, rtol=0)
+
+
+def test_roots_and_their_stability_under_rounding():
+    """``root``: A A^T = K for positive definite and singular K; on a definite K it is the
+    Cholesky factor, which moves with K continuously: G G^T = s I (every eigenvalue equal, where
+    eigenvectors are arbitrary) perturbed at rounding level leaves the gradient's random part
+    where it was."""
+    g = torch.Generator().manual_seed(4)
+    b = torch.randn(6, 6, generator=g, dtype=torch.float64)
+    for k in (b @ b.T + torch.eye(6, dtype=torch.float64), b[:, :3] @ b[:, :3].T):
+        a = S.root(k)
+        torch.testing.assert_close(a @ a.T, k, atol=1e-10, rtol=0)
+    k = b @ b.T + torch.eye(6, dtype=torch.float64)
+    assert torch.equal(S.root(k), torch.linalg.cholesky(k))
+    n, ns, d, m = 7, 4, 40, 64
+    x, xs = _rows(n, d, g), _rows(ns, d, g).requires_grad_(True)
+    z, zs, wt = S.draws(0, 5, m, n, ns, d)
+    (fac, tri), _ = S.real_class(x, z)
+    q, _ = torch.linalg.qr(torch.randn(m, ns, generator=g, dtype=torch.float64))
+    gph = q.T.float().contiguous()  # orthonormal rows: G G^T = I
+    grads = []
+    for eps in (0.0, 1e-7):
+        ph = S.SynPhases.apply(xs, x, fac, tri, z, zs, wt)
+        gp = gph * (1 + eps * torch.randn(gph.shape, generator=g))
+        grads.append(torch.autograd.grad(ph, xs, gp)[0])
+    assert float((grads[0] - grads[1]).norm() / grads[0].norm()) < 1e-4
 
 
 @pytest.mark.slow  # 1000 draws (11 s); the quick tier checks the gradient's size end to end

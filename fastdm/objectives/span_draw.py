@@ -45,28 +45,43 @@ from ..ops.phase_sums import cos_sin_sums
 RANK_TOL = 1e-6  # eigenvalues of unit rows' Gram matrices below it are rounding (float32 rows)
 
 
-def factor(k: torch.Tensor, cholesky: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+def factor(k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(F [n, r], P [r, n] or None) of a float64 Gram matrix K = X X^T of unit rows (only its
     lower triangle is read): F F^T = K and the rows of P X orthonormal. A Cholesky factor where
     K is well conditioned (P = F^{-1}: None, applied by solves), else the eigenvectors of the
     eigenvalues above RANK_TOL."""
-    if cholesky:
-        low, info = torch.linalg.cholesky_ex(k)
-        if int(info) == 0 and float(low.diagonal().min()) ** 2 > RANK_TOL:
-            return low, None
+    low, info = torch.linalg.cholesky_ex(k)
+    if int(info) == 0 and float(low.diagonal().min()) ** 2 > RANK_TOL:
+        return low, None
     lam, v = torch.linalg.eigh(k)
     keep = lam > RANK_TOL
-    v, sd = v[:, keep], lam[keep].sqrt()
-    # each eigenvector's sign fixed (its largest entry positive): the same draw from any
-    # precision or LAPACK build
-    v = v * torch.where(v.gather(0, v.abs().argmax(0, keepdim=True)) < 0, -1.0, 1.0)
+    v, sd = signed(v[:, keep]), lam[keep].sqrt()
     return v * sd, (v / sd).T
 
 
+def explicit_factor(k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``factor`` with P always formed (for the synthetic side's small Gram matrices)."""
+    f, p = factor(k)
+    if p is None:  # a Cholesky factor: P = F^{-1}
+        p = solve_triangular(f, torch.eye(f.shape[0], dtype=f.dtype, device=f.device), upper=False)
+    return f, p
+
+
+def signed(v: torch.Tensor) -> torch.Tensor:
+    """Eigenvectors (columns) with their signs fixed, largest entry positive: the same draw
+    from any precision, rounding or LAPACK build."""
+    return v * torch.where(v.gather(0, v.abs().argmax(0, keepdim=True)) < 0, -1.0, 1.0)
+
+
 def root(k: torch.Tensor) -> torch.Tensor:
-    """A [n, n] with A A^T = K for a float64 positive semidefinite K (eigenvalues clamped at 0)."""
+    """A [n, n] with A A^T = K for a float64 positive semidefinite K: its Cholesky factor (which
+    moves continuously with K: a rounding-level change of the gradient leaves the draw alone,
+    where eigenvectors of close eigenvalues can turn), else eigenvalues clamped at 0."""
+    low, info = torch.linalg.cholesky_ex(k)
+    if int(info) == 0:
+        return low
     lam, v = torch.linalg.eigh(k)
-    return v * lam.clamp(min=0).sqrt()
+    return signed(v) * lam.clamp(min=0).sqrt()
 
 
 def draws(seed: int, iteration: int, m: int, n: int, ns: int, d: int):
@@ -74,11 +89,11 @@ def draws(seed: int, iteration: int, m: int, n: int, ns: int, d: int):
     the full draw's t): Z [M, n] (its two halves of rows from two generators), Z_s [M, n_s] and
     W^T [n_s, D]."""
     seeds = rng.hash32(seed, rng.FREQ, iteration, torch.arange(4)).tolist()
+    z, zs, wt = torch.empty((m, n)), torch.empty((m, ns)), torch.empty((ns, d))
     half = m // 2
-    shapes = ((half, n), (m - half, n), (m, ns), (ns, d))
-    z0, z1, zs, wt = (torch.randn(shape, generator=torch.Generator().manual_seed(int(sd)))
-                      for shape, sd in zip(shapes, seeds))
-    return torch.cat([z0, z1]), zs, wt
+    for part, sd in zip((z[:half], z[half:], zs, wt), seeds):  # (rows of z: contiguous views)
+        part.normal_(generator=torch.Generator().manual_seed(int(sd)))
+    return z, zs, wt
 
 
 class Span:
@@ -91,21 +106,15 @@ class Span:
 
     def coords(self, k: torch.Tensor) -> torch.Tensor:
         """K [m, n] -> K P^T [m, r]: rows' coordinates in P X, from their products with X."""
-        if self.tri:
-            return solve_triangular(self.fac.T, k, upper=True, left=False)
+        if self.tri:  # (as a left solve on the transpose: LAPACK's right solve is 5x slower here)
+            return solve_triangular(self.fac, k.T, upper=False).T
         return k @ self.fac.T
 
     def right(self, u: torch.Tensor) -> torch.Tensor:
         """u [m, r] -> u P [m, n]."""
         if self.tri:
-            return solve_triangular(self.fac, u, upper=False, left=False)
+            return solve_triangular(self.fac.T, u.T, upper=True).T
         return u @ self.fac
-
-    def gram_pinv(self, v: torch.Tensor) -> torch.Tensor:
-        """v [n, m] -> P^T P v (K^{-1} v for a Cholesky factor)."""
-        if self.tri:
-            return torch.cholesky_solve(v, self.fac)
-        return self.fac.T @ (self.fac @ v)
 
 
 def gram_lower(x: torch.Tensor) -> torch.Tensor:
@@ -145,27 +154,33 @@ class SynPhases(torch.autograd.Function):
     def forward(ctx, xs, x, fac, tri, z, zs, wt):
         span = Span(fac, tri)
         xs = xs.detach()
-        k_sr, k_ss = (xs @ x.T).double(), (xs @ xs.T).double()
-        c = span.coords(k_sr)                          # [n_s, r]: coordinates in Q_r
-        f_s, p_s = factor(k_ss - c @ c.T, cholesky=False)   # the residuals' Gram matrix
-        ctx.save_for_backward(xs, x, fac, z, zs, wt, c, p_s)
+        # X_s and W^T against X and X_s in one product each: W's are the backward's, and one
+        # solve gives both coordinates in Q_r
+        sw = torch.cat([xs, wt])
+        cc = span.coords((sw @ x.T).double())          # [C; C_w]: X_s's and W's in Q_r
+        k_s = (sw @ xs.T).double()                     # [X_s X_s^T; W^T X_s^T]
+        ns = xs.shape[0]
+        c = cc[:ns]
+        f_s, p_s = explicit_factor(k_s[:ns] - c @ c.T)  # the residuals' Gram matrix
+        ctx.save_for_backward(xs, x, fac, z, zs, wt, cc, k_s[ns:], p_s)
         ctx.tri = tri
-        return c.to(z.dtype) @ z[:, :span.rank].T + f_s.to(zs.dtype) @ zs[:, :f_s.shape[1]].T
+        ph = c.to(z.dtype) @ z[:, :span.rank].T
+        return ph.addmm_(f_s.to(zs.dtype), zs[:, :f_s.shape[1]].T)
 
     @staticmethod
     def backward(ctx, gt):
-        xs, x, fac, z, zs, wt, c, p_s = ctx.saved_tensors
-        span, dt = Span(fac, ctx.tri), gt.dtype
+        xs, x, fac, z, zs, wt, cc, wxs, p_s = ctx.saved_tensors
+        span, dt, ns = Span(fac, ctx.tri), gt.dtype, xs.shape[0]
+        c, cw = cc[:ns], cc[ns:]                       # cw = (Q_r W)^T
         a = (gt @ z[:, :span.rank]).double()           # (Z^T G)^T
         b = (gt @ zs[:, :p_s.shape[0]]).double()       # (Z_s^T G)^T
         g64 = gt.double()
         big_a = root(g64 @ g64.T)                      # A A^T = G^T G
-        xw, xsw = (wt @ x.T).double().T, (wt @ xs.T).double().T   # X W [n, n_s], X_s W
-        h = span.right(p_s @ c)                        # Q_s = p_s X_s - H X
-        qsw = p_s @ xsw - h @ xw                       # Q_s W
-        # rows: a Q_r + b Q_s + A W^T P_o, with P_o = I - Q_r^T Q_r - Q_s^T Q_s
-        u = span.right(a) - b @ h - big_a @ span.gram_pinv(xw).T + big_a @ qsw.T @ h
+        qsw = p_s @ (wxs.T - c @ cw.T)                 # Q_s W, with Q_s = p_s (X_s - C Q_r)
+        # rows: a Q_r + b Q_s + A W^T P_o, with P_o = I - Q_r^T Q_r - Q_s^T Q_s; every term
+        # in Q_r's coordinates goes through one solve
         v = (b - big_a @ qsw.T) @ p_s
+        u = span.right(a - v @ c - big_a @ cw)
         grad = u.to(dt) @ x + v.to(dt) @ xs + big_a.to(dt) @ wt
         return grad, None, None, None, None, None, None
 
