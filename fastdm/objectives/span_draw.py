@@ -27,6 +27,9 @@ Cholesky factor and P = F^{-1} is never formed (triangular solves apply it); whe
 (nearly) dependent -- a synthetic image that is also in the real batch, under the same Siamese
 augmentation, has no residual at all -- F and P come from the eigenvectors of the eigenvalues
 above RANK_TOL (a row closer than sqrt(RANK_TOL) to the others' span is taken to lie in it).
+The same holds for the residuals' span, and A is G^T G's Cholesky factor where it is definite:
+Cholesky factors move continuously with their matrix, so a rounding-level change of the features
+or of G leaves the draw where it was (eigenvectors of close eigenvalues can turn instead).
 The synthetic side never forms its residuals or the bases as D-vectors: its forward needs the
 Gram blocks X_s X^T and X_s X_s^T, its backward writes the gradient as U X + V X_s + A W^T with
 small matrices U, V, A -- three products with D columns per class.
