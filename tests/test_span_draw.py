@@ -97,6 +97,42 @@ def test_real_sums_of_a_cholesky_factor_by_halves():
                                atol=2e-4, rtol=0)
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_span_loss_is_the_distance_of_the_phases_with_its_gradient(dtype):
+    """SpanLoss (the objective's path: the distance's gradient in closed form, computed with the
+    loss) against autograd through SynPhases, the cos/sin sums and ops.characteristic's
+    distance: float64 to 1e-7 (the rows that are real leave the residuals' factor near its rank
+    cut, which turns rounding into 1e-8); float32 within 1e-4 of that float64 reference (the
+    closed form takes its per-frequency terms in float64)."""
+    from fastdm.ops.characteristic import distance_from_sums
+    from fastdm.ops.phase_sums import cos_sin_sums
+    g = torch.Generator().manual_seed(11)
+    n, ns, d, m = 40, 6, 200, 256
+    x = F.normalize(torch.rand(n, d, generator=g, dtype=torch.float64) + 1, dim=1)
+    xs0 = torch.cat([x[:2], F.normalize(torch.rand(ns - 2, d, generator=g, dtype=torch.float64)
+                                        + 1, dim=1)])   # two synthetic rows are real ones
+    draws = [t.double() for t in S.draws(0, 1, m, n, ns, d)]
+
+    def reference():
+        (fac, tri), sums = S.real_class(x, draws[0])
+        xs = xs0.clone().requires_grad_(True)
+        ph = S.SynPhases.apply(xs, x, fac, tri, *draws)
+        loss = 300 * distance_from_sums(sums[None], torch.tensor([n]), cos_sin_sums(ph.T)[None],
+                                        torch.tensor([ns]), 0.5, 0.7)[0]
+        return loss.detach(), torch.autograd.grad(loss, xs)[0]
+
+    want_loss, want_grad = reference()
+    xx, (z, zs, wt) = x.to(dtype), (t.to(dtype) for t in draws)
+    (fac, tri), sums = S.real_class(xx, z)
+    xs = xs0.to(dtype).requires_grad_(True)
+    loss = S.SpanLoss.apply(xs, xx, fac, tri, z, zs, wt, sums / n, 0.5, 0.7, 300 / m)
+    (grad,) = torch.autograd.grad(3 * loss, xs)
+    tol = 1e-7 if dtype == torch.float64 else 1e-4
+    assert loss.dtype == dtype
+    assert abs(float(loss) - float(want_loss)) <= tol * abs(float(want_loss))
+    assert float((grad.double() / 3 - want_grad).norm() / want_grad.norm()) < tol
+
+
 def test_roots_and_their_stability_under_rounding():
     """``root``: A A^T = K for positive definite and singular K; on a definite K it is the
     Cholesky factor, which moves with K continuously: G G^T = s I (every eigenvalue equal, where

@@ -30,8 +30,7 @@ import torch.nn.functional as F
 from .. import rng
 from ..backend import native_for
 from ..devices import resolve_device
-from ..ops.characteristic import cf_distance, cf_sums, distance_from_sums
-from ..ops.phase_sums import cos_sin_sums
+from ..ops.characteristic import cf_distance, cf_sums
 from ..settings import Setting, positive
 from . import span_draw as span
 from .base import Objective, register
@@ -141,13 +140,12 @@ class CharacteristicFunction(Objective):
         sums, x, facs, tri = real
         cfg = self.config
         z, zsyn, wt = self._span_draws(xs.shape[1])
-        syn_sums, off_r, off_s = [], 0, 0
+        weight = SCALE / cfg.frequencies   # SCALE x the mean over the frequencies
+        losses, off_r, off_s = [], 0, 0
         for j, (n, ns, lower) in enumerate(zip(real_counts.host.tolist(), syn_counts.host.tolist(),
                                                tri.tolist())):
-            ph = span.SynPhases.apply(xs[off_s:off_s + ns], x[off_r:off_r + n], facs[j, :n, :n],
-                                      lower, z[:, :n], zsyn, wt)
-            syn_sums.append(cos_sin_sums(ph.T))  # (torch's: the synthetic side has autograd)
+            losses.append(span.SpanLoss.apply(
+                xs[off_s:off_s + ns], x[off_r:off_r + n], facs[j, :n, :n], lower, z[:, :n], zsyn,
+                wt, sums[j] / n, cfg.amplitude_weight, cfg.phase_weight, weight))
             off_r, off_s = off_r + n, off_s + ns
-        return SCALE * distance_from_sums(sums, real_counts.device, torch.stack(syn_sums),
-                                          syn_counts.device, cfg.amplitude_weight,
-                                          cfg.phase_weight)
+        return torch.stack(losses).float()

@@ -43,6 +43,7 @@ from torch.linalg import solve_triangular
 
 from .. import rng
 from ..errors import FastDMError
+from ..ops.characteristic import PHASE_FLOOR
 from ..ops.phase_sums import cos_sin_sums
 
 RANK_TOL = 1e-6  # eigenvalues of unit rows' Gram matrices below it are rounding (float32 rows)
@@ -149,43 +150,100 @@ def real_class(x: torch.Tensor, z: torch.Tensor, backend: str = "torch"):
     return (f, True), cos_sin_sums(*parts, backend=backend)
 
 
+def syn_phases(xs, x, span: Span, z, zs, wt):
+    """One class's synthetic phases, transposed: [n_s, M] (float32), and what the gradient needs
+    (``syn_gradient``'s ``saved``)."""
+    # X_s and W^T against X and X_s in one product each: W's are the backward's, and one solve
+    # gives both coordinates in Q_r
+    sw = torch.cat([xs, wt])
+    cc = span.coords((sw @ x.T).double())          # [C; C_w]: X_s's and W's in Q_r
+    k_s = (sw @ xs.T).double()                     # [X_s X_s^T; W^T X_s^T]
+    ns = xs.shape[0]
+    c = cc[:ns]
+    f_s, p_s = explicit_factor(k_s[:ns] - c @ c.T)  # the residuals' Gram matrix
+    ph = c.to(z.dtype) @ z[:, :span.rank].T
+    return ph.addmm_(f_s.to(zs.dtype), zs[:, :f_s.shape[1]].T), (cc, k_s[ns:], p_s)
+
+
+def syn_gradient(gt, xs, x, span: Span, z, zs, wt, saved):
+    """T^T G as the gradient w.r.t. the synthetic rows [n_s, D], for G^T = ``gt`` [n_s, M] (see
+    the module's doc)."""
+    cc, wxs, p_s = saved
+    dt, ns = gt.dtype, xs.shape[0]
+    c, cw = cc[:ns], cc[ns:]                       # cw = (Q_r W)^T
+    a = (gt @ z[:, :span.rank]).double()           # (Z^T G)^T
+    b = (gt @ zs[:, :p_s.shape[0]]).double()       # (Z_s^T G)^T
+    g64 = gt.double()
+    big_a = root(g64 @ g64.T)                      # A A^T = G^T G
+    qsw = p_s @ (wxs.T - c @ cw.T)                 # Q_s W, with Q_s = p_s (X_s - C Q_r)
+    # rows: a Q_r + b Q_s + A W^T P_o, with P_o = I - Q_r^T Q_r - Q_s^T Q_s; every term in Q_r's
+    # coordinates goes through one solve
+    v = (b - big_a @ qsw.T) @ p_s
+    u = span.right(a - v @ c - big_a @ cw)
+    return u.to(dt) @ x + v.to(dt) @ xs + big_a.to(dt) @ wt
+
+
 class SynPhases(torch.autograd.Function):
     """One class's synthetic phases, transposed: [n_s, M], and, backward, T^T G (see the
     module's doc). ``fac, tri``: the class's real span (Span)."""
 
     @staticmethod
     def forward(ctx, xs, x, fac, tri, z, zs, wt):
-        span = Span(fac, tri)
         xs = xs.detach()
-        # X_s and W^T against X and X_s in one product each: W's are the backward's, and one
-        # solve gives both coordinates in Q_r
-        sw = torch.cat([xs, wt])
-        cc = span.coords((sw @ x.T).double())          # [C; C_w]: X_s's and W's in Q_r
-        k_s = (sw @ xs.T).double()                     # [X_s X_s^T; W^T X_s^T]
-        ns = xs.shape[0]
-        c = cc[:ns]
-        f_s, p_s = explicit_factor(k_s[:ns] - c @ c.T)  # the residuals' Gram matrix
-        ctx.save_for_backward(xs, x, fac, z, zs, wt, cc, k_s[ns:], p_s)
+        ph, saved = syn_phases(xs, x, Span(fac, tri), z, zs, wt)
+        ctx.save_for_backward(xs, x, fac, z, zs, wt, *saved)
         ctx.tri = tri
-        ph = c.to(z.dtype) @ z[:, :span.rank].T
-        return ph.addmm_(f_s.to(zs.dtype), zs[:, :f_s.shape[1]].T)
+        return ph
 
     @staticmethod
     def backward(ctx, gt):
-        xs, x, fac, z, zs, wt, cc, wxs, p_s = ctx.saved_tensors
-        span, dt, ns = Span(fac, ctx.tri), gt.dtype, xs.shape[0]
-        c, cw = cc[:ns], cc[ns:]                       # cw = (Q_r W)^T
-        a = (gt @ z[:, :span.rank]).double()           # (Z^T G)^T
-        b = (gt @ zs[:, :p_s.shape[0]]).double()       # (Z_s^T G)^T
-        g64 = gt.double()
-        big_a = root(g64 @ g64.T)                      # A A^T = G^T G
-        qsw = p_s @ (wxs.T - c @ cw.T)                 # Q_s W, with Q_s = p_s (X_s - C Q_r)
-        # rows: a Q_r + b Q_s + A W^T P_o, with P_o = I - Q_r^T Q_r - Q_s^T Q_s; every term
-        # in Q_r's coordinates goes through one solve
-        v = (b - big_a @ qsw.T) @ p_s
-        u = span.right(a - v @ c - big_a @ cw)
-        grad = u.to(dt) @ x + v.to(dt) @ xs + big_a.to(dt) @ wt
-        return grad, None, None, None, None, None, None
+        xs, x, fac, z, zs, wt, *saved = ctx.saved_tensors
+        return (syn_gradient(gt, xs, x, Span(fac, ctx.tri), z, zs, wt, saved),
+                None, None, None, None, None, None)
+
+
+def distance_and_grad(ph, real, alpha: float, beta: float, weight: float):
+    """NCFM's distance of one class, weight * sum_m sqrt(alpha (a_m - b_m)^2 + beta max(2 (a_m
+    b_m - s_m . r_m), floor)) with s_m the mean of (cos, sin) of the synthetic phases ph [n_s, M]
+    and r_m = ``real`` [2, M] the real side's (a, b their moduli), and its gradient w.r.t. ph in
+    closed form (what autograd gives through ops.characteristic.distance_from_sums, except 0
+    where b_m = 0, which autograd makes NaN)."""
+    cs, sn = ph.cos(), ph.sin()
+    # the per-frequency terms in float64 ([M] vectors: cheap), where the phase term's
+    # cancellation would cost float32 digits
+    re, im = cs.mean(0, dtype=torch.float64), sn.mean(0, dtype=torch.float64)
+    rr, ri = real[0].double(), real[1].double()
+    am, bm = torch.hypot(rr, ri), torch.hypot(re, im)
+    raw = 2 * (am * bm - re * rr - im * ri)
+    v = torch.sqrt(alpha * (am - bm).square() + beta * raw.clamp(min=PHASE_FLOOR))
+    dv = (weight / ph.shape[0]) / (2 * v)
+    inv_b = torch.where(bm > 0, bm.reciprocal(), 0.0)
+    ure, uim = re * inv_b, im * inv_b
+    on = (raw >= PHASE_FLOOR) * (2 * beta)
+    amp = -2 * alpha * (am - bm)
+    gre = dv * (amp * ure + on * (am * ure - rr))  # d loss / d mean cos, over n_s
+    gim = dv * (amp * uim + on * (am * uim - ri))
+    return (weight * v.sum()).to(ph.dtype), gim.to(ph.dtype) * cs - gre.to(ph.dtype) * sn
+
+
+class SpanLoss(torch.autograd.Function):
+    """One class's NCFM loss under the span draw (a scalar), its gradient w.r.t. the synthetic
+    rows computed with it (the distance's gradient in closed form, then T^T G): no autograd
+    graph, where the phases, cos, sin and the distance made one of about eighty nodes. ``real``
+    [2, M]: the real side's characteristic function (sums / n)."""
+
+    @staticmethod
+    def forward(ctx, xs, x, fac, tri, z, zs, wt, real, alpha, beta, weight):
+        xs, span = xs.detach(), Span(fac, tri)
+        ph, saved = syn_phases(xs, x, span, z, zs, wt)
+        loss, gt = distance_and_grad(ph, real, alpha, beta, weight)
+        ctx.save_for_backward(syn_gradient(gt, xs, x, span, z, zs, wt, saved))
+        return loss
+
+    @staticmethod
+    def backward(ctx, grad_loss):
+        (grad,) = ctx.saved_tensors
+        return (grad_loss * grad,) + (None,) * 10
 
 
 def check_fits(n: int, ns: int, d: int) -> None:
