@@ -126,6 +126,26 @@ def test_buffers_are_reused_across_chunk_sizes():
     st.close()
 
 
+def test_gather_threads_run_their_torch_ops_inline():
+    """The stream's gatherers run with one OpenMP thread each (fastdm.worker_threads): a torch op
+    in a worker thread with a team of its own would slow every parallel op of the main thread
+    (libgomp's throttled spinning once threads outnumber cores). The main thread keeps its
+    count."""
+    if "parallel backend: OpenMP" not in torch.__config__.parallel_info():
+        pytest.skip("torch's parallel backend here is not OpenMP")
+    main = torch.get_num_threads()
+    seen = []
+    st = RealStream(torch.zeros(8, 1, 2, 2, dtype=torch.uint8), CPU, "memory",
+                    Rows(lambda key: (seen.append(torch.get_num_threads()) or torch.tensor(key),
+                                      torch.tensor([len(key)]))))
+    st.plan([(0, 1), (2, 3)])
+    st.take((0, 1))
+    st.take((2, 3))
+    st.close()
+    assert seen == [1, 1]
+    assert torch.get_num_threads() == main
+
+
 def test_a_failed_gather_names_its_batch():
     st = RealStream(torch.zeros(4, 1, 2, 2, dtype=torch.uint8), CPU, "memory",
                     Rows(lambda key: (torch.tensor([99]), torch.tensor([1]))))

@@ -28,6 +28,7 @@ import torch
 
 from ..errors import FastDMError
 from ..settings import TIERS
+from ..worker_threads import one_thread
 from .sampler import RealSampler
 
 log = logging.getLogger("fastdm")
@@ -110,7 +111,10 @@ class RealStream:
         # host tiers feeding a GPU: pinned chunk buffers, copies on a side stream
         self.copies = device.type == "cuda" and tier != "gpu"
         self.index_device = device if tier == "gpu" else torch.device("cpu")
-        self.pool = None if tier == "gpu" else ThreadPoolExecutor(threads, thread_name_prefix="fastdm-real")
+        # (their torch ops inline: a thread's own OpenMP team slows the main thread's, see
+        # fastdm.worker_threads)
+        self.pool = None if tier == "gpu" else ThreadPoolExecutor(
+            threads, thread_name_prefix="fastdm-real", initializer=one_thread)
         self.pending: dict = {}
         self.queue: deque = deque()
         self.stats = {"prefetched": 0, "direct": 0, "buffers": 0}
