@@ -17,38 +17,47 @@ import ctypes
 import logging
 
 log = logging.getLogger("fastdm")
-_setter: list = []   # [omp_set_num_threads or None], looked up once
+_found: dict = {}   # "setters": the runtimes' omp_set_num_threads, the one that worked first
 
 
-def _omp_set_num_threads():
-    """The omp_set_num_threads of the OpenMP runtime torch's ATen runs on, or None."""
-    if not _setter:
+def _setters() -> list:
+    """omp_set_num_threads of every OpenMP runtime loaded in this process (a process may hold
+    two: torch's and a system one), torch's own first."""
+    if "setters" not in _found:
+        import os
+
         import torch
-        fn = None
+        fns = []
         if "parallel backend: OpenMP" in torch.__config__.parallel_info():
             try:
                 with open("/proc/self/maps") as f:
                     paths = {line.split()[-1] for line in f if "omp" in line.rsplit("/", 1)[-1]}
             except OSError:
                 paths = set()
-            for path in sorted(paths):
+            own = os.path.dirname(torch.__file__)
+            for path in sorted(paths, key=lambda p: (not p.startswith(own), p)):
                 try:
-                    fn = ctypes.CDLL(path).omp_set_num_threads
-                    break
+                    fns.append(ctypes.CDLL(path).omp_set_num_threads)
                 except (OSError, AttributeError):
                     continue
-            if fn is None:
-                log.warning("fastdm: torch's OpenMP runtime was not found in this process; worker "
-                            "threads keep their own OpenMP teams (slower small ops on the main "
-                            "thread)")
-        _setter.append(fn)
-    return _setter[0]
+        _found["setters"] = fns
+    return _found["setters"]
 
 
 def one_thread() -> None:
     """This thread's torch ops run inline (OpenMP thread count 1 for this thread only)."""
     import torch
-    torch.get_num_threads()  # ATen's per-thread initialisation first: it would set the count back
-    fn = _omp_set_num_threads()
-    if fn is not None:
+    if torch.get_num_threads() == 1:  # (also ATen's per-thread initialisation, which would
+        return                        # set the count back if it came after)
+    fns = _setters()
+    for i, fn in enumerate(fns):
         fn(1)
+        if torch.get_num_threads() == 1:  # the runtime torch runs on
+            if i:
+                fns.insert(0, fns.pop(i))
+            return
+    if not _found.get("warned"):
+        _found["warned"] = True
+        log.warning("fastdm: could not give worker threads one OpenMP thread (torch's OpenMP "
+                    "runtime not found); their torch ops keep teams of their own, which slows "
+                    "the main thread's small ops")

@@ -146,6 +146,17 @@ def test_gather_threads_run_their_torch_ops_inline():
     assert torch.get_num_threads() == main
 
 
+def test_one_thread_finds_torchs_runtime_beside_another():
+    """A second OpenMP runtime in the process (scikit-learn ships its own libgomp) must not be
+    the one set: one_thread checks that torch's count changed."""
+    pytest.importorskip("sklearn.utils._openmp_helpers")
+    from concurrent.futures import ThreadPoolExecutor
+
+    from fastdm.worker_threads import one_thread
+    with ThreadPoolExecutor(1, initializer=one_thread) as pool:
+        assert pool.submit(torch.get_num_threads).result() == 1
+
+
 def test_a_failed_gather_names_its_batch():
     st = RealStream(torch.zeros(4, 1, 2, 2, dtype=torch.uint8), CPU, "memory",
                     Rows(lambda key: (torch.tensor([99]), torch.tensor([1]))))
