@@ -17,7 +17,7 @@ import ctypes
 import logging
 
 log = logging.getLogger("fastdm")
-_found: dict = {}   # "setters": the runtimes' omp_set_num_threads, the one that worked first
+_found: dict = {}   # "setters": the runtimes' omp_set_num_threads; "warned"
 
 
 def _setters() -> list:
@@ -49,13 +49,10 @@ def one_thread() -> None:
     import torch
     if torch.get_num_threads() == 1:  # (also ATen's per-thread initialisation, which would
         return                        # set the count back if it came after)
-    fns = _setters()
-    for i, fn in enumerate(fns):
+    for fn in _setters():
         fn(1)
-        if torch.get_num_threads() == 1:  # the runtime torch runs on
-            if i:
-                fns.insert(0, fns.pop(i))
-            return
+        if torch.get_num_threads() == 1:  # the runtime torch runs on (another one's setting
+            return                        # is harmless: this thread runs none of its teams)
     if not _found.get("warned"):
         _found["warned"] = True
         log.warning("fastdm: could not give worker threads one OpenMP thread (torch's OpenMP "

@@ -189,7 +189,8 @@ def syn_gradient(gt, xs, x, span: Span, z, zs, wt, saved):
 
 class SynPhases(torch.autograd.Function):
     """One class's synthetic phases, transposed: [n_s, M], and, backward, T^T G (see the
-    module's doc). ``fac, tri``: the class's real span (Span)."""
+    module's doc). ``fac, tri``: the class's real span (Span). The draw with its phases in
+    view, for checking it against the full draw (the tests); the objective runs SpanLoss."""
 
     @staticmethod
     def forward(ctx, xs, x, fac, tri, z, zs, wt):
