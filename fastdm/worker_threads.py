@@ -14,34 +14,33 @@ no team is made. It applies to the calling thread only (OpenMP's per-thread sett
 from __future__ import annotations
 
 import ctypes
+import functools
 import logging
+import os
 
 log = logging.getLogger("fastdm")
-_found: dict = {}   # "setters": the runtimes' omp_set_num_threads; "warned"
 
 
-def _setters() -> list:
+@functools.cache
+def _setters() -> tuple:
     """omp_set_num_threads of every OpenMP runtime loaded in this process (a process may hold
     two: torch's and a system one), torch's own first."""
-    if "setters" not in _found:
-        import os
-
-        import torch
-        fns = []
-        if "parallel backend: OpenMP" in torch.__config__.parallel_info():
-            try:
-                with open("/proc/self/maps") as f:
-                    paths = {line.split()[-1] for line in f if "omp" in line.rsplit("/", 1)[-1]}
-            except OSError:
-                paths = set()
-            own = os.path.dirname(torch.__file__)
-            for path in sorted(paths, key=lambda p: (not p.startswith(own), p)):
-                try:
-                    fns.append(ctypes.CDLL(path).omp_set_num_threads)
-                except (OSError, AttributeError):
-                    continue
-        _found["setters"] = fns
-    return _found["setters"]
+    import torch
+    if "parallel backend: OpenMP" not in torch.__config__.parallel_info():
+        return ()
+    try:
+        with open("/proc/self/maps") as f:
+            paths = {line.split()[-1] for line in f if "omp" in line.rsplit("/", 1)[-1]}
+    except OSError:
+        paths = set()
+    own = os.path.dirname(torch.__file__)
+    fns = []
+    for path in sorted(paths, key=lambda p: (not p.startswith(own), p)):
+        try:
+            fns.append(ctypes.CDLL(path).omp_set_num_threads)
+        except (OSError, AttributeError):
+            continue
+    return tuple(fns)
 
 
 def one_thread() -> None:
@@ -53,8 +52,11 @@ def one_thread() -> None:
         fn(1)
         if torch.get_num_threads() == 1:  # the runtime torch runs on (another one's setting
             return                        # is harmless: this thread runs none of its teams)
-    if not _found.get("warned"):
-        _found["warned"] = True
-        log.warning("fastdm: could not give worker threads one OpenMP thread (torch's OpenMP "
-                    "runtime not found); their torch ops keep teams of their own, which slows "
-                    "the main thread's small ops")
+    _warn_once()
+
+
+@functools.cache
+def _warn_once() -> None:
+    log.warning("fastdm: could not give worker threads one OpenMP thread (torch's OpenMP "
+                "runtime not found); their torch ops keep teams of their own, which slows the "
+                "main thread's small ops")
