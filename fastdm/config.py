@@ -44,6 +44,8 @@ LEGACY_VALUES = {"method": "dm", "factor": 1, "optimizer": "sgd", "weight_decay"
 SOURCE_VALUES = {"embedders": "random", "bank_members": 0, "calib_weight": 0.0, "ce_weight": 0.0,
                  "queue_interval": 30, "queue_steps": 10, "queue_meter_reset": 100,
                  "init_resize": "nearest", "lr_plateau": 0}
+# ... and records written before NCFM's fixed real batches could be chosen
+BATCH_VALUES = {"real_batches": "random"}
 
 
 def _to_dict(self) -> dict:
@@ -88,6 +90,8 @@ def _from_dict(cls, d: dict) -> "CondenseConfig":
         for k, v in SOURCE_VALUES.items():
             d.setdefault(k, v)
         d.setdefault("image_space", "pixels" if d.get("optimizer") == "adamw" else "normalized")
+    for k, v in BATCH_VALUES.items():
+        d.setdefault(k, v)
     owner = d.get("objective", "dm")
     return cls(**{k: v for k, v in d.items()
                   if k in SETTING and SETTING[k].objective in (None, owner)})
@@ -148,7 +152,7 @@ def resolve_config(config: CondenseConfig, dataset) -> CondenseConfig:
         raise FastDMError(f"class(es) {empty[:5]} of {dataset.name} have no training images; DM "
                           f"needs real images of every class")
     needed = v["ipc"] * v["factor"] ** 2  # every tile starts from its own real image
-    if v["init"] == "real" and needed > smallest:
+    if v["init"] != "noise" and needed > smallest:
         worst = int(dataset.train.counts.argmin())
         if v["factor"] == 1:
             raise FastDMError(f"--ipc {v['ipc']} is larger than the smallest class of "

@@ -6,6 +6,7 @@ Per iteration t (Zhao & Bilen, WACV 2023, Algorithm 1, with every draw a functio
                  (--embedders queue|bank: IDM's trained queue, DANCE's interpolated bank member)
     omega_c   <- a DSA draw, shared by class c's two sides    from (seed, t, c)
     R_c       <- batch_real real images of class c            from (seed, t, c)
+                 (--real-batches first: its first batch_real, NCFM's fixed set)
     loss      =  sum_c objective(psi(A(R_c; omega_c)), psi(A(D(S_c); omega_c)))
                  (+ the source's class term: IDM's accuracy-weighted cross-entropy)
     S         <- one step of the images' optimiser on d loss / d S    (SGD or AdamW)
@@ -93,7 +94,8 @@ class DMEngine:
         base = int(train.offsets[self.lo])
         end = int(train.offsets[self.hi - 1] + train.counts[self.hi - 1])
         images = train.images if (base, end) == (0, len(train)) else train.images[base:end]
-        self.sampler = RealSampler(train.counts, train.offsets - base, cfg.batch_real, cfg.seed)
+        self.sampler = RealSampler(train.counts, train.offsets - base, cfg.batch_real, cfg.seed,
+                                   first=cfg.real_batches == "first")
         self.stream = RealStream(images, self.device, plan.real_tier, self.sampler, mapped=train.mapped)
         # where each iteration's weights come from; a calibrating source's trained network
         self.source = build_source(cfg, self.net, data, self.device, self.stream.images)
@@ -110,7 +112,8 @@ class DMEngine:
         self.stream.close()
 
     def initial_state(self) -> RunState:
-        """ipc random real images of each class (``init real``), or standard normal noise."""
+        """ipc real images of each class, drawn at random (``init real``) or its first ones in
+        dataset order (``init first``), or standard normal noise."""
         cfg, dev = self.cfg, self.device
         shape = ((self.hi - self.lo) * self.ipc, self.data.channels, *self.hw)
         if cfg.init == "noise":  # element indices of the whole set: the same noise in any shard
@@ -119,12 +122,15 @@ class DMEngine:
             images = rng.normal(cfg.seed, rng.NOISE, idx, device=dev).view(shape)
         else:
             lo, hi = self.lo, self.hi
-            counts = self.sampler.counts[lo:hi].to(dev)
-            # one real image per tile (factor 1: per image)
-            pos, valid = rng.sample_without_replacement(counts, self.ipc * cfg.factor ** 2,
-                                                        cfg.seed, rng.INIT,
-                                                        classes=torch.arange(lo, hi, device=dev))
-            assert bool(valid.all())  # the config's check guarantees there are enough
+            counts, tiles = self.sampler.counts[lo:hi].to(dev), self.ipc * cfg.factor ** 2
+            # one real image per tile (factor 1: per image); the config's check guarantees there
+            # are enough
+            if cfg.init == "first":
+                pos = torch.arange(tiles, device=dev).expand(hi - lo, tiles)
+            else:
+                pos, valid = rng.sample_without_replacement(counts, tiles, cfg.seed, rng.INIT,
+                                                            classes=torch.arange(lo, hi, device=dev))
+                assert bool(valid.all())
             idx = (self.sampler.offsets[lo:hi].to(dev)[:, None] + pos).reshape(-1)
             real = self.stream.images
             images = encode_init(self.data.normalize(real[idx.to(real.device)], dev), self.ipc,

@@ -14,8 +14,9 @@ disagrees with its paper):
 * ``ncfm``: NCFM's CIFAR configs and loop (Wang et al., CVPR 2025) on DANCE's pipeline, as its
   code runs it: a pretrained bank (all members), factor 2, AdamW lr 1e-3 and weight decay 5e-4
   on [0, 1] pixels, clamped, one update after each class, then a calibration update per class
-  (weight 1), 1024 real images per class, IDC-style augmentation (colour, crop and cutout on
-  every batch). ``--embedders random`` gives part 1's random-embedder variant.
+  (weight 1), each class's first 1024 real images every iteration (its loader's
+  ``class_sample``), the tiles initialised from each class's first images, IDC-style
+  augmentation (colour, crop and cutout on every batch). ``--embedders random`` gives part 1's random-embedder variant.
 * ``idm``: IDM's ``IDM_cifar10.py`` with its ``command.txt`` flags (Zhao et al., CVPR 2023): a
   queue of networks trained online (a new one every 30 iterations, 5 at ipc 1; up to 100; two
   trained 10 SGD steps per iteration on 256 real images), the class-aware cross-entropy term
@@ -24,8 +25,9 @@ disagrees with its paper):
   the full DSA in mode S, 256 real images per class (5000 at ipc 1).
 * ``dance``: DANCE's ``reproduce_condense.py`` (Zhang et al., IJCAI 2024): the first 5 members
   of a pretrained bank, interpolated, plus the calibration step (weight 1); factor 2; SGD lr
-  0.01 x ipc, momentum 0.5, on [0, 1] pixels, clamped; one update per class; 128 real images
-  per class; 10000 iterations; IDC-style augmentation.
+  0.01 x ipc, momentum 0.5, on [0, 1] pixels, clamped; one update per class; 128 random real
+  images per class; the tiles initialised from each class's first images (its 'mix' init);
+  10000 iterations; IDC-style augmentation.
 
 Dataset-specific schedules (the embedded digits' short one) override the rows' schedule; the
 rows override the generic defaults.
@@ -36,8 +38,8 @@ from .settings import METHOD_NAMES
 
 # None: the dataset's default (its DSA strategy, its embedder)
 _RANDOM = dict(embedders="random", bank_members=0, calib_weight=0.0, ce_weight=0.0,
-               queue_interval=30, queue_steps=10, queue_meter_reset=100, init_resize="nearest",
-               image_space=None, lr_plateau=0)
+               queue_interval=30, queue_steps=10, queue_meter_reset=100, init="real",
+               init_resize="nearest", real_batches="random", image_space=None, lr_plateau=0)
 METHODS: dict[str, dict] = {
     "dm": dict(objective="dm", factor=1, optimizer="sgd", lr_img=1.0, momentum=0.5,
                weight_decay=0.0, step="iteration", clamp=False, iterations=20000, batch_real=256,
@@ -51,7 +53,8 @@ METHODS: dict[str, dict] = {
     "ncfm": dict(objective="ncfm", factor=2, optimizer="adamw", lr_img=1e-3, momentum=0.5,
                  weight_decay=5e-4, step="class", clamp=True, iterations=20000, batch_real=1024,
                  strategy="color_crop_cutout", aug_mode="M", model=None,
-                 **{**_RANDOM, "embedders": "bank", "calib_weight": 1.0, "lr_plateau": 500}),
+                 **{**_RANDOM, "embedders": "bank", "calib_weight": 1.0, "lr_plateau": 500,
+                    "init": "first", "real_batches": "first"}),
     "idm": dict(objective="dm", factor=2, optimizer="sgd", lr_img=0.2, momentum=0.5,
                 weight_decay=0.0, step="class", clamp=False, iterations=20000, batch_real=256,
                 strategy=None, aug_mode="S", model=None,
@@ -60,7 +63,7 @@ METHODS: dict[str, dict] = {
                   weight_decay=0.0, step="class", clamp=True, iterations=10000, batch_real=128,
                   strategy="color_crop_cutout", aug_mode="M", model=None,
                   **{**_RANDOM, "embedders": "bank", "bank_members": 5, "calib_weight": 1.0,
-                     "image_space": "pixels"}),
+                     "image_space": "pixels", "init": "first"}),
 }
 assert tuple(METHODS) == METHOD_NAMES
 
@@ -109,7 +112,8 @@ def markdown_table() -> str:
     """The presets as the README shows them."""
     keys = ("objective", "embedders", "factor", "optimizer", "image_space", "lr_img", "momentum",
             "weight_decay", "step", "clamp", "iterations", "batch_real", "strategy", "aug_mode",
-            "model", "ce_weight", "calib_weight", "bank_members", "lr_plateau")
+            "model", "ce_weight", "calib_weight", "bank_members", "lr_plateau", "init",
+            "real_batches")
     lines = ["| --method | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
     for name, row in METHODS.items():
         cells = []

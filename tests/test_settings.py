@@ -65,7 +65,7 @@ def test_validation_messages_name_the_field_and_on_the_command_line_the_flag(cap
                     ({"ipc": 1.5}, "^ipc must be an integer"),
                     ({"momentum": 1.0}, r"^momentum must be in \[0, 1\)"),
                     ({"lr_img": -1}, "^lr_img must be positive"),
-                    ({"init": "zeros"}, "^init must be one of real, noise, got 'zeros'"),
+                    ({"init": "zeros"}, "^init must be one of real, first, noise, got 'zeros'"),
                     ({"download": "yes"}, "^download must be true or false"),
                     ({"seed": -1}, "^seed must be an integer >= 0"),
                     ({"model": "ResNet99"}, "unknown model")):
