@@ -179,9 +179,9 @@ def _check_source(v: dict) -> None:
         raise FastDMError(f"--embedders bank:{path}: no bank there (PATH/bank.pt); make one with "
                           f"'fastdm pretrain --dataset {v['dataset']} --out {path}'")
     if kind == "queue" and uses_batchnorm(v["model"]):
-        raise FastDMError(f"--embedders queue trains its networks in place, which BatchNorm's "
-                          f"running statistics do not allow here (IDM's code refuses BN models "
-                          f"too); use a model without BatchNorm")
+        raise FastDMError("--embedders queue trains its networks in place, which BatchNorm's "
+                          "running statistics do not allow here (IDM's code refuses BN models "
+                          "too); use a model without BatchNorm")
     if v["calib_weight"] > 0 and kind != "bank":
         raise FastDMError(f"--calib-weight needs the trained networks of --embedders bank:PATH "
                           f"(this run's embedders: {v['embedders']}); use --calib-weight 0")

@@ -46,6 +46,14 @@ def test_init_first_tiles_each_class_with_its_first_images():
             torch.testing.assert_close(got[c * ipc:(c + 1) * ipc], mix_init(first, ipc, factor),
                                        rtol=0, atol=0)
         e.close()
+    # a shard (torchrun rank) of classes 1-2 starts from the same images
+    full = engine_for(data, init="first", factor=2, model="ConvNetW32", conv="direct",
+                      device="cpu", batch_real=4, strategy="none", ipc=1)
+    shard = engine_for(data, classes=(1, 3), init="first", factor=2, model="ConvNetW32",
+                       conv="direct", device="cpu", batch_real=4, strategy="none", ipc=1)
+    assert torch.equal(shard.initial_state().images, full.initial_state().images[1:3])
+    full.close()
+    shard.close()
 
 
 def test_first_real_batches_are_the_same_first_images_every_iteration():
@@ -61,6 +69,12 @@ def test_first_real_batches_are_the_same_first_images_every_iteration():
             assert torch.equal(data.train.images[rows], images[labels == c][:8])
         # the same rows from a one-class chunk
         assert torch.equal(e.sampler.indices(it, 1, 2)[0], idx[8:15])
+    shard = engine_for(data, classes=(1, 3), real_batches="first", batch_real=8, ipc=1,
+                       model="ConvNetW32", conv="direct", device="cpu", strategy="none")
+    idx, n = shard.sampler.indices(3, 1, 3)
+    for c, rows in zip((1, 2), idx.split(n.tolist())):  # rows of the shard's own images
+        assert torch.equal(shard.stream.images[rows], images[labels == c][:8])
+    shard.close()
     random = engine_for(data, batch_real=8, ipc=1, model="ConvNetW32", conv="direct", device="cpu",
                         strategy="none")
     assert not torch.equal(random.sampler.indices(0, 0, 3)[0], random.sampler.indices(1, 0, 3)[0])
