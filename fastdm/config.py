@@ -116,7 +116,7 @@ def resolve_config(config: CondenseConfig, dataset) -> CondenseConfig:
     if v["ipc"] is None:
         v["ipc"] = quick.get("ipc", 10)
     v["method"] = SETTING["method"].validate(v["method"])
-    row = preset(v["method"], dataset.name, v["ipc"], dataset.default_model)
+    row = preset(v["method"], dataset.name, v["ipc"], dataset.default_model, dataset.num_classes)
     explicit = {key for key in PRESET_KEYS if v[key] is not None}
     for key in PRESET_KEYS:  # explicit values win, then the dataset's schedule, then the method's
         if v[key] is None:

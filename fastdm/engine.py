@@ -122,15 +122,16 @@ class DMEngine:
             images = rng.normal(cfg.seed, rng.NOISE, idx, device=dev).view(shape)
         else:
             lo, hi = self.lo, self.hi
-            counts, tiles = self.sampler.counts[lo:hi].to(dev), self.ipc * cfg.factor ** 2
-            # one real image per tile (factor 1: per image); the config's check guarantees there
-            # are enough
+            tiles = self.ipc * cfg.factor ** 2
+            # one real image per tile (factor 1: per image); the config's check guarantees
+            # every class has enough
+            assert int(self.sampler.counts[lo:hi].min()) >= tiles
             if cfg.init == "first":
                 pos = torch.arange(tiles, device=dev).expand(hi - lo, tiles)
             else:
-                pos, valid = rng.sample_without_replacement(counts, tiles, cfg.seed, rng.INIT,
-                                                            classes=torch.arange(lo, hi, device=dev))
-                assert bool(valid.all())
+                pos, _ = rng.sample_without_replacement(self.sampler.counts[lo:hi].to(dev), tiles,
+                                                        cfg.seed, rng.INIT,
+                                                        classes=torch.arange(lo, hi, device=dev))
             idx = (self.sampler.offsets[lo:hi].to(dev)[:, None] + pos).reshape(-1)
             real = self.stream.images
             images = encode_init(self.data.normalize(real[idx.to(real.device)], dev), self.ipc,

@@ -15,8 +15,10 @@ disagrees with its paper):
   code runs it: a pretrained bank (all members), factor 2, AdamW lr 1e-3 and weight decay 5e-4
   on [0, 1] pixels, clamped, one update after each class, then a calibration update per class
   (weight 1), each class's first 1024 real images every iteration (its loader's
-  ``class_sample``), the tiles initialised from each class's first images, IDC-style
-  augmentation (colour, crop and cutout on every batch). ``--embedders random`` gives part 1's random-embedder variant.
+  ``class_sample``; its ImageNet-1K loader draws at random, and so does the preset at 1000
+  classes), the tiles initialised from each class's first images, IDC-style augmentation
+  (colour, crop and cutout on every batch). ``--embedders random`` gives part 1's
+  random-embedder variant.
 * ``idm``: IDM's ``IDM_cifar10.py`` with its ``command.txt`` flags (Zhao et al., CVPR 2023): a
   queue of networks trained online (a new one every 30 iterations, 5 at ipc 1; up to 100; two
   trained 10 SGD steps per iteration on 256 real images), the class-aware cross-entropy term
@@ -75,12 +77,14 @@ RULES = {("dm", "lr_img"): "1 (cifar10 ipc >= 100: 10)", ("dance", "lr_img"): "0
          ("idm", "batch_real"): "256 (ipc 1: 5000)",
          ("idm", "ce_weight"): "0.5 (cifar10 ipc >= 50, cifar100 ipc >= 10: 0.1; tinyimagenet "
                                "ipc 50: 0.8)",
-         ("ncfm", "optimizer"): "adamw (cifar100 ipc 10: sgd, lr 0.01)"}
+         ("ncfm", "optimizer"): "adamw (cifar100 ipc 10: sgd, lr 0.01)",
+         ("ncfm", "init"): "first (1000 classes: real)",
+         ("ncfm", "real_batches"): "first (1000 classes: random)"}
 
 
-def preset(method: str, dataset: str, ipc: int, default_model: str) -> dict:
-    """The method's settings for ``dataset`` (whose default embedder is ``default_model``) at
-    ``ipc``."""
+def preset(method: str, dataset: str, ipc: int, default_model: str, classes: int = 10) -> dict:
+    """The method's settings for ``dataset`` (whose default embedder is ``default_model``, with
+    ``classes`` classes) at ``ipc``."""
     row = dict(METHODS[method])
     if row["model"] is None or default_model != "ConvNet":
         row["model"] = default_model
@@ -92,6 +96,8 @@ def preset(method: str, dataset: str, ipc: int, default_model: str) -> dict:
             row["model"] = "ConvNet"
     if method == "ncfm" and dataset == "cifar100" and ipc == 10:  # config/ipc10/cifar100.yaml
         row.update(optimizer="sgd", lr_img=0.01, momentum=0.5, weight_decay=0.0)
+    if method == "ncfm" and classes >= 1000:  # ImageNetMemoryDataLoader.class_sample: randperm
+        row.update(init="real", real_batches="random")
     if method == "idm":  # command.txt's per-setting flags
         if ipc == 1:
             row.update(batch_real=5000, queue_interval=5)

@@ -185,12 +185,13 @@ CONDENSE = (
             "(momentum 0.9, weight decay 5e-4)", "method", check=positive("--queue-lr")),
     Setting("init", str, None, "initial synthetic images: real (real images of each class drawn "
             "at random), first (each class's first images in dataset order, as DANCE's and NCFM's "
-            "'mix' init) or noise", "method", choices=("real", "first", "noise"),
-            auto="the method's (dance, ncfm: first; else real)"),
+            "code take them) or noise", "method", choices=("real", "first", "noise"),
+            auto="the method's (dance, ncfm: first, ncfm at 1000 classes: real; else real)"),
     Setting("real_batches", str, None, "which real images each class matches per iteration: "
             "random (batch_real drawn afresh every iteration) or first (the class's first "
             "batch_real images in dataset order, the same every iteration, as NCFM's loader)",
-            "method", choices=("random", "first"), auto="the method's (ncfm: first; else random)"),
+            "method", choices=("random", "first"),
+            auto="the method's (ncfm: first, at 1000 classes: random; else random)"),
     Setting("strategy", str, None, "DSA ops joined by _, or none", "method", check=_strategy,
             auto="the method's (dm: color_crop_cutout_flip_scale_rotate, no flip for digits)"),
     Setting("aug_mode", str, None, "DSA mode: S applies one op per class and iteration, M all",

@@ -1,5 +1,6 @@
 """``--init first`` and ``--real-batches first``: DANCE's and NCFM's use of each class's first
 images in dataset order, against references written from their loaders' rules."""
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -91,8 +92,21 @@ def test_presets_take_first_images_as_their_code_does():
     for method in ("dm", "datadam", "idm", "m3d"):
         cfg = resolved(data, method=method, embedders="random", ipc=1)
         assert (cfg.init, cfg.real_batches) == ("real", "random"), method
-    assert resolved(data, method="ncfm", embedders="random", real_batches="random",
-                    init="real", ipc=1).real_batches == "random"
+    given = resolved(data, method="ncfm", embedders="random", real_batches="random",
+                     init="real", ipc=1)
+    assert (given.init, given.real_batches) == ("real", "random")
+    # NCFM's ImageNet-1K loader (ImageNetMemoryDataLoader.class_sample) draws at random
+    from fastdm.methods import preset
+    row = preset("ncfm", "store", 1, "ConvNetD4", classes=1000)
+    assert (row["init"], row["real_batches"]) == ("real", "random")
+    assert preset("ncfm", "store", 1, "ConvNetD4", classes=100)["real_batches"] == "first"
+
+
+def test_init_first_needs_enough_images_in_every_class():
+    from fastdm.errors import FastDMError
+    data = make_dataset(per_class=(12, 3, 15, 10))
+    with pytest.raises(FastDMError, match="smallest class of toy .class c1 has 3"):
+        resolved(data, init="first", ipc=1, factor=2)
 
 
 def test_records_from_before_keep_random_real_batches():
