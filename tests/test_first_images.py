@@ -61,8 +61,8 @@ def test_first_real_batches_are_the_same_first_images_every_iteration():
     """NCFM's ClassMemDataLoader.class_sample(c, n): the class's first n images in file order,
     every call; a class with fewer gives all of them."""
     images, labels, data = interleaved()
-    e = engine_for(data, real_batches="first", batch_real=8, ipc=1, model="ConvNetW32", conv="direct",
-                   device="cpu", strategy="none")
+    e = engine_for(data, real_batches="first", batch_real=8, ipc=1, model="ConvNetW32",
+                   conv="direct", device="cpu", strategy="none")
     for it in (0, 1, 5):
         idx, n = e.sampler.indices(it, 0, 3)
         assert n.tolist() == [8, 7, 8]
@@ -76,8 +76,8 @@ def test_first_real_batches_are_the_same_first_images_every_iteration():
     for c, rows in zip((1, 2), idx.split(n.tolist())):  # rows of the shard's own images
         assert torch.equal(shard.stream.images[rows], images[labels == c][:8])
     shard.close()
-    random = engine_for(data, batch_real=8, ipc=1, model="ConvNetW32", conv="direct", device="cpu",
-                        strategy="none")
+    random = engine_for(data, batch_real=8, ipc=1, model="ConvNetW32", conv="direct",
+                        device="cpu", strategy="none")
     assert not torch.equal(random.sampler.indices(0, 0, 3)[0], random.sampler.indices(1, 0, 3)[0])
     e.close()
     random.close()
