@@ -33,11 +33,11 @@ class RealSampler:
         if device not in self._on:
             self._on[device] = (self.counts.to(device), self.offsets.to(device))
         counts, offsets = self._on[device]
-        classes = torch.arange(c0, c1, device=device)
         if self.first:
             pos = torch.arange(self.batch_real, device=device).expand(c1 - c0, self.batch_real)
             valid = pos < counts[c0:c1, None]
         else:
+            classes = torch.arange(c0, c1, device=device)
             pos, valid = rng.sample_without_replacement(counts[c0:c1], self.batch_real, self.seed,
                                                         rng.REAL, it, classes=classes,
                                                         max_count=int(self.counts[c0:c1].max()))
